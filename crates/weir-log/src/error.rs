@@ -1,0 +1,70 @@
+//! The storage engine's typed errors.
+
+use std::path::PathBuf;
+
+use weir_types::{BatchError, ErrorCode, LeaderEpoch, Offset};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The batch offered for append is malformed or too large; nothing was written.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    /// An append carried a leader epoch older than the newest one in the log.
+    #[error("leader epoch {epoch} is older than the log's latest epoch {latest}")]
+    StaleEpoch {
+        epoch: LeaderEpoch,
+        latest: LeaderEpoch,
+    },
+    /// A replicated batch does not start at the log end.
+    #[error("replicated batch starts at offset {got}, the log ends at {expected}")]
+    NonContiguous { expected: Offset, got: Offset },
+    #[error("offset {offset} is outside the log [{start}, {end})")]
+    OffsetOutOfRange {
+        offset: Offset,
+        start: Offset,
+        end: Offset,
+    },
+    /// Stored data failed a CRC or framing check where it cannot be a torn tail. The
+    /// partition must not be served from this replica.
+    #[error("corruption in {path} at byte {position}: {reason}")]
+    Corruption {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An fsync failed. The page cache may have dropped the data, so the log refuses all
+    /// further writes (it must be reopened, which recovers from what is on disk).
+    #[error("fsync failed, the log is closed for writes: {0}")]
+    FlushFailed(String),
+    #[error("invalid log config: {0}")]
+    Config(String),
+}
+
+impl LogError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LogError {
+        let context = context.into();
+        move |source| LogError::Io { context, source }
+    }
+
+    /// The wire code a server answers with for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            LogError::InvalidBatch(BatchError::TooLarge { .. }) => ErrorCode::RecordBatchTooLarge,
+            LogError::InvalidBatch(_) => ErrorCode::InvalidRecordBatch,
+            LogError::StaleEpoch { .. } => ErrorCode::FencedLeaderEpoch,
+            LogError::NonContiguous { .. } => ErrorCode::OffsetOutOfRange,
+            LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            LogError::Corruption { .. } => ErrorCode::CorruptRecord,
+            LogError::Io { .. } | LogError::FlushFailed(_) => ErrorCode::StorageError,
+            LogError::Config(_) => ErrorCode::InvalidArgument,
+        }
+    }
+}
+
+pub type Result<T, E = LogError> = std::result::Result<T, E>;

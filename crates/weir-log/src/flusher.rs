@@ -1,0 +1,368 @@
+//! Group commit: one flusher thread per disk fsyncs, in rounds, every file that was written
+//! since the previous round, across all partitions that share it.
+//!
+//! An appender writes its batch, registers the file with [`Flusher::submit`] and, under the
+//! default policy, waits for the round that covers it. Appends that arrive while a round's
+//! fsyncs run all join the next round, so one fsync per file acknowledges many appends.
+//! Under the relaxed policy the appender does not wait; its file is due `ms` later.
+//!
+//! A failed fsync poisons the flusher: the kernel may have dropped the dirty pages, so no
+//! later fsync can be trusted to cover them. Every waiter and every later submit fails.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use weir_types::Offset;
+
+use crate::error::{LogError, Result};
+
+/// A partition's durable end offset, advanced by the flusher after a round.
+#[derive(Debug, Default)]
+pub struct DurableMark {
+    state: Mutex<MarkState>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct MarkState {
+    /// Bumped on truncation, so a round that started before it cannot move the mark past the
+    /// truncated end.
+    generation: u64,
+    offset: Offset,
+}
+
+impl DurableMark {
+    pub fn new(offset: Offset) -> DurableMark {
+        DurableMark {
+            state: Mutex::new(MarkState {
+                generation: 0,
+                offset,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MarkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn offset(&self) -> Offset {
+        self.lock().offset
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    fn advance(&self, generation: u64, offset: Offset) {
+        let mut state = self.lock();
+        if state.generation == generation && state.offset < offset {
+            state.offset = offset;
+        }
+    }
+
+    /// Called after truncating the log to `end` (already fsynced).
+    pub fn reset(&self, end: Offset) {
+        let mut state = self.lock();
+        state.generation += 1;
+        state.offset = state.offset.min(end);
+    }
+
+    /// Called when data up to `offset` is known durable by other means (sealing a segment).
+    pub fn raise(&self, offset: Offset) {
+        let mut state = self.lock();
+        if state.offset < offset {
+            state.offset = offset;
+        }
+    }
+}
+
+/// What a waiter waits for: the round that will include its write.
+#[derive(Debug, Clone, Copy)]
+#[must_use]
+pub struct Ticket {
+    round: u64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    file: Arc<File>,
+    due: Instant,
+    marks: Vec<(Arc<DurableMark>, u64, Offset)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pending: HashMap<u64, Pending>,
+    started: u64,
+    completed: u64,
+    failed: Option<String>,
+    shutdown: bool,
+    rounds: u64,
+    fsyncs: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    work: Condvar,
+    done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counters for benchmarks and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushStats {
+    pub rounds: u64,
+    pub fsyncs: u64,
+}
+
+/// The group-commit flusher for one disk. Dropping it flushes what is pending and stops the
+/// thread.
+#[derive(Debug)]
+pub struct Flusher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flusher {
+    pub fn spawn(name: &str) -> Result<Arc<Flusher>> {
+        let shared = Arc::new(Shared::default());
+        let thread = std::thread::Builder::new()
+            .name(format!("weir-flush-{name}"))
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || run(&shared)
+            })
+            .map_err(LogError::io("spawn flusher thread"))?;
+        Ok(Arc::new(Flusher {
+            shared,
+            thread: Some(thread),
+        }))
+    }
+
+    /// Registers `file` (identified by `file_id`) to be fsynced no later than `delay` from now,
+    /// after which `mark` advances to `end` unless its generation moved on.
+    pub fn submit(
+        &self,
+        file_id: u64,
+        file: &Arc<File>,
+        mark: &Arc<DurableMark>,
+        end: Offset,
+        delay: Duration,
+    ) -> Result<Ticket> {
+        let generation = mark.generation();
+        let due = Instant::now() + delay;
+        let mut state = self.shared.lock();
+        if let Some(reason) = &state.failed {
+            return Err(LogError::FlushFailed(reason.clone()));
+        }
+        let pending = state.pending.entry(file_id).or_insert_with(|| Pending {
+            file: Arc::clone(file),
+            due,
+            marks: Vec::new(),
+        });
+        pending.due = pending.due.min(due);
+        match pending
+            .marks
+            .iter_mut()
+            .find(|(m, g, _)| Arc::ptr_eq(m, mark) && *g == generation)
+        {
+            Some((_, _, e)) => *e = (*e).max(end),
+            None => pending.marks.push((Arc::clone(mark), generation, end)),
+        }
+        let ticket = Ticket {
+            round: state.started + 1,
+        };
+        drop(state);
+        self.shared.work.notify_one();
+        Ok(ticket)
+    }
+
+    /// Blocks until the round named by `ticket` has fsynced.
+    pub fn wait(&self, ticket: Ticket) -> Result<()> {
+        let mut state = self.shared.lock();
+        loop {
+            if let Some(reason) = &state.failed {
+                return Err(LogError::FlushFailed(reason.clone()));
+            }
+            if state.completed >= ticket.round {
+                return Ok(());
+            }
+            state = self
+                .shared
+                .done
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    pub fn stats(&self) -> FlushStats {
+        let state = self.shared.lock();
+        FlushStats {
+            rounds: state.rounds,
+            fsyncs: state.fsyncs,
+        }
+    }
+
+    /// Flushes everything pending now and waits for it.
+    pub fn flush_all(&self) -> Result<()> {
+        let ticket = {
+            let mut state = self.shared.lock();
+            let now = Instant::now();
+            for pending in state.pending.values_mut() {
+                pending.due = now;
+            }
+            Ticket {
+                round: state.started + 1,
+            }
+        };
+        self.shared.work.notify_one();
+        self.wait(ticket)
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.work.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    let mut state = shared.lock();
+    loop {
+        let now = Instant::now();
+        let next_due = state.pending.values().map(|p| p.due).min();
+        let ready = match next_due {
+            Some(due) => due <= now || state.shutdown,
+            None => false,
+        };
+        if !ready {
+            if state.shutdown {
+                return;
+            }
+            state = match next_due {
+                Some(due) => {
+                    shared
+                        .work
+                        .wait_timeout(state, due - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => shared.work.wait(state).unwrap_or_else(|p| p.into_inner()),
+            };
+            continue;
+        }
+        // Everything pending goes in this round, due or not: an early fsync costs little
+        // more, and it covers the relaxed partitions' data sooner.
+        let batch: Vec<Pending> = state.pending.drain().map(|(_, p)| p).collect();
+        state.started += 1;
+        let round = state.started;
+        drop(state);
+
+        let mut failure = None;
+        for pending in &batch {
+            if let Err(e) = pending.file.sync_data() {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+
+        state = shared.lock();
+        state.rounds += 1;
+        state.fsyncs += batch.len() as u64;
+        match failure {
+            Some(reason) => {
+                state.failed = Some(reason);
+                state.pending.clear();
+            }
+            None => {
+                for pending in batch {
+                    for (mark, generation, end) in pending.marks {
+                        mark.advance(generation, end);
+                    }
+                }
+            }
+        }
+        state.completed = round;
+        shared.done.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiters_return_after_their_round_and_marks_advance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = Arc::new(File::create(dir.path().join("f")).expect("create"));
+        let flusher = Flusher::spawn("test").expect("spawn");
+        let mark = Arc::new(DurableMark::new(Offset(0)));
+        let ticket = flusher
+            .submit(1, &file, &mark, Offset(5), Duration::ZERO)
+            .expect("submit");
+        flusher.wait(ticket).expect("wait");
+        assert_eq!(mark.offset(), Offset(5));
+
+        // a truncation between submit and round keeps the mark from advancing
+        let ticket = flusher
+            .submit(1, &file, &mark, Offset(9), Duration::from_millis(50))
+            .expect("submit");
+        mark.reset(Offset(3));
+        flusher.flush_all().expect("flush");
+        flusher.wait(ticket).expect("wait");
+        assert_eq!(mark.offset(), Offset(3));
+    }
+
+    #[test]
+    fn relaxed_submissions_are_flushed_after_their_delay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = Arc::new(File::create(dir.path().join("f")).expect("create"));
+        let flusher = Flusher::spawn("test").expect("spawn");
+        let mark = Arc::new(DurableMark::new(Offset(0)));
+        let _ = flusher
+            .submit(1, &file, &mark, Offset(2), Duration::from_millis(30))
+            .expect("submit");
+        assert_eq!(mark.offset(), Offset(0));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while mark.offset() != Offset(2) {
+            assert!(Instant::now() < deadline, "interval flush never happened");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn many_concurrent_appenders_share_rounds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = Arc::new(File::create(dir.path().join("f")).expect("create"));
+        let flusher = Flusher::spawn("test").expect("spawn");
+        let mark = Arc::new(DurableMark::new(Offset(0)));
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (flusher, file, mark) = (&flusher, &file, &mark);
+                s.spawn(move || {
+                    for i in 0..50 {
+                        let t = flusher
+                            .submit(1, file, mark, Offset(t * 100 + i), Duration::ZERO)
+                            .expect("submit");
+                        flusher.wait(t).expect("wait");
+                    }
+                });
+            }
+        });
+        let stats = flusher.stats();
+        assert!(stats.rounds < 400, "no grouping: {stats:?}");
+        assert_eq!(mark.offset(), Offset(749));
+    }
+}

@@ -1,0 +1,731 @@
+//! A partition's log: a directory of segments, a leader-epoch cache and a checkpoint.
+//!
+//! Concurrency: one `RwLock` guards the segment map. Appends hold it for writing only while
+//! they write (never while they wait for fsync); reads hold it for reading while they read.
+//! Waiting for durability happens outside the lock, so concurrent appends to the same
+//! partition share an fsync as well.
+//!
+//! Durability ordering (see `docs/storage-format.md`):
+//! 1. a new leader epoch is written to `leader-epoch-checkpoint` before its first batch;
+//! 2. a batch is written, then fsynced by the flusher, then acknowledged;
+//! 3. a full segment is fsynced (data and indexes) before the next segment is created, and the
+//!    checkpoint's recovery point then moves to the new segment;
+//! 4. recovery trusts segments below the recovery point and scans the rest, verifying every
+//!    batch; only the last segment may have a torn tail, which is cut.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use weir_types::{LeaderEpoch, Offset, RecordBatch};
+
+use crate::checkpoint::{self, Checkpoint, EpochCache};
+use crate::clock::Clock;
+use crate::config::{FlushPolicy, LogConfig};
+use crate::error::{LogError, Result};
+use crate::flusher::{DurableMark, Flusher};
+use crate::segment::{self, ScanChecks, Segment};
+
+static NEXT_SEGMENT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn next_segment_id() -> u64 {
+    NEXT_SEGMENT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub leader_epoch: LeaderEpoch,
+}
+
+/// What opening the log found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments scanned batch by batch with CRC checks (the rest were trusted as sealed).
+    pub segments_scanned: usize,
+    /// Bytes cut from the tail of the last segment, and why the valid data ended there.
+    pub truncated_bytes: u64,
+    pub truncation_reason: Option<String>,
+    pub epoch_cache_rebuilt: bool,
+    pub checkpoint_unreadable: bool,
+}
+
+/// A summary of one segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub base_offset: Offset,
+    pub next_offset: Offset,
+    pub size_bytes: u64,
+    pub max_timestamp: Option<i64>,
+    pub index_entries: usize,
+    pub time_index_entries: usize,
+    pub path: PathBuf,
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    pub log_start: Offset,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Never empty; the last one is the active segment.
+    segments: BTreeMap<Offset, Segment>,
+    epochs: EpochCache,
+    high_watermark: Offset,
+    recovery_point: Offset,
+    /// Set when the log can no longer be trusted in memory (failed write or fsync).
+    failed: Option<String>,
+}
+
+impl Inner {
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn start(&self) -> Offset {
+        self.segments
+            .keys()
+            .next()
+            .copied()
+            .expect("a log always has an active segment")
+    }
+
+    fn end(&self) -> Offset {
+        self.active().next_offset
+    }
+
+    fn size(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.failed {
+            Some(reason) => Err(LogError::FlushFailed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One partition's log on disk. `Send + Sync`: share it behind an `Arc`.
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    flusher: Arc<Flusher>,
+    clock: Arc<dyn Clock>,
+    durable: Arc<DurableMark>,
+    recovery: RecoveryReport,
+    inner: RwLock<Inner>,
+}
+
+impl PartitionLog {
+    /// Opens the log in `dir` (creating it if missing) and recovers it.
+    pub fn open(
+        dir: &Path,
+        config: LogConfig,
+        flusher: Arc<Flusher>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<PartitionLog> {
+        config.validate().map_err(LogError::Config)?;
+        fs::create_dir_all(dir).map_err(LogError::io(format!("create {}", dir.display())))?;
+        checkpoint::remove_temp_files(dir)?;
+        let mut report = RecoveryReport::default();
+
+        let mut bases = list_segments(dir)?;
+        let fresh = bases.is_empty();
+        if fresh {
+            bases.push(Offset::ZERO);
+        }
+        let checkpoint = match Checkpoint::read(dir) {
+            Ok(cp) => cp,
+            Err(LogError::Corruption { .. }) => {
+                report.checkpoint_unreadable = true;
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let recovery_point = checkpoint.map_or(Offset::ZERO, |c| c.recovery_point);
+
+        let mut segments = BTreeMap::new();
+        for base in &bases {
+            let segment = if fresh {
+                Segment::create(dir, *base, next_segment_id())?
+            } else {
+                Segment::open(dir, *base, next_segment_id())?
+            };
+            segments.insert(*base, segment);
+        }
+        if fresh {
+            checkpoint::fsync_dir(dir)?;
+        }
+
+        let epochs = match EpochCache::read(dir) {
+            Ok(Some(cache)) => Some(cache),
+            Ok(None) if fresh => Some(EpochCache::default()),
+            Ok(None) | Err(LogError::Corruption { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let mut epochs = match epochs {
+            Some(cache) => cache,
+            None => {
+                report.epoch_cache_rebuilt = true;
+                rebuild_epoch_cache(&segments)?
+            }
+        };
+
+        let interval = config.index_interval_bytes;
+        let last_base = *bases.last().expect("at least one segment");
+        let mut expected_base: Option<Offset> = None;
+        let next_bases: Vec<Option<Offset>> =
+            bases.iter().skip(1).map(|b| Some(*b)).chain([None]).collect();
+        for (segment, next_base) in segments.values_mut().zip(next_bases) {
+            if let Some(expected) = expected_base
+                && segment.base != expected
+            {
+                return Err(LogError::Corruption {
+                    path: segment.log_path().to_path_buf(),
+                    position: 0,
+                    reason: format!(
+                        "segment starts at offset {}, the previous one ends at {expected}",
+                        segment.base
+                    ),
+                });
+            }
+            let sealed_and_clean = next_base.is_some_and(|next| next <= recovery_point);
+            let stop = if sealed_and_clean {
+                segment.scan_and_index(
+                    false,
+                    ScanChecks {
+                        verify_crc: false,
+                        epochs: None,
+                    },
+                    interval,
+                )?
+            } else {
+                report.segments_scanned += 1;
+                segment.scan_and_index(
+                    true,
+                    ScanChecks {
+                        verify_crc: true,
+                        epochs: Some(&epochs),
+                    },
+                    interval,
+                )?
+            };
+            if let Some(stop) = stop {
+                if segment.base != last_base {
+                    return Err(LogError::Corruption {
+                        path: segment.log_path().to_path_buf(),
+                        position: stop.position,
+                        reason: format!("in a sealed segment: {}", stop.reason),
+                    });
+                }
+                let file_len = segment
+                    .file
+                    .metadata()
+                    .map_err(LogError::io("stat segment"))?
+                    .len();
+                report.truncated_bytes = file_len - stop.position;
+                report.truncation_reason = Some(stop.reason);
+                let next = segment.next_offset;
+                segment.truncate_at(stop.position, next, interval)?;
+            }
+            expected_base = Some(segment.next_offset);
+        }
+
+        let mut inner = Inner {
+            segments,
+            epochs: EpochCache::default(),
+            high_watermark: Offset::ZERO,
+            recovery_point: Offset::ZERO,
+            failed: None,
+        };
+        let end = inner.end();
+        if epochs.truncate_from(end) || report.epoch_cache_rebuilt {
+            epochs.write(dir)?;
+        }
+        inner.epochs = epochs;
+        // What survived a process crash may still be only in the page cache: make it durable
+        // before anyone is told it is.
+        inner.active().sync()?;
+        inner.recovery_point = inner.active().base;
+        inner.high_watermark = checkpoint.map_or(Offset::ZERO, |c| c.high_watermark).min(end);
+        let log = PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            flusher,
+            clock,
+            durable: Arc::new(DurableMark::new(end)),
+            recovery: report,
+            inner: RwLock::new(inner),
+        };
+        log.write_checkpoint(&log.read_inner())?;
+        Ok(log)
+    }
+
+    fn read_inner(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_inner(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_checkpoint(&self, inner: &Inner) -> Result<()> {
+        Checkpoint {
+            recovery_point: inner.recovery_point,
+            high_watermark: inner.high_watermark,
+        }
+        .write(&self.dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Validates a producer's batch, assigns it the next offsets, stamps `epoch`, appends it
+    /// and (under the default flush policy) returns once it is fsynced.
+    pub fn append(&self, batch: &RecordBatch, epoch: LeaderEpoch) -> Result<AppendInfo> {
+        batch.validate(&self.config.batch_limits())?;
+        self.append_checked(batch, None, epoch)
+    }
+
+    /// Appends a batch copied from the leader, keeping its offsets and epoch. It must start at
+    /// this log's end.
+    pub fn append_replicated(&self, batch: &RecordBatch) -> Result<AppendInfo> {
+        let limits = self.config.batch_limits();
+        if batch.size_bytes() > limits.batch_bytes_max {
+            return Err(weir_types::BatchError::TooLarge {
+                len: batch.size_bytes(),
+                limit: limits.batch_bytes_max,
+            }
+            .into());
+        }
+        batch.verify_crc()?;
+        if batch.record_count() < 1 || batch.last_offset_delta() != batch.record_count() - 1 {
+            return Err(weir_types::BatchError::OffsetDeltaMismatch {
+                last_offset_delta: batch.last_offset_delta(),
+                count: batch.record_count(),
+            }
+            .into());
+        }
+        self.append_checked(batch, Some(batch.base_offset()), batch.leader_epoch())
+    }
+
+    fn append_checked(
+        &self,
+        batch: &RecordBatch,
+        expected_base: Option<Offset>,
+        epoch: LeaderEpoch,
+    ) -> Result<AppendInfo> {
+        let (ticket, info) = {
+            let mut inner = self.write_inner();
+            inner.check_usable()?;
+            let base = inner.end();
+            if let Some(got) = expected_base
+                && got != base
+            {
+                return Err(LogError::NonContiguous {
+                    expected: base,
+                    got,
+                });
+            }
+            if let Some(latest) = inner.epochs.latest()
+                && epoch < latest
+            {
+                return Err(LogError::StaleEpoch { epoch, latest });
+            }
+            self.maybe_roll(&mut inner, batch)?;
+            if inner.epochs.assign(epoch, base) {
+                inner.epochs.write(&self.dir)?;
+            }
+            let prefix = batch.stamped_prefix(base, epoch);
+            let now = self.clock.now_ms();
+            let interval = self.config.index_interval_bytes;
+            if let Err(e) = inner.active_mut().append(batch, &prefix, interval, now) {
+                if matches!(&e, LogError::Io { context, .. } if context.starts_with("cut")) {
+                    inner.failed = Some(e.to_string());
+                }
+                return Err(e);
+            }
+            let info = AppendInfo {
+                base_offset: base,
+                last_offset: base.plus(i64::from(batch.last_offset_delta())),
+                leader_epoch: epoch,
+            };
+            let delay = match self.config.flush {
+                FlushPolicy::Fsync => Duration::ZERO,
+                FlushPolicy::IntervalAckBeforeFsync { ms } => Duration::from_millis(ms),
+            };
+            let active = inner.active();
+            let submitted = self.flusher.submit(
+                active.id,
+                &active.file,
+                &self.durable,
+                info.last_offset.plus(1),
+                delay,
+            );
+            match submitted {
+                Ok(ticket) => (ticket, info),
+                Err(e) => {
+                    inner.failed = Some(e.to_string());
+                    return Err(e);
+                }
+            }
+        };
+        if self.config.flush == FlushPolicy::Fsync
+            && let Err(e) = self.flusher.wait(ticket)
+        {
+            self.write_inner().failed = Some(e.to_string());
+            return Err(e);
+        }
+        Ok(info)
+    }
+
+    fn maybe_roll(&self, inner: &mut Inner, batch: &RecordBatch) -> Result<()> {
+        let active = inner.active();
+        if active.is_empty() {
+            return Ok(());
+        }
+        let too_big = active.size + batch.size_bytes() as u64 > self.config.segment_bytes_max;
+        let too_old = match (self.config.segment_ms_max, active.first_append_ms) {
+            (Some(max), Some(first)) => self.clock.now_ms().saturating_sub(first) >= max as i64,
+            _ => false,
+        };
+        // Relative offsets in the index are 32-bit.
+        let offsets_full = inner.end().0 - active.base.0
+            + i64::from(batch.last_offset_delta())
+            >= i64::from(u32::MAX);
+        if too_big || too_old || offsets_full {
+            self.roll_locked(inner)?;
+        }
+        Ok(())
+    }
+
+    fn roll_locked(&self, inner: &mut Inner) -> Result<()> {
+        let active = inner.active();
+        if active.is_empty() {
+            return Ok(());
+        }
+        active.sync()?;
+        self.durable.raise(active.next_offset);
+        let base = active.next_offset;
+        let segment = Segment::create(&self.dir, base, next_segment_id())?;
+        checkpoint::fsync_dir(&self.dir)?;
+        inner.segments.insert(base, segment);
+        inner.recovery_point = base;
+        self.write_checkpoint(inner)
+    }
+
+    /// Seals the active segment and starts a new one (no-op when it is empty).
+    pub fn roll(&self) -> Result<()> {
+        let mut inner = self.write_inner();
+        inner.check_usable()?;
+        self.roll_locked(&mut inner)
+    }
+
+    /// Batches from `from` (the first may begin before it) up to about `max_bytes`, always
+    /// at least one when any is available, none reaching `until` (default: the log end).
+    pub fn read(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        until: Option<Offset>,
+    ) -> Result<Vec<RecordBatch>> {
+        let inner = self.read_inner();
+        inner.check_usable()?;
+        let (start, end) = (inner.start(), inner.end());
+        if from < start || from > end {
+            return Err(LogError::OffsetOutOfRange {
+                offset: from,
+                start,
+                end,
+            });
+        }
+        let until = until.map_or(end, |u| u.min(end));
+        let mut out: Vec<RecordBatch> = Vec::new();
+        let mut bytes = 0usize;
+        let mut cursor = from;
+        let first = inner
+            .segments
+            .range(..=from)
+            .next_back()
+            .map_or(start, |(b, _)| *b);
+        for segment in inner.segments.range(first..).map(|(_, s)| s) {
+            if cursor >= until || (bytes >= max_bytes && !out.is_empty()) {
+                break;
+            }
+            let batches = segment.read(
+                cursor,
+                max_bytes.saturating_sub(bytes),
+                until,
+                out.is_empty(),
+            )?;
+            for batch in batches {
+                bytes += batch.size_bytes();
+                cursor = batch.next_offset();
+                out.push(batch);
+            }
+            if cursor < segment.next_offset {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first record whose timestamp is at or after `timestamp`: its offset and timestamp.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(Offset, i64)>> {
+        let inner = self.read_inner();
+        inner.check_usable()?;
+        for segment in inner.segments.values() {
+            if segment.max_timestamp >= timestamp {
+                return segment.offset_for_timestamp(timestamp);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes every batch holding an offset at or after `offset` (a batch straddling it is
+    /// removed whole). Returns the new log end. Truncating at or below the log start empties
+    /// the log and restarts it at `offset`.
+    pub fn truncate_to(&self, offset: Offset) -> Result<Offset> {
+        let mut inner = self.write_inner();
+        inner.check_usable()?;
+        if offset >= inner.end() {
+            return Ok(inner.end());
+        }
+        let interval = self.config.index_interval_bytes;
+        if offset <= inner.start() {
+            return self.restart_at(&mut inner, offset);
+        }
+        let holder = inner
+            .segments
+            .range(..=offset)
+            .next_back()
+            .map(|(b, _)| *b)
+            .expect("offset above the log start lies in a segment");
+        // 1. Recovery must not trust the segment being cut.
+        inner.recovery_point = inner.recovery_point.min(holder);
+        self.write_checkpoint(&inner)?;
+        // 2. Later segments go, newest first, so no crash leaves a gap.
+        let later: Vec<Offset> = inner
+            .segments
+            .range((Bound::Excluded(holder), Bound::Unbounded))
+            .rev()
+            .map(|(b, _)| *b)
+            .collect();
+        for base in later {
+            if let Some(segment) = inner.segments.remove(&base) {
+                segment.delete_files()?;
+            }
+        }
+        checkpoint::fsync_dir(&self.dir)?;
+        // 3. Cut the holder at the batch containing `offset`.
+        let segment = inner
+            .segments
+            .get_mut(&holder)
+            .expect("holder segment exists");
+        let (position, new_end) = match segment.locate(offset)? {
+            Some((position, base, _)) => (position, base),
+            None => (segment.size, segment.next_offset),
+        };
+        segment.truncate_at(position, new_end, interval)?;
+        segment.first_append_ms = None;
+        // 4. Epochs that began after the new end are gone.
+        if inner.epochs.truncate_from(new_end) {
+            inner.epochs.write(&self.dir)?;
+        }
+        inner.high_watermark = inner.high_watermark.min(new_end);
+        self.durable.reset(new_end);
+        Ok(new_end)
+    }
+
+    fn restart_at(&self, inner: &mut Inner, offset: Offset) -> Result<Offset> {
+        let bases: Vec<Offset> = inner.segments.keys().rev().copied().collect();
+        for base in bases {
+            if let Some(segment) = inner.segments.remove(&base) {
+                segment.delete_files()?;
+            }
+        }
+        let segment = Segment::create(&self.dir, offset, next_segment_id())?;
+        checkpoint::fsync_dir(&self.dir)?;
+        inner.segments.insert(offset, segment);
+        inner.epochs.clear();
+        inner.epochs.write(&self.dir)?;
+        inner.recovery_point = offset;
+        inner.high_watermark = offset;
+        self.write_checkpoint(inner)?;
+        self.durable.reset(offset);
+        self.durable.raise(offset);
+        Ok(offset)
+    }
+
+    /// Deletes whole sealed segments past the retention time or size. Never the active one.
+    pub fn enforce_retention(&self) -> Result<RetentionOutcome> {
+        let mut inner = self.write_inner();
+        inner.check_usable()?;
+        let now = self.clock.now_ms();
+        let mut outcome = RetentionOutcome::default();
+        let mut size = inner.size();
+        loop {
+            if inner.segments.len() < 2 {
+                break;
+            }
+            let oldest = inner.segments.values().next().expect("two segments");
+            let expired = self.config.retention_ms.is_some_and(|ms| {
+                oldest.max_timestamp != i64::MIN && oldest.max_timestamp < now - ms as i64
+            });
+            let oversize = self
+                .config
+                .retention_bytes
+                .is_some_and(|max| size.saturating_sub(oldest.size) >= max);
+            if !(expired || oversize) {
+                break;
+            }
+            let base = oldest.base;
+            let Some(segment) = inner.segments.remove(&base) else {
+                break;
+            };
+            segment.delete_files()?;
+            size -= segment.size;
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += segment.size;
+        }
+        if outcome.segments_deleted > 0 {
+            checkpoint::fsync_dir(&self.dir)?;
+        }
+        outcome.log_start = inner.start();
+        Ok(outcome)
+    }
+
+    /// The first offset still stored.
+    pub fn start_offset(&self) -> Offset {
+        self.read_inner().start()
+    }
+
+    /// The offset the next appended record will get.
+    pub fn end_offset(&self) -> Offset {
+        self.read_inner().end()
+    }
+
+    /// Everything below this offset is fsynced.
+    pub fn durable_end(&self) -> Offset {
+        self.durable.offset().min(self.end_offset())
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.read_inner().size()
+    }
+
+    pub fn high_watermark(&self) -> Offset {
+        self.read_inner().high_watermark
+    }
+
+    /// Sets the high watermark (clamped to the log end); persisted by [`Self::checkpoint`].
+    pub fn set_high_watermark(&self, offset: Offset) {
+        let mut inner = self.write_inner();
+        inner.high_watermark = offset.min(inner.end());
+    }
+
+    /// Persists the recovery point and high watermark.
+    pub fn checkpoint(&self) -> Result<()> {
+        let inner = self.read_inner();
+        self.write_checkpoint(&inner)
+    }
+
+    pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
+        self.read_inner().epochs.latest()
+    }
+
+    pub fn epochs(&self) -> Vec<(LeaderEpoch, Offset)> {
+        self.read_inner().epochs.entries().to_vec()
+    }
+
+    /// For a follower asking about `epoch`: the largest epoch not above it and where it ended.
+    pub fn end_offset_for_epoch(&self, epoch: LeaderEpoch) -> Option<(LeaderEpoch, Offset)> {
+        let inner = self.read_inner();
+        inner.epochs.end_offset_for(epoch, inner.end())
+    }
+
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.read_inner()
+            .segments
+            .values()
+            .map(|s| SegmentInfo {
+                base_offset: s.base,
+                next_offset: s.next_offset,
+                size_bytes: s.size,
+                max_timestamp: (s.max_timestamp != i64::MIN).then_some(s.max_timestamp),
+                index_entries: s.offset_index.entries().len(),
+                time_index_entries: s.time_index.entries().len(),
+                path: s.log_path().to_path_buf(),
+            })
+            .collect()
+    }
+
+    /// Fsyncs everything and writes the checkpoint.
+    pub fn close(self) -> Result<()> {
+        let inner = self.read_inner();
+        inner.check_usable()?;
+        inner.active().sync()?;
+        self.write_checkpoint(&inner)
+    }
+}
+
+/// The segment base offsets in `dir`, ascending.
+pub fn list_segments(dir: &Path) -> Result<Vec<Offset>> {
+    let mut bases = Vec::new();
+    let entries = fs::read_dir(dir).map_err(LogError::io(format!("list {}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(LogError::io(format!("list {}", dir.display())))?;
+        if let Some(base) = entry.file_name().to_str().and_then(segment::parse_log_name) {
+            bases.push(base);
+        }
+    }
+    bases.sort();
+    Ok(bases)
+}
+
+/// Rebuilds the epoch cache from the batches themselves (the checkpoint file was lost).
+fn rebuild_epoch_cache(segments: &BTreeMap<Offset, Segment>) -> Result<EpochCache> {
+    let mut cache = EpochCache::default();
+    for segment in segments.values() {
+        let mut scanner = segment::Scanner::open(segment.log_path(), 0, segment.base)?;
+        let checks = ScanChecks {
+            verify_crc: true,
+            epochs: None,
+        };
+        while let Ok(Some((_, batch))) = scanner.next_batch(checks) {
+            cache.assign(batch.leader_epoch(), batch.base_offset());
+        }
+    }
+    Ok(cache)
+}

@@ -1,0 +1,13 @@
+//! Generates the gRPC code from `proto/` with protox (pure Rust), so no system `protoc` is
+//! needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["weir/v1/record.proto"];
+    let fds = protox::compile(files, [&root])?;
+    tonic_prost_build::configure()
+        .bytes(".weir.v1")
+        .compile_fds(fds)?;
+    println!("cargo:rerun-if-changed={}", root.display());
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! Weir errors as gRPC statuses. The wire `ErrorCode` travels in the `weir-error-code`
+//! metadata entry so clients classify failures without parsing messages.
+
+use weir_types::ErrorCode;
+
+use crate::convert::FieldError;
+
+pub const ERROR_CODE_KEY: &str = "weir-error-code";
+
+/// A status for `code` with `message`; the gRPC code is chosen from the Weir code.
+pub fn status(code: ErrorCode, message: impl Into<String>) -> tonic::Status {
+    let grpc = match code {
+        ErrorCode::InvalidArgument
+        | ErrorCode::InvalidRecordBatch
+        | ErrorCode::RecordBatchTooLarge => tonic::Code::InvalidArgument,
+        ErrorCode::UnknownTopicOrPartition => tonic::Code::NotFound,
+        ErrorCode::TopicAlreadyExists => tonic::Code::AlreadyExists,
+        ErrorCode::OffsetOutOfRange => tonic::Code::OutOfRange,
+        ErrorCode::RequestTimedOut => tonic::Code::DeadlineExceeded,
+        ErrorCode::NotLeader
+        | ErrorCode::NotController
+        | ErrorCode::LeaderNotAvailable
+        | ErrorCode::NotEnoughReplicas
+        | ErrorCode::NetworkError
+        | ErrorCode::StorageError => tonic::Code::Unavailable,
+        ErrorCode::FencedLeaderEpoch
+        | ErrorCode::UnknownLeaderEpoch
+        | ErrorCode::OutOfOrderSequence
+        | ErrorCode::DuplicateSequence
+        | ErrorCode::InvalidProducerEpoch
+        | ErrorCode::FencedMemberEpoch
+        | ErrorCode::UnknownMemberId
+        | ErrorCode::NotEnoughReplicasAfterAppend => tonic::Code::FailedPrecondition,
+        ErrorCode::CorruptRecord => tonic::Code::DataLoss,
+        ErrorCode::Unknown => tonic::Code::Unknown,
+    };
+    let mut status = tonic::Status::new(grpc, format!("{}: {}", code.name(), message.into()));
+    if let Ok(value) = code.as_i32().to_string().parse() {
+        status.metadata_mut().insert(ERROR_CODE_KEY, value);
+    }
+    status
+}
+
+/// INVALID_ARGUMENT naming the field.
+pub fn invalid_field(err: &FieldError) -> tonic::Status {
+    status(ErrorCode::InvalidArgument, err.to_string())
+}
+
+/// The Weir code a status carries, if any.
+pub fn error_code(status: &tonic::Status) -> Option<ErrorCode> {
+    let value = status.metadata().get(ERROR_CODE_KEY)?.to_str().ok()?;
+    ErrorCode::from_i32(value.parse().ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_survive_the_status() {
+        for &code in ErrorCode::ALL {
+            let s = status(code, "x");
+            assert_eq!(error_code(&s), Some(code));
+            assert!(s.message().starts_with(code.name()));
+        }
+        let s = invalid_field(&FieldError::new("records[0].key", "too long"));
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert!(s.message().contains("records[0].key"));
+    }
+}

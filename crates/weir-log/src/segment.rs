@@ -430,6 +430,23 @@ impl Segment {
         self.time_index.sync()
     }
 
+    /// Asks the kernel to drop this segment's clean cached pages (after they are fsynced), so
+    /// the next reads come from the disk.
+    pub fn evict_page_cache(&self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: `fd` is an open descriptor owned by `self.file`, which outlives this call;
+        // posix_fadvise only reads its integer arguments and touches no Rust memory.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            return Err(LogError::io(format!("fadvise {}", self.log_path.display()))(
+                std::io::Error::from_raw_os_error(rc),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn delete_files(&self) -> Result<()> {
         for path in [
             self.log_path.clone(),

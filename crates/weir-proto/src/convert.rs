@@ -1,6 +1,5 @@
 //! Conversions between protobuf messages and `weir-types`, checking every field.
 
-use bytes::Bytes;
 use weir_types::batch::{Header, Record, RecordBatch};
 use weir_types::{LeaderEpoch, Offset};
 
@@ -132,6 +131,7 @@ pub fn stored_records(batch: &RecordBatch) -> Result<Vec<v1::StoredRecord>, weir
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use weir_types::BatchBuilder;
 
     #[test]

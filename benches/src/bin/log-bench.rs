@@ -49,7 +49,9 @@ fn parse_flush(s: &str) -> anyhow::Result<FlushPolicy> {
         return Ok(FlushPolicy::Fsync);
     }
     if let Some(ms) = s.strip_prefix("interval:") {
-        let ms = ms.parse().with_context(|| format!("--flush {s}: bad milliseconds"))?;
+        let ms = ms
+            .parse()
+            .with_context(|| format!("--flush {s}: bad milliseconds"))?;
         return Ok(FlushPolicy::IntervalAckBeforeFsync { ms });
     }
     bail!("--flush {s:?}: expected `fsync` or `interval:<ms>`")
@@ -57,7 +59,11 @@ fn parse_flush(s: &str) -> anyhow::Result<FlushPolicy> {
 
 fn make_batch(record_bytes: usize, count: usize) -> anyhow::Result<RecordBatch> {
     let mut builder = BatchBuilder::default();
-    let value = Bytes::from((0..record_bytes).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let value = Bytes::from(
+        (0..record_bytes)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
     for i in 0..count {
         builder.push(Record {
             timestamp_ms: 1_700_000_000_000 + i as i64,
@@ -122,7 +128,10 @@ fn run_case(args: &Args, case: &Case, root: &Path, flush: FlushPolicy) -> anyhow
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("writer panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("writer panicked")))
+            })
             .collect()
     });
     let elapsed = started.elapsed().as_secs_f64();
@@ -202,7 +211,15 @@ fn main() -> anyhow::Result<()> {
     );
     for &partitions in &args.partitions {
         for &record_bytes in &args.record_bytes {
-            run_case(&args, &Case { partitions, record_bytes }, &root, flush)?;
+            run_case(
+                &args,
+                &Case {
+                    partitions,
+                    record_bytes,
+                },
+                &root,
+                flush,
+            )?;
         }
     }
     Ok(())

@@ -231,8 +231,11 @@ mod tests {
         };
         cp.write(dir.path()).expect("write");
         assert_eq!(Checkpoint::read(dir.path()).ok().flatten(), Some(cp));
-        fs::write(dir.path().join(CHECKPOINT_FILE), "weir-checkpoint 1\nrecovery_point x\n")
-            .expect("write");
+        fs::write(
+            dir.path().join(CHECKPOINT_FILE),
+            "weir-checkpoint 1\nrecovery_point x\n",
+        )
+        .expect("write");
         assert!(Checkpoint::read(dir.path()).is_err());
     }
 

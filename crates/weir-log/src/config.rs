@@ -111,11 +111,15 @@ mod tests {
             segment_bytes_max: 10,
             ..LogConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("segment_bytes_max"));
+        assert!(
+            bad.validate()
+                .expect_err("invalid")
+                .contains("segment_bytes_max")
+        );
         let bad = LogConfig {
             flush: FlushPolicy::IntervalAckBeforeFsync { ms: 0 },
             ..LogConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("flush"));
+        assert!(bad.validate().expect_err("invalid").contains("flush"));
     }
 }

@@ -97,7 +97,10 @@ impl<E: Entry> IndexFile<E> {
         let mut entries: Vec<E> = Vec::with_capacity(bytes.len() / E::SIZE);
         for chunk in bytes.chunks_exact(E::SIZE) {
             let entry = E::decode(chunk);
-            if entries.last().is_some_and(|last| last.relative() >= entry.relative()) {
+            if entries
+                .last()
+                .is_some_and(|last| last.relative() >= entry.relative())
+            {
                 break;
             }
             entries.push(entry);

@@ -73,7 +73,14 @@ pub fn inspect(dir: &Path, keep_batches: bool) -> Result<DirReport> {
                 path.display()
             ));
         }
-        let report = scan_segment(dir, &path, base, keep_batches, cache.as_ref(), &mut problems)?;
+        let report = scan_segment(
+            dir,
+            &path,
+            base,
+            keep_batches,
+            cache.as_ref(),
+            &mut problems,
+        )?;
         if let Some(stop) = &report.stop {
             let what = if i + 1 == count {
                 "torn or corrupt tail in the active segment (opening the log cuts it)"
@@ -185,7 +192,11 @@ fn scan_segment(
 /// Index entries decoded straight from the files; `IndexFile::open` would repair them.
 fn read_only_index_counts(index: &Path, time: &Path) -> (Vec<OffsetEntry>, usize) {
     let offsets = std::fs::read(index)
-        .map(|b| b.chunks_exact(OffsetEntry::SIZE).map(OffsetEntry::decode).collect())
+        .map(|b| {
+            b.chunks_exact(OffsetEntry::SIZE)
+                .map(OffsetEntry::decode)
+                .collect()
+        })
         .unwrap_or_default();
     let times = std::fs::read(time)
         .map(|b| b.len() / TimeEntry::SIZE)

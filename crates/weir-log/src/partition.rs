@@ -196,8 +196,12 @@ impl PartitionLog {
         let interval = config.index_interval_bytes;
         let last_base = *bases.last().expect("at least one segment");
         let mut expected_base: Option<Offset> = None;
-        let next_bases: Vec<Option<Offset>> =
-            bases.iter().skip(1).map(|b| Some(*b)).chain([None]).collect();
+        let next_bases: Vec<Option<Offset>> = bases
+            .iter()
+            .skip(1)
+            .map(|b| Some(*b))
+            .chain([None])
+            .collect();
         for (segment, next_base) in segments.values_mut().zip(next_bases) {
             if let Some(expected) = expected_base
                 && segment.base != expected
@@ -269,7 +273,9 @@ impl PartitionLog {
         // before anyone is told it is.
         inner.active().sync()?;
         inner.recovery_point = inner.active().base;
-        inner.high_watermark = checkpoint.map_or(Offset::ZERO, |c| c.high_watermark).min(end);
+        inner.high_watermark = checkpoint
+            .map_or(Offset::ZERO, |c| c.high_watermark)
+            .min(end);
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             config,
@@ -421,8 +427,7 @@ impl PartitionLog {
             _ => false,
         };
         // Relative offsets in the index are 32-bit.
-        let offsets_full = inner.end().0 - active.base.0
-            + i64::from(batch.last_offset_delta())
+        let offsets_full = inner.end().0 - active.base.0 + i64::from(batch.last_offset_delta())
             >= i64::from(u32::MAX);
         if too_big || too_old || offsets_full {
             self.roll_locked(inner)?;

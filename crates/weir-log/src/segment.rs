@@ -60,7 +60,8 @@ pub struct Scanner {
 
 impl Scanner {
     pub fn open(path: &Path, position: u64, expected: Offset) -> Result<Scanner> {
-        let mut file = File::open(path).map_err(LogError::io(format!("open {}", path.display())))?;
+        let mut file =
+            File::open(path).map_err(LogError::io(format!("open {}", path.display())))?;
         let file_len = file
             .metadata()
             .map_err(LogError::io(format!("stat {}", path.display())))?
@@ -96,7 +97,9 @@ impl Scanner {
             return Ok(None);
         }
         if remaining < LOG_OVERHEAD as u64 {
-            return Err(stop(format!("{remaining} trailing bytes, too few for a batch")));
+            return Err(stop(format!(
+                "{remaining} trailing bytes, too few for a batch"
+            )));
         }
         let mut prefix = [0u8; LOG_OVERHEAD];
         self.reader
@@ -106,7 +109,9 @@ impl Scanner {
             return Err(stop("short prefix".into()));
         };
         if length < (HEADER_LEN - LOG_OVERHEAD) as i32 {
-            return Err(stop(format!("batch_length {length} is below the header size")));
+            return Err(stop(format!(
+                "batch_length {length} is below the header size"
+            )));
         }
         let total = LOG_OVERHEAD as u64 + length as u64;
         if total > remaining {
@@ -292,15 +297,25 @@ impl Segment {
         if let Err(e) = write {
             // Take the partial batch back off so the file matches memory; if even that fails
             // the caller poisons the log.
-            self.file
-                .set_len(position)
-                .map_err(LogError::io(format!("cut partial write in {}", self.log_path.display())))?;
-            return Err(LogError::io(format!("append to {}", self.log_path.display()))(e));
+            self.file.set_len(position).map_err(LogError::io(format!(
+                "cut partial write in {}",
+                self.log_path.display()
+            )))?;
+            return Err(LogError::io(format!(
+                "append to {}",
+                self.log_path.display()
+            ))(e));
         }
         let base = Offset(i64::from_be_bytes([
             prefix[0], prefix[1], prefix[2], prefix[3], prefix[4], prefix[5], prefix[6], prefix[7],
         ]));
-        self.index_batch(position, base, batch.max_timestamp(), bytes.len() as u64, interval)?;
+        self.index_batch(
+            position,
+            base,
+            batch.max_timestamp(),
+            bytes.len() as u64,
+            interval,
+        )?;
         self.size = position + bytes.len() as u64;
         self.next_offset = base.plus(i64::from(batch.last_offset_delta()) + 1);
         self.first_append_ms.get_or_insert(now_ms);
@@ -321,7 +336,11 @@ impl Segment {
             .metadata()
             .map_err(LogError::io(format!("stat {}", self.log_path.display())))?
             .len();
-        let resume = if rebuild { None } else { self.resume_point(file_len)? };
+        let resume = if rebuild {
+            None
+        } else {
+            self.resume_point(file_len)?
+        };
         let (position, expected) = match resume {
             Some((entry, ts)) => {
                 self.cursor = IndexCursor {
@@ -329,7 +348,10 @@ impl Segment {
                     skip_next: true,
                 };
                 self.max_timestamp = ts;
-                (u64::from(entry.position), self.base.plus(i64::from(entry.relative)))
+                (
+                    u64::from(entry.position),
+                    self.base.plus(i64::from(entry.relative)),
+                )
             }
             None => {
                 self.offset_index.truncate_entries(0)?;
@@ -398,9 +420,10 @@ impl Segment {
     /// Cuts the file (and indexes) at byte `position`, which must be a batch boundary, and
     /// fsyncs it.
     pub fn truncate_at(&mut self, position: u64, next_offset: Offset, interval: u32) -> Result<()> {
-        self.file
-            .set_len(position)
-            .map_err(LogError::io(format!("truncate {}", self.log_path.display())))?;
+        self.file.set_len(position).map_err(LogError::io(format!(
+            "truncate {}",
+            self.log_path.display()
+        )))?;
         self.file
             .sync_all()
             .map_err(LogError::io(format!("fsync {}", self.log_path.display())))?;
@@ -440,9 +463,11 @@ impl Segment {
         #[allow(unsafe_code)]
         let rc = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
         if rc != 0 {
-            return Err(LogError::io(format!("fadvise {}", self.log_path.display()))(
-                std::io::Error::from_raw_os_error(rc),
-            ));
+            return Err(
+                LogError::io(format!("fadvise {}", self.log_path.display()))(
+                    std::io::Error::from_raw_os_error(rc),
+                ),
+            );
         }
         Ok(())
     }
@@ -563,7 +588,10 @@ impl Segment {
         if self.max_timestamp < timestamp {
             return Ok(None);
         }
-        let start_relative = self.time_index.last_before(timestamp).map_or(0, |e| e.relative);
+        let start_relative = self
+            .time_index
+            .last_before(timestamp)
+            .map_or(0, |e| e.relative);
         let position = self
             .offset_index
             .floor(start_relative)
@@ -589,8 +617,9 @@ impl Segment {
             let records = batch
                 .records()
                 .map_err(|e| self.corruption(scanner.position(), e.to_string()))?;
-            if let Some((offset, record)) =
-                records.into_iter().find(|(_, r)| r.timestamp_ms >= timestamp)
+            if let Some((offset, record)) = records
+                .into_iter()
+                .find(|(_, r)| r.timestamp_ms >= timestamp)
             {
                 return Ok(Some((offset, record.timestamp_ms)));
             }

@@ -142,8 +142,12 @@ fn acknowledged_appends_survive_sigkill() {
                 ack.last < end,
                 "round {round}: acknowledged batch {ack:?} is past the recovered end {end}"
             );
-            let got = log.read(ack.base, 1, None).expect("read acknowledged batch");
-            let batch = got.first().unwrap_or_else(|| panic!("round {round}: {ack:?} missing"));
+            let got = log
+                .read(ack.base, 1, None)
+                .expect("read acknowledged batch");
+            let batch = got
+                .first()
+                .unwrap_or_else(|| panic!("round {round}: {ack:?} missing"));
             assert_eq!(
                 (batch.base_offset(), batch.last_offset(), batch.stored_crc()),
                 (ack.base, ack.last, ack.crc),
@@ -161,7 +165,11 @@ fn acknowledged_appends_survive_sigkill() {
             }
         }
         assert_eq!(next, end);
-        assert!(log.read(end, 1 << 20, None).expect("read at end").is_empty());
+        assert!(
+            log.read(end, 1 << 20, None)
+                .expect("read at end")
+                .is_empty()
+        );
         assert!(matches!(
             log.read(end.plus(1), 1 << 20, None),
             Err(LogError::OffsetOutOfRange { .. })

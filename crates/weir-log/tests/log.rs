@@ -34,13 +34,22 @@ fn append_assigns_offsets_and_reads_return_them() {
         .collect();
     assert_eq!(values, ["1:0:", "1:1:", "1:2:", "2:0:", "2:1:"]);
 
-    assert!(log.read(Offset(5), 100, None).expect("read at end").is_empty());
+    assert!(
+        log.read(Offset(5), 100, None)
+            .expect("read at end")
+            .is_empty()
+    );
     assert!(matches!(
         log.read(Offset(6), 100, None),
         Err(LogError::OffsetOutOfRange { .. })
     ));
     // `until` stops before a batch that would reach it
-    assert_eq!(log.read(Offset(0), 1 << 20, Some(Offset(3))).expect("read").len(), 1);
+    assert_eq!(
+        log.read(Offset(0), 1 << 20, Some(Offset(3)))
+            .expect("read")
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -62,7 +71,9 @@ fn bad_batches_are_rejected_before_anything_is_written() {
     let err = log.append(&corrupt, EPOCH).expect_err("crc");
     assert_eq!(err.code(), weir_types::ErrorCode::InvalidRecordBatch);
 
-    let err = log.append(&batch(4, 1, 10, 0), LeaderEpoch(0)).expect_err("stale epoch");
+    let err = log
+        .append(&batch(4, 1, 10, 0), LeaderEpoch(0))
+        .expect_err("stale epoch");
     assert!(matches!(err, LogError::StaleEpoch { .. }));
 
     assert_eq!(log.size_bytes(), size);
@@ -82,7 +93,10 @@ fn segments_roll_by_size_and_age_and_reads_cross_them() {
         log.append(&batch(i, 4, 100, 0), EPOCH).expect("append");
     }
     let by_size = log.segments().len();
-    assert!(by_size >= 3, "expected rolls by size, got {by_size} segments");
+    assert!(
+        by_size >= 3,
+        "expected rolls by size, got {by_size} segments"
+    );
     for s in log.segments() {
         assert!(s.size_bytes <= 4096, "{s:?}");
     }
@@ -93,7 +107,10 @@ fn segments_roll_by_size_and_age_and_reads_cross_them() {
     let all = log.read(Offset(0), usize::MAX / 2, None).expect("read");
     assert_eq!(all.len(), 21);
     let offsets: Vec<i64> = all.iter().map(|b| b.base_offset().0).collect();
-    assert_eq!(offsets, (0..21).map(|i| (i * 4).min(80)).collect::<Vec<_>>());
+    assert_eq!(
+        offsets,
+        (0..21).map(|i| (i * 4).min(80)).collect::<Vec<_>>()
+    );
     // a byte limit smaller than one batch still returns one
     assert_eq!(log.read(Offset(7), 1, None).expect("read").len(), 1);
 }
@@ -104,7 +121,8 @@ fn reopen_keeps_everything_and_rebuilds_lost_indexes() {
     let clock = Arc::new(ManualClock::new(0));
     let log = open(dir.path(), small_config(), &clock);
     for i in 0..30 {
-        log.append(&batch(i, 2, 100, i as i64 * 10), EPOCH).expect("append");
+        log.append(&batch(i, 2, 100, i as i64 * 10), EPOCH)
+            .expect("append");
     }
     let before = log.read(Offset(0), usize::MAX / 2, None).expect("read");
     let segments = log.segments();
@@ -113,15 +131,24 @@ fn reopen_keeps_everything_and_rebuilds_lost_indexes() {
     // lose every index file
     for entry in std::fs::read_dir(dir.path()).expect("ls") {
         let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "index" || e == "timeindex") {
+        if path
+            .extension()
+            .is_some_and(|e| e == "index" || e == "timeindex")
+        {
             std::fs::remove_file(path).expect("rm");
         }
     }
     let log = open(dir.path(), small_config(), &clock);
-    assert_eq!(log.read(Offset(0), usize::MAX / 2, None).expect("read"), before);
+    assert_eq!(
+        log.read(Offset(0), usize::MAX / 2, None).expect("read"),
+        before
+    );
     assert_eq!(log.segments(), segments);
     assert_eq!(log.end_offset(), Offset(60));
-    assert_eq!(log.offset_for_timestamp(155).expect("ts"), Some((Offset(32), 160)));
+    assert_eq!(
+        log.offset_for_timestamp(155).expect("ts"),
+        Some((Offset(32), 160))
+    );
 }
 
 #[test]
@@ -131,15 +158,34 @@ fn timestamp_lookup_finds_the_first_record_at_or_after() {
     let log = open(dir.path(), small_config(), &clock);
     for i in 0..40 {
         // records i*10, i*10+1, i*10+2
-        let codec = if i % 2 == 0 { Compression::None } else { Compression::Lz4 };
+        let codec = if i % 2 == 0 {
+            Compression::None
+        } else {
+            Compression::Lz4
+        };
         log.append(&batch_with(i, 3, 50, i as i64 * 10, codec), EPOCH)
             .expect("append");
     }
-    assert_eq!(log.offset_for_timestamp(-5).expect("ts"), Some((Offset(0), 0)));
-    assert_eq!(log.offset_for_timestamp(2).expect("ts"), Some((Offset(2), 2)));
-    assert_eq!(log.offset_for_timestamp(3).expect("ts"), Some((Offset(3), 10)));
-    assert_eq!(log.offset_for_timestamp(251).expect("ts"), Some((Offset(76), 251)));
-    assert_eq!(log.offset_for_timestamp(392).expect("ts"), Some((Offset(119), 392)));
+    assert_eq!(
+        log.offset_for_timestamp(-5).expect("ts"),
+        Some((Offset(0), 0))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(2).expect("ts"),
+        Some((Offset(2), 2))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(3).expect("ts"),
+        Some((Offset(3), 10))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(251).expect("ts"),
+        Some((Offset(76), 251))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(392).expect("ts"),
+        Some((Offset(119), 392))
+    );
     assert_eq!(log.offset_for_timestamp(393).expect("ts"), None);
 }
 
@@ -149,13 +195,18 @@ fn truncation_cuts_at_batch_boundaries_and_epochs_follow() {
     let clock = Arc::new(ManualClock::new(0));
     let log = open(dir.path(), small_config(), &clock);
     for i in 0..10 {
-        log.append(&batch(i, 3, 100, 0), LeaderEpoch(1)).expect("append");
+        log.append(&batch(i, 3, 100, 0), LeaderEpoch(1))
+            .expect("append");
     }
     for i in 10..20 {
-        log.append(&batch(i, 3, 100, 0), LeaderEpoch(3)).expect("append");
+        log.append(&batch(i, 3, 100, 0), LeaderEpoch(3))
+            .expect("append");
     }
     log.set_high_watermark(Offset(60));
-    assert_eq!(log.epochs(), vec![(LeaderEpoch(1), Offset(0)), (LeaderEpoch(3), Offset(30))]);
+    assert_eq!(
+        log.epochs(),
+        vec![(LeaderEpoch(1), Offset(0)), (LeaderEpoch(3), Offset(30))]
+    );
     assert_eq!(
         log.end_offset_for_epoch(LeaderEpoch(2)),
         Some((LeaderEpoch(1), Offset(30)))
@@ -171,12 +222,17 @@ fn truncation_cuts_at_batch_boundaries_and_epochs_follow() {
     assert_eq!(last.last().map(|b| b.last_offset()), Some(Offset(23)));
 
     // appending continues after the cut, in a new epoch, and survives reopen
-    let info = log.append(&batch(50, 2, 10, 0), LeaderEpoch(4)).expect("append");
+    let info = log
+        .append(&batch(50, 2, 10, 0), LeaderEpoch(4))
+        .expect("append");
     assert_eq!(info.base_offset, Offset(24));
     log.close().expect("close");
     let log = open(dir.path(), small_config(), &clock);
     assert_eq!(log.end_offset(), Offset(26));
-    assert_eq!(log.epochs(), vec![(LeaderEpoch(1), Offset(0)), (LeaderEpoch(4), Offset(24))]);
+    assert_eq!(
+        log.epochs(),
+        vec![(LeaderEpoch(1), Offset(0)), (LeaderEpoch(4), Offset(24))]
+    );
     assert_eq!(log.high_watermark(), Offset(24));
 
     // truncating below the start restarts the log there
@@ -192,7 +248,9 @@ fn replicated_appends_keep_offsets_and_must_be_contiguous() {
     let leader = open(&dir.path().join("leader"), small_config(), &clock);
     let follower = open(&dir.path().join("follower"), small_config(), &clock);
     for i in 0..5 {
-        leader.append(&batch(i, 2, 10, 0), LeaderEpoch(7)).expect("append");
+        leader
+            .append(&batch(i, 2, 10, 0), LeaderEpoch(7))
+            .expect("append");
     }
     let batches = leader.read(Offset(0), 1 << 20, None).expect("read");
     let err = follower.append_replicated(&batches[1]).expect_err("gap");
@@ -200,7 +258,10 @@ fn replicated_appends_keep_offsets_and_must_be_contiguous() {
     for b in &batches {
         follower.append_replicated(b).expect("replicate");
     }
-    assert_eq!(follower.read(Offset(0), 1 << 20, None).expect("read"), batches);
+    assert_eq!(
+        follower.read(Offset(0), 1 << 20, None).expect("read"),
+        batches
+    );
     assert_eq!(follower.epochs(), vec![(LeaderEpoch(7), Offset(0))]);
 }
 
@@ -221,7 +282,11 @@ fn retention_deletes_old_sealed_segments_only() {
     let total = log.size_bytes();
     let outcome = log.enforce_retention().expect("retention");
     assert!(outcome.segments_deleted > 0);
-    assert!(log.size_bytes() < 8192 + 4096, "size retention: {}", log.size_bytes());
+    assert!(
+        log.size_bytes() < 8192 + 4096,
+        "size retention: {}",
+        log.size_bytes()
+    );
     assert_eq!(log.size_bytes(), total - outcome.bytes_deleted);
     assert_eq!(log.start_offset(), outcome.log_start);
     assert!(matches!(
@@ -234,7 +299,8 @@ fn retention_deletes_old_sealed_segments_only() {
     log.enforce_retention().expect("retention");
     assert_eq!(log.segments().len(), 1);
     assert_eq!(log.end_offset(), Offset(160));
-    log.append(&batch(99, 1, 10, 0), EPOCH).expect("append after retention");
+    log.append(&batch(99, 1, 10, 0), EPOCH)
+        .expect("append after retention");
 }
 
 #[test]
@@ -294,5 +360,8 @@ fn reads_never_serve_a_batch_that_fails_its_crc() {
         log.read(Offset(4), 1 << 20, None),
         Err(LogError::Corruption { .. })
     ));
-    assert_eq!(log.read(Offset(0), 10, None).expect("intact prefix").len(), 1);
+    assert_eq!(
+        log.read(Offset(0), 10, None).expect("intact prefix").len(),
+        1
+    );
 }

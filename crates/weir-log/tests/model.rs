@@ -11,13 +11,27 @@ use weir_types::{LeaderEpoch, Offset, RecordBatch};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { count: usize, value_bytes: usize, ts_step: i64, new_epoch: bool },
-    Read { from_pick: usize, max_bytes: usize },
-    Truncate { pick: usize },
+    Append {
+        count: usize,
+        value_bytes: usize,
+        ts_step: i64,
+        new_epoch: bool,
+    },
+    Read {
+        from_pick: usize,
+        max_bytes: usize,
+    },
+    Truncate {
+        pick: usize,
+    },
     Roll,
     Retention,
-    Reopen { clean: bool },
-    TimestampLookup { ts_pick: i64 },
+    Reopen {
+        clean: bool,
+    },
+    TimestampLookup {
+        ts_pick: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -61,12 +75,20 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = Arc::new(ManualClock::new(0));
     let mut log: Option<PartitionLog> = Some(common::open(dir.path(), config(), &clock));
-    let mut m = Model { epoch: 1, ..Model::default() };
+    let mut m = Model {
+        epoch: 1,
+        ..Model::default()
+    };
     let mut tag = 0u64;
     for op in ops {
         let l = log.as_ref().expect("open");
         match op {
-            Op::Append { count, value_bytes, ts_step, new_epoch } => {
+            Op::Append {
+                count,
+                value_bytes,
+                ts_step,
+                new_epoch,
+            } => {
                 tag += 1;
                 if new_epoch {
                     m.epoch += 1;
@@ -81,12 +103,18 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 m.batches.push(b.stamped(m.end, LeaderEpoch(m.epoch)));
                 m.end = info.last_offset.plus(1);
             }
-            Op::Read { from_pick, max_bytes } => {
+            Op::Read {
+                from_pick,
+                max_bytes,
+            } => {
                 let span = (m.end.0 - m.start.0 + 1) as usize;
                 let from = m.start.plus((from_pick % span) as i64);
                 let got = l.read(from, max_bytes, None).expect("read");
-                let expected: Vec<&RecordBatch> =
-                    m.batches.iter().filter(|b| b.last_offset() >= from).collect();
+                let expected: Vec<&RecordBatch> = m
+                    .batches
+                    .iter()
+                    .filter(|b| b.last_offset() >= from)
+                    .collect();
                 prop_assert!(got.len() <= expected.len());
                 prop_assert_eq!(got.is_empty(), expected.is_empty());
                 let mut bytes = 0;
@@ -103,8 +131,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let span = (m.end.0 - m.start.0 + 1) as usize;
                 let at = m.start.plus((pick % span) as i64);
                 let new_end = l.truncate_to(at).expect("truncate");
-                let keep: Vec<RecordBatch> =
-                    m.batches.iter().filter(|b| b.last_offset() < at).cloned().collect();
+                let keep: Vec<RecordBatch> = m
+                    .batches
+                    .iter()
+                    .filter(|b| b.last_offset() < at)
+                    .cloned()
+                    .collect();
                 let expected_end = if at >= m.end {
                     m.end
                 } else if at <= m.start {
@@ -129,9 +161,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert!(outcome.log_start <= m.end);
                 prop_assert!(
                     outcome.log_start == m.end
-                        || m.batches.iter().any(|b| b.base_offset() == outcome.log_start)
+                        || m.batches
+                            .iter()
+                            .any(|b| b.base_offset() == outcome.log_start)
                         || outcome.log_start == m.start,
-                    "log start {} is not a batch boundary", outcome.log_start
+                    "log start {} is not a batch boundary",
+                    outcome.log_start
                 );
                 m.start = outcome.log_start;
                 m.batches.retain(|b| b.base_offset() >= outcome.log_start);

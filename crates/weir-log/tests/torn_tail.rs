@@ -50,9 +50,22 @@ fn assert_intact_prefix(dir: &Path, batches: &[RecordBatch], what: &str) {
     let prefix = &batches[..4];
     let end = prefix[3].next_offset();
     assert_eq!(log.end_offset(), end, "{what}: end offset");
-    assert_eq!(log.read(Offset(0), 1 << 20, None).expect("read"), prefix, "{what}");
-    assert_eq!(log.epochs(), vec![(LeaderEpoch(2), Offset(0))], "{what}: epochs");
-    assert!(log.read(end, 1 << 20, None).expect("read at end").is_empty(), "{what}");
+    assert_eq!(
+        log.read(Offset(0), 1 << 20, None).expect("read"),
+        prefix,
+        "{what}"
+    );
+    assert_eq!(
+        log.epochs(),
+        vec![(LeaderEpoch(2), Offset(0))],
+        "{what}: epochs"
+    );
+    assert!(
+        log.read(end, 1 << 20, None)
+            .expect("read at end")
+            .is_empty(),
+        "{what}"
+    );
     // and the log takes appends again right where the prefix ends
     let info = log
         .append(&common::batch(77, 1, 5, 0), LeaderEpoch(4))
@@ -71,7 +84,10 @@ fn every_cut_of_the_last_batch_recovers_the_prefix() {
         let work = root.path().join(format!("cut-{cut}"));
         copy_dir(&original, &work);
         let seg = work.join(segment.file_name().expect("name"));
-        let file = std::fs::OpenOptions::new().write(true).open(&seg).expect("open");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .expect("open");
         file.set_len(cut).expect("truncate");
         drop(file);
         assert_intact_prefix(&work, &batches, &format!("cut at {cut}"));
@@ -91,8 +107,7 @@ fn every_bit_flip_in_the_last_batch_recovers_the_prefix() {
             copy_dir(&original, &work);
             let mut bytes = pristine.clone();
             bytes[byte] ^= 1 << bit;
-            std::fs::write(work.join(segment.file_name().expect("name")), &bytes)
-                .expect("write");
+            std::fs::write(work.join(segment.file_name().expect("name")), &bytes).expect("write");
             assert_intact_prefix(&work, &batches, &format!("bit {bit} of byte {byte}"));
             std::fs::remove_dir_all(&work).expect("cleanup");
         }

@@ -115,7 +115,9 @@ impl From<RecordBatch> for v1::RecordBatch {
 }
 
 /// Every record of a stored batch, as the wire's `StoredRecord`s.
-pub fn stored_records(batch: &RecordBatch) -> Result<Vec<v1::StoredRecord>, weir_types::BatchError> {
+pub fn stored_records(
+    batch: &RecordBatch,
+) -> Result<Vec<v1::StoredRecord>, weir_types::BatchError> {
     let epoch: LeaderEpoch = batch.leader_epoch();
     Ok(batch
         .records()?

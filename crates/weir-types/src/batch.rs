@@ -186,8 +186,7 @@ impl RecordBatch {
     }
 
     pub fn last_offset(&self) -> Offset {
-        self.base_offset()
-            .plus(i64::from(self.last_offset_delta()))
+        self.base_offset().plus(i64::from(self.last_offset_delta()))
     }
 
     /// The offset after this batch.
@@ -294,11 +293,11 @@ impl RecordBatch {
                 max: self.max_timestamp(),
             });
         }
-        let records = self.records_with_limit(limits.decompressed_bytes_max)?;
-        if records.len() != count as usize {
+        let actual = self.walk_records(limits.decompressed_bytes_max, |_, _| {}, false)?;
+        if actual != count as usize {
             return Err(BatchError::CountMismatch {
                 declared: count,
-                actual: records.len(),
+                actual,
             });
         }
         Ok(())
@@ -310,32 +309,52 @@ impl RecordBatch {
     }
 
     pub fn records_with_limit(&self, limit: usize) -> Result<Vec<(Offset, Record)>, BatchError> {
+        let mut out = Vec::with_capacity((self.record_count().max(0) as usize).min(1 << 16));
+        self.walk_records(
+            limit,
+            |offset, record| {
+                if let Some(record) = record {
+                    out.push((offset, record));
+                }
+            },
+            true,
+        )?;
+        Ok(out)
+    }
+
+    /// Decodes the records block (decompressing it first if needed), checking every record's
+    /// framing and offset delta, and hands each to `visit`. With `keep` false no `Record` is
+    /// built (validation); with `keep` true keys and values share the batch's buffer.
+    /// Returns the number of records.
+    fn walk_records(
+        &self,
+        limit: usize,
+        mut visit: impl FnMut(Offset, Option<Record>),
+        keep: bool,
+    ) -> Result<usize, BatchError> {
         let codec = self.compression()?;
-        let payload = &self.buf[HEADER_LEN..];
-        let decompressed;
-        let mut data: &[u8] = if codec == Compression::None {
-            payload
+        let data: Bytes = if codec == Compression::None {
+            self.buf.slice(HEADER_LEN..)
         } else {
-            decompressed = codec.decompress(payload, limit)?;
-            &decompressed
+            Bytes::from(codec.decompress(&self.buf[HEADER_LEN..], limit)?)
         };
         let base = self.base_offset();
         let base_ts = self.base_timestamp();
-        let declared = self.record_count().max(0) as usize;
-        let mut out = Vec::with_capacity(declared.min(1 << 16));
-        while !data.is_empty() {
-            let index = out.len();
+        let mut cursor = Cursor { data: &data, at: 0 };
+        let mut index = 0usize;
+        while cursor.at < data.len() {
             let err = |reason: String| BatchError::Record { index, reason };
-            let (delta, record) = decode_record(&mut data, base_ts).map_err(err)?;
+            let (delta, record) = decode_record(&mut cursor, base_ts, keep).map_err(err)?;
             if delta != index as i32 {
                 return Err(BatchError::Record {
                     index,
                     reason: format!("offset_delta is {delta}, expected {index}"),
                 });
             }
-            out.push((base.plus(i64::from(delta)), record));
+            visit(base.plus(i64::from(delta)), record);
+            index += 1;
         }
-        Ok(out)
+        Ok(index)
     }
 }
 
@@ -343,62 +362,106 @@ fn varint_err(what: &str) -> impl Fn(VarintError) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
-fn take<'a>(data: &mut &'a [u8], len: usize, what: &str) -> Result<&'a [u8], String> {
-    if data.len() < len {
-        return Err(format!("{what} runs past the end of the record"));
-    }
-    let (head, tail) = data.split_at(len);
-    *data = tail;
-    Ok(head)
+/// A read position in a records block; slices of it share the block's buffer.
+struct Cursor<'a> {
+    data: &'a Bytes,
+    at: usize,
 }
 
-fn take_nullable(data: &mut &[u8], what: &str) -> Result<Option<Bytes>, String> {
-    let len = varint::get_varint(data).map_err(varint_err(what))?;
-    match len {
-        -1 => Ok(None),
-        n if n < -1 => Err(format!("{what} length {n} is negative")),
-        n => Ok(Some(Bytes::copy_from_slice(take(data, n as usize, what)?))),
+impl Cursor<'_> {
+    fn rest(&self) -> &[u8] {
+        &self.data[self.at..]
+    }
+
+    fn varint(&mut self, what: &str) -> Result<i32, String> {
+        let mut rest = self.rest();
+        let before = rest.len();
+        let v = varint::get_varint(&mut rest).map_err(varint_err(what))?;
+        self.at += before - rest.len();
+        Ok(v)
+    }
+
+    fn varlong(&mut self, what: &str) -> Result<i64, String> {
+        let mut rest = self.rest();
+        let before = rest.len();
+        let v = varint::get_varlong(&mut rest).map_err(varint_err(what))?;
+        self.at += before - rest.len();
+        Ok(v)
+    }
+
+    /// The next `len` bytes as a range of the buffer.
+    fn take(&mut self, len: usize, what: &str) -> Result<std::ops::Range<usize>, String> {
+        if self.data.len() - self.at < len {
+            return Err(format!("{what} runs past the end of the record"));
+        }
+        let range = self.at..self.at + len;
+        self.at += len;
+        Ok(range)
+    }
+
+    fn nullable(&mut self, what: &str) -> Result<Option<std::ops::Range<usize>>, String> {
+        match self.varint(what)? {
+            -1 => Ok(None),
+            n if n < -1 => Err(format!("{what} length {n} is negative")),
+            n => self.take(n as usize, what).map(Some),
+        }
     }
 }
 
-fn decode_record(data: &mut &[u8], base_ts: i64) -> Result<(i32, Record), String> {
-    let len = varint::get_varint(data).map_err(varint_err("record length"))?;
+fn decode_record(
+    outer: &mut Cursor<'_>,
+    base_ts: i64,
+    keep: bool,
+) -> Result<(i32, Option<Record>), String> {
+    let len = outer.varint("record length")?;
     if len < 0 {
         return Err(format!("record length {len} is negative"));
     }
-    let mut body = take(data, len as usize, "record body")?;
-    let _attributes = take(&mut body, 1, "record attributes")?;
-    let ts_delta = varint::get_varlong(&mut body).map_err(varint_err("timestamp delta"))?;
-    let offset_delta = varint::get_varint(&mut body).map_err(varint_err("offset delta"))?;
-    let key = take_nullable(&mut body, "key")?;
-    let value = take_nullable(&mut body, "value")?;
-    let header_count = varint::get_varint(&mut body).map_err(varint_err("header count"))?;
+    let body = outer.take(len as usize, "record body")?;
+    let body_bytes = outer.data.slice(body);
+    let mut c = Cursor {
+        data: &body_bytes,
+        at: 0,
+    };
+    c.take(1, "record attributes")?;
+    let ts_delta = c.varlong("timestamp delta")?;
+    let offset_delta = c.varint("offset delta")?;
+    let key = c.nullable("key")?;
+    let value = c.nullable("value")?;
+    let header_count = c.varint("header count")?;
     if header_count < 0 {
         return Err(format!("header count {header_count} is negative"));
     }
-    let mut headers = Vec::with_capacity((header_count as usize).min(64));
+    let mut headers = Vec::new();
     for _ in 0..header_count {
-        let key_len = varint::get_varint(&mut body).map_err(varint_err("header key"))?;
+        let key_len = c.varint("header key")?;
         if key_len < 0 {
             return Err("header key is null".into());
         }
-        let key = take(&mut body, key_len as usize, "header key")?;
-        let key = String::from_utf8(key.to_vec()).map_err(|_| "header key is not UTF-8")?;
-        let value = take_nullable(&mut body, "header value")?;
-        headers.push(Header { key, value });
+        let key_range = c.take(key_len as usize, "header key")?;
+        let key =
+            std::str::from_utf8(&body_bytes[key_range]).map_err(|_| "header key is not UTF-8")?;
+        let value = c.nullable("header value")?;
+        if keep {
+            headers.push(Header {
+                key: key.to_string(),
+                value: value.map(|r| body_bytes.slice(r)),
+            });
+        }
     }
-    if !body.is_empty() {
-        return Err(format!("{} trailing bytes after the headers", body.len()));
+    if c.at != body_bytes.len() {
+        return Err(format!(
+            "{} trailing bytes after the headers",
+            body_bytes.len() - c.at
+        ));
     }
-    Ok((
-        offset_delta,
-        Record {
-            timestamp_ms: base_ts.wrapping_add(ts_delta),
-            key,
-            value,
-            headers,
-        },
-    ))
+    let record = keep.then(|| Record {
+        timestamp_ms: base_ts.wrapping_add(ts_delta),
+        key: key.map(|r| body_bytes.slice(r)),
+        value: value.map(|r| body_bytes.slice(r)),
+        headers,
+    });
+    Ok((offset_delta, record))
 }
 
 fn encode_record(out: &mut Vec<u8>, offset_delta: i32, base_ts: i64, record: &Record) {
@@ -488,8 +551,18 @@ impl BatchBuilder {
         if self.records.is_empty() {
             return Err(BatchError::Empty(0));
         }
-        let base_ts = self.records.iter().map(|r| r.timestamp_ms).min().unwrap_or(0);
-        let max_ts = self.records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0);
+        let base_ts = self
+            .records
+            .iter()
+            .map(|r| r.timestamp_ms)
+            .min()
+            .unwrap_or(0);
+        let max_ts = self
+            .records
+            .iter()
+            .map(|r| r.timestamp_ms)
+            .max()
+            .unwrap_or(0);
         let mut payload = Vec::new();
         for (i, record) in self.records.iter().enumerate() {
             encode_record(&mut payload, i as i32, base_ts, record);
@@ -611,7 +684,9 @@ mod tests {
         ));
 
         let flipped = patch(&batch, 70, &[bytes[70] ^ 1], false);
-        let err = RecordBatch::from_bytes(flipped).expect("framed").validate(&LIMITS);
+        let err = RecordBatch::from_bytes(flipped)
+            .expect("framed")
+            .validate(&LIMITS);
         assert!(matches!(err, Err(BatchError::Crc { .. })), "{err:?}");
 
         let wrong_count = patch(&batch, RECORD_COUNT, &5i32.to_be_bytes(), true);
@@ -621,19 +696,43 @@ mod tests {
             &4i32.to_be_bytes(),
             true,
         );
-        let err = RecordBatch::from_bytes(wrong_count).expect("framed").validate(&LIMITS);
-        assert!(matches!(err, Err(BatchError::CountMismatch { declared: 5, actual: 4 })), "{err:?}");
+        let err = RecordBatch::from_bytes(wrong_count)
+            .expect("framed")
+            .validate(&LIMITS);
+        assert!(
+            matches!(
+                err,
+                Err(BatchError::CountMismatch {
+                    declared: 5,
+                    actual: 4
+                })
+            ),
+            "{err:?}"
+        );
 
         let bad_delta = patch(&batch, LAST_OFFSET_DELTA, &9i32.to_be_bytes(), true);
-        let err = RecordBatch::from_bytes(bad_delta).expect("framed").validate(&LIMITS);
-        assert!(matches!(err, Err(BatchError::OffsetDeltaMismatch { .. })), "{err:?}");
+        let err = RecordBatch::from_bytes(bad_delta)
+            .expect("framed")
+            .validate(&LIMITS);
+        assert!(
+            matches!(err, Err(BatchError::OffsetDeltaMismatch { .. })),
+            "{err:?}"
+        );
 
         let bad_codec = patch(&batch, ATTRIBUTES, &6i16.to_be_bytes(), true);
-        let err = RecordBatch::from_bytes(bad_codec).expect("framed").validate(&LIMITS);
+        let err = RecordBatch::from_bytes(bad_codec)
+            .expect("framed")
+            .validate(&LIMITS);
         assert!(matches!(err, Err(BatchError::Codec(_))), "{err:?}");
 
-        let small = BatchLimits { batch_bytes_max: 10, ..LIMITS };
-        assert!(matches!(batch.validate(&small), Err(BatchError::TooLarge { .. })));
+        let small = BatchLimits {
+            batch_bytes_max: 10,
+            ..LIMITS
+        };
+        assert!(matches!(
+            batch.validate(&small),
+            Err(BatchError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -642,8 +741,13 @@ mod tests {
         // decoder can notice.
         let batch = build(&sample(1), Compression::None);
         let mangled = patch(&batch, HEADER_LEN, &[0x7e], true);
-        let err = RecordBatch::from_bytes(mangled).expect("framed").validate(&LIMITS);
-        assert!(matches!(err, Err(BatchError::Record { index: 0, .. })), "{err:?}");
+        let err = RecordBatch::from_bytes(mangled)
+            .expect("framed")
+            .validate(&LIMITS);
+        assert!(
+            matches!(err, Err(BatchError::Record { index: 0, .. })),
+            "{err:?}"
+        );
     }
 
     proptest! {

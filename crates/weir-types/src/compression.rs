@@ -28,10 +28,7 @@ pub enum CodecError {
     #[error("unknown compression codec id {0}")]
     UnknownCodec(u8),
     #[error("{codec:?} payload is corrupt: {reason}")]
-    Corrupt {
-        codec: Compression,
-        reason: String,
-    },
+    Corrupt { codec: Compression, reason: String },
     #[error("decompressed payload exceeds {limit} bytes")]
     TooLarge { limit: usize },
 }
@@ -203,7 +200,9 @@ mod tests {
 
     #[test]
     fn every_codec_round_trips() {
-        let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         for codec in Compression::ALL {
             let packed = codec.compress(&data).expect("compress");
             let unpacked = codec.decompress(&packed, data.len()).expect("decompress");
@@ -226,7 +225,9 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        let garbage = [0x82u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17];
+        let garbage = [
+            0x82u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
+        ];
         for codec in Compression::ALL.into_iter().skip(1) {
             assert!(codec.decompress(&garbage, 1 << 20).is_err(), "{codec:?}");
         }

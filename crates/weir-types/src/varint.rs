@@ -80,7 +80,10 @@ mod tests {
     #[test]
     fn truncated_and_overlong_are_errors() {
         assert_eq!(get_varlong(&mut &[0x80u8][..]), Err(VarintError::Truncated));
-        assert_eq!(get_varlong(&mut &[0xffu8; 11][..]), Err(VarintError::TooLong(10)));
+        assert_eq!(
+            get_varlong(&mut &[0xffu8; 11][..]),
+            Err(VarintError::TooLong(10))
+        );
         let mut buf = Vec::new();
         put_varlong(&mut buf, i64::from(i32::MAX) + 1);
         assert_eq!(get_varint(&mut &buf[..]), Err(VarintError::Overflow));

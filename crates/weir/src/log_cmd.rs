@@ -120,7 +120,14 @@ pub fn run(cmd: LogCommand) -> anyhow::Result<i32> {
                 bail!("--batch-records must be at least 1");
             }
             let headers = parse_headers(&headers)?;
-            append_stdin(&dir, key, headers, batch_records, codec.into(), LeaderEpoch(epoch))
+            append_stdin(
+                &dir,
+                key,
+                headers,
+                batch_records,
+                codec.into(),
+                LeaderEpoch(epoch),
+            )
         }
     }
 }
@@ -207,7 +214,10 @@ fn show(bytes: Option<&Bytes>) -> String {
         None => "null".into(),
         Some(b) => match std::str::from_utf8(b) {
             Ok(s) => serde_json::to_string(s).unwrap_or_default(),
-            Err(_) => format!("0x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+            Err(_) => format!(
+                "0x{}",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            ),
         },
     }
 }
@@ -235,7 +245,15 @@ fn print_report(
                 .iter()
                 .map(|(e, s)| format!("epoch {e} from offset {s}"))
                 .collect();
-            writeln!(out, "leader epochs: {}", if list.is_empty() { "none".into() } else { list.join(", ") })?;
+            writeln!(
+                out,
+                "leader epochs: {}",
+                if list.is_empty() {
+                    "none".into()
+                } else {
+                    list.join(", ")
+                }
+            )?;
         }
         Ok(None) => writeln!(out, "leader epochs: no checkpoint file")?,
         Err(e) => writeln!(out, "leader epochs: UNREADABLE ({e})")?,
@@ -244,7 +262,10 @@ fn print_report(
         writeln!(
             out,
             "segment {}  offsets [{}, {})  {} batches  {} bytes ({} valid)  index {} entries  timeindex {} entries",
-            seg.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+            seg.path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
             seg.base_offset,
             seg.next_offset,
             seg.batch_count,

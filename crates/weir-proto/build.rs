@@ -3,7 +3,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["weir/v1/record.proto"];
+    let files = ["weir/v1/record.proto", "weir/v1/controller.proto"];
     let fds = protox::compile(files, [&root])?;
     tonic_prost_build::configure()
         .bytes(".weir.v1")

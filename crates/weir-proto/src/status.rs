@@ -6,6 +6,8 @@ use weir_types::ErrorCode;
 use crate::convert::FieldError;
 
 pub const ERROR_CODE_KEY: &str = "weir-error-code";
+/// Metadata entry naming the node that can serve the request (`host:port`).
+pub const LEADER_KEY: &str = "weir-leader";
 
 /// A status for `code` with `message`; the gRPC code is chosen from the Weir code.
 pub fn status(code: ErrorCode, message: impl Into<String>) -> tonic::Status {
@@ -30,6 +32,7 @@ pub fn status(code: ErrorCode, message: impl Into<String>) -> tonic::Status {
         | ErrorCode::InvalidProducerEpoch
         | ErrorCode::FencedMemberEpoch
         | ErrorCode::UnknownMemberId
+        | ErrorCode::FencedBroker
         | ErrorCode::NotEnoughReplicasAfterAppend => tonic::Code::FailedPrecondition,
         ErrorCode::CorruptRecord => tonic::Code::DataLoss,
         ErrorCode::Unknown => tonic::Code::Unknown,
@@ -44,6 +47,33 @@ pub fn status(code: ErrorCode, message: impl Into<String>) -> tonic::Status {
 /// INVALID_ARGUMENT naming the field.
 pub fn invalid_field(err: &FieldError) -> tonic::Status {
     status(ErrorCode::InvalidArgument, err.to_string())
+}
+
+/// NOT_CONTROLLER / NOT_LEADER with the address of the node to ask instead, when known.
+pub fn redirect(
+    code: ErrorCode,
+    message: impl Into<String>,
+    leader: Option<&str>,
+) -> tonic::Status {
+    let mut status = status(code, message);
+    if let Some(addr) = leader
+        && let Ok(value) = addr.parse()
+    {
+        status.metadata_mut().insert(LEADER_KEY, value);
+    }
+    status
+}
+
+/// The leader hint a status carries, if any.
+pub fn leader_hint(status: &tonic::Status) -> Option<String> {
+    Some(
+        status
+            .metadata()
+            .get(LEADER_KEY)?
+            .to_str()
+            .ok()?
+            .to_string(),
+    )
 }
 
 /// The Weir code a status carries, if any.

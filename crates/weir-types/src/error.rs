@@ -109,6 +109,8 @@ error_codes! {
     UnknownMemberId = 22, "UNKNOWN_MEMBER_ID", retriable: false, outcome: Definite;
     /// The replica's storage failed (I/O or fsync error); the partition is not served here.
     StorageError = 23, "STORAGE_ERROR", retriable: true, outcome: Indeterminate;
+    /// A broker used an incarnation the controller has fenced; it must register again.
+    FencedBroker = 24, "FENCED_BROKER", retriable: false, outcome: Definite;
 }
 
 impl fmt::Display for ErrorCode {

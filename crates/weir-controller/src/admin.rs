@@ -1,0 +1,547 @@
+//! The controller's client-facing gRPC services: `Admin` (topics, cluster, controller
+//! membership) and `BrokerRegistry` (registration and leases).
+//!
+//! Writes go through Raft on the active controller; a follower answers NOT_CONTROLLER with
+//! the leader's address. Reads are answered from the local applied state and say which
+//! version they reflect.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use tonic::{Request, Response, Status};
+use weir_proto::status::{redirect, status};
+use weir_proto::v1::admin_server::Admin;
+use weir_proto::v1::broker_registry_server::BrokerRegistry;
+use weir_proto::v1::{self as pb};
+use weir_types::{BrokerId, ErrorCode};
+
+use crate::metadata::{
+    CleanupPolicy, Command, ConfigChange, Outcome, Rejection, Topic, TopicConfig,
+};
+use crate::raft::{NodeId, Raft};
+use crate::store::StateMachine;
+
+/// In-memory broker leases, meaningful only on the active controller.
+#[derive(Debug, Default)]
+pub struct Leases {
+    /// broker → (incarnation, last heartbeat)
+    seen: Mutex<HashMap<BrokerId, (u64, Instant)>>,
+}
+
+impl Leases {
+    pub fn renew(&self, id: BrokerId, incarnation: u64) {
+        self.lock().insert(id, (incarnation, Instant::now()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BrokerId, (u64, Instant)>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives every broker a fresh lease: a new active controller cannot know when brokers
+    /// last heartbeated to its predecessor.
+    pub fn reset_all(&self) {
+        let now = Instant::now();
+        for (_, seen) in self.lock().iter_mut() {
+            seen.1 = now;
+        }
+    }
+
+    /// Live brokers (per `registered`) whose lease ran out, with their incarnations.
+    pub fn expired(&self, registered: &[(BrokerId, u64)], lease: Duration) -> Vec<(BrokerId, u64)> {
+        let now = Instant::now();
+        let mut seen = self.lock();
+        let mut out = Vec::new();
+        for (id, incarnation) in registered {
+            let entry = seen.entry(*id).or_insert((*incarnation, now));
+            if entry.0 != *incarnation {
+                *entry = (*incarnation, now);
+            }
+            if now.duration_since(entry.1) > lease {
+                out.push((*id, *incarnation));
+            }
+        }
+        out
+    }
+}
+
+/// Shared state of the services.
+#[derive(Clone)]
+pub struct Services {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub sm: StateMachine,
+    pub leases: Arc<Leases>,
+    pub lease: Duration,
+}
+
+fn rejection_status(r: Rejection) -> Status {
+    let code = match &r {
+        Rejection::TopicExists(_) => ErrorCode::TopicAlreadyExists,
+        Rejection::UnknownTopic(_) => ErrorCode::UnknownTopicOrPartition,
+        Rejection::StaleIncarnation { .. } | Rejection::UnknownBroker(_) => ErrorCode::FencedBroker,
+        Rejection::Invalid { .. } | Rejection::NotEnoughBrokers { .. } => {
+            ErrorCode::InvalidArgument
+        }
+    };
+    status(code, r.to_string())
+}
+
+fn invalid(field: &str, reason: &str) -> Status {
+    status(
+        ErrorCode::InvalidArgument,
+        format!("invalid {field}: {reason}"),
+    )
+}
+
+impl Services {
+    /// Proposes `command` and waits until it is committed and applied.
+    pub async fn propose(&self, command: Command) -> Result<Outcome, Status> {
+        match self.raft.client_write(command).await {
+            Ok(response) => match response.data {
+                Some(Outcome::Rejected(r)) => Err(rejection_status(r)),
+                Some(outcome) => Ok(outcome),
+                None => Err(status(ErrorCode::Unknown, "command produced no outcome")),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let addr = f.leader_node.map(|n| n.addr);
+                Err(redirect(
+                    ErrorCode::NotController,
+                    match (&f.leader_id, &addr) {
+                        (Some(id), Some(a)) => format!("the active controller is {id} at {a}"),
+                        _ => "no active controller right now".to_string(),
+                    },
+                    addr.as_deref(),
+                ))
+            }
+            Err(e) => Err(status(ErrorCode::NotController, e.to_string())),
+        }
+    }
+
+    fn leader_only(&self) -> Result<(), Status> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader == Some(self.id) {
+            return Ok(());
+        }
+        let addr = metrics.current_leader.and_then(|l| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        Err(redirect(
+            ErrorCode::NotController,
+            "this controller is not the active one",
+            addr.as_deref(),
+        ))
+    }
+
+    async fn topic(&self, name: &str) -> Result<Topic, Status> {
+        let state = self.sm.read().await;
+        state.metadata.topics.get(name).cloned().ok_or_else(|| {
+            status(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic {name:?} does not exist"),
+            )
+        })
+    }
+
+    async fn describe_cluster_now(&self) -> pb::DescribeClusterResponse {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut controllers = Vec::new();
+        for (id, node) in membership.nodes() {
+            let role = if *id == self.id {
+                match metrics.state {
+                    ServerState::Leader => "leader",
+                    ServerState::Follower => "follower",
+                    ServerState::Candidate => "candidate",
+                    ServerState::Learner => "learner",
+                    ServerState::Shutdown => "shutdown",
+                }
+            } else if metrics.current_leader == Some(*id) {
+                "leader"
+            } else if let Some(replication) = &metrics.replication {
+                match replication.get(id) {
+                    Some(Some(_)) if voters.contains(id) => "follower",
+                    Some(Some(_)) => "learner",
+                    _ => "unreachable",
+                }
+            } else if voters.contains(id) {
+                "follower"
+            } else {
+                "learner"
+            };
+            controllers.push(pb::ControllerDescription {
+                id: *id,
+                address: node.addr.clone(),
+                role: role.to_string(),
+                voter: voters.contains(id),
+            });
+        }
+        let state = self.sm.read().await;
+        let brokers = state
+            .metadata
+            .brokers
+            .values()
+            .map(|b| pb::BrokerDescription {
+                id: b.id.0,
+                address: b.address.clone(),
+                rack: b.rack.clone().unwrap_or_default(),
+                incarnation: b.incarnation,
+                fenced: b.fenced,
+            })
+            .collect();
+        pb::DescribeClusterResponse {
+            answered_by: self.id,
+            leader_id: metrics.current_leader.unwrap_or(0),
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            controllers,
+            brokers,
+        }
+    }
+}
+
+pub fn describe_topic(topic: &Topic) -> pb::TopicDescription {
+    let c = &topic.config;
+    pb::TopicDescription {
+        name: topic.name.clone(),
+        topic_id: topic.id.clone(),
+        retention_ms: c.retention_ms.unwrap_or(0),
+        retention_ms_unlimited: c.retention_ms.is_none(),
+        retention_bytes: c.retention_bytes.unwrap_or(0),
+        retention_bytes_unlimited: c.retention_bytes.is_none(),
+        segment_bytes: c.segment_bytes,
+        cleanup_policy: c.cleanup_policy.name().to_string(),
+        min_insync_replicas: c.min_insync_replicas,
+        partitions: topic
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| pb::PartitionDescription {
+                partition: i as u32,
+                leader: p.leader.map_or(0, |b| b.0),
+                leader_epoch: p.leader_epoch.0,
+                replicas: p.replicas.iter().map(|b| b.0).collect(),
+                isr: p.isr.iter().map(|b| b.0).collect(),
+                partition_epoch: p.partition_epoch,
+            })
+            .collect(),
+    }
+}
+
+fn cleanup_policy(raw: &str) -> Result<CleanupPolicy, Status> {
+    match raw {
+        "delete" => Ok(CleanupPolicy::Delete),
+        "compact" => Ok(CleanupPolicy::Compact),
+        other => Err(invalid(
+            "config.cleanup_policy",
+            &format!("{other:?} is not \"delete\" or \"compact\""),
+        )),
+    }
+}
+
+fn config_change(config: Option<pb::TopicConfig>) -> Result<ConfigChange, Status> {
+    let Some(c) = config else {
+        return Ok(ConfigChange::default());
+    };
+    if c.clear_retention_ms && c.retention_ms.is_some() {
+        return Err(invalid(
+            "config.retention_ms",
+            "set together with clear_retention_ms",
+        ));
+    }
+    if c.clear_retention_bytes && c.retention_bytes.is_some() {
+        return Err(invalid(
+            "config.retention_bytes",
+            "set together with clear_retention_bytes",
+        ));
+    }
+    Ok(ConfigChange {
+        retention_ms: if c.clear_retention_ms {
+            Some(None)
+        } else {
+            c.retention_ms.map(Some)
+        },
+        retention_bytes: if c.clear_retention_bytes {
+            Some(None)
+        } else {
+            c.retention_bytes.map(Some)
+        },
+        segment_bytes: c.segment_bytes,
+        cleanup_policy: c
+            .cleanup_policy
+            .as_deref()
+            .map(cleanup_policy)
+            .transpose()?,
+        min_insync_replicas: c.min_insync_replicas,
+    })
+}
+
+fn random_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[tonic::async_trait]
+impl Admin for Services {
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::TopicDescription>, Status> {
+        let req = request.into_inner();
+        crate::metadata::validate_topic_name(&req.name).map_err(rejection_status)?;
+        if req.partitions == 0 {
+            return Err(invalid("partitions", "must be at least 1"));
+        }
+        let change = config_change(req.config)?;
+        let mut config = TopicConfig::default();
+        if let Some(v) = change.retention_ms {
+            config.retention_ms = v;
+        }
+        if let Some(v) = change.retention_bytes {
+            config.retention_bytes = v;
+        }
+        if let Some(v) = change.segment_bytes {
+            config.segment_bytes = v;
+        }
+        if let Some(v) = change.cleanup_policy {
+            config.cleanup_policy = v;
+        }
+        let live = self.sm.read().await.metadata.live_brokers().len() as u32;
+        let replication_factor = match req.replication_factor {
+            0 if live >= 3 => 3,
+            0 => 1,
+            rf => rf,
+        };
+        // Safe default: with three replicas, an acknowledged write is on two of them.
+        config.min_insync_replicas = change
+            .min_insync_replicas
+            .unwrap_or(if replication_factor >= 3 { 2 } else { 1 });
+        let outcome = self
+            .propose(Command::CreateTopic {
+                id: random_id(),
+                name: req.name,
+                partitions: req.partitions,
+                replication_factor,
+                config,
+            })
+            .await?;
+        match outcome {
+            Outcome::TopicCreated { topic } => Ok(Response::new(describe_topic(&topic))),
+            other => Err(status(
+                ErrorCode::Unknown,
+                format!("unexpected outcome {other:?}"),
+            )),
+        }
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        let name = request.into_inner().name;
+        if name.is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        match self.propose(Command::DeleteTopic { name }).await? {
+            Outcome::TopicDeleted { id } => {
+                Ok(Response::new(pb::DeleteTopicResponse { topic_id: id }))
+            }
+            other => Err(status(
+                ErrorCode::Unknown,
+                format!("unexpected outcome {other:?}"),
+            )),
+        }
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let state = self.sm.read().await;
+        Ok(Response::new(pb::ListTopicsResponse {
+            topics: state.metadata.topics.values().map(describe_topic).collect(),
+            version: state.version(),
+        }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::TopicDescription>, Status> {
+        let topic = self.topic(&request.into_inner().name).await?;
+        Ok(Response::new(describe_topic(&topic)))
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<pb::CreatePartitionsRequest>,
+    ) -> Result<Response<pb::TopicDescription>, Status> {
+        let req = request.into_inner();
+        self.propose(Command::CreatePartitions {
+            name: req.name.clone(),
+            total: req.total,
+        })
+        .await?;
+        Ok(Response::new(describe_topic(&self.topic(&req.name).await?)))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<pb::AlterTopicConfigRequest>,
+    ) -> Result<Response<pb::TopicDescription>, Status> {
+        let req = request.into_inner();
+        let change = config_change(req.config)?;
+        if change == ConfigChange::default() {
+            return Err(invalid("config", "names no setting to change"));
+        }
+        self.propose(Command::AlterConfig {
+            name: req.name.clone(),
+            change,
+        })
+        .await?;
+        Ok(Response::new(describe_topic(&self.topic(&req.name).await?)))
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<pb::DescribeClusterRequest>,
+    ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
+        Ok(Response::new(self.describe_cluster_now().await))
+    }
+
+    async fn add_controller(
+        &self,
+        request: Request<pb::AddControllerRequest>,
+    ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
+        let req = request.into_inner();
+        if req.id == 0 {
+            return Err(invalid("id", "must be positive"));
+        }
+        if req.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("address", "must be host:port with a numeric IP"));
+        }
+        self.leader_only()?;
+        let node = BasicNode { addr: req.address };
+        self.raft
+            .add_learner(req.id, node, true)
+            .await
+            .map_err(|e| status(ErrorCode::NotController, e.to_string()))?;
+        let mut voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        voters.insert(req.id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| status(ErrorCode::NotController, e.to_string()))?;
+        Ok(Response::new(self.describe_cluster_now().await))
+    }
+
+    async fn remove_controller(
+        &self,
+        request: Request<pb::RemoveControllerRequest>,
+    ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
+        let id = request.into_inner().id;
+        self.leader_only()?;
+        let mut voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if !voters.remove(&id) {
+            return Err(invalid("id", &format!("controller {id} is not a voter")));
+        }
+        if voters.is_empty() {
+            return Err(invalid("id", "cannot remove the last voter"));
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| status(ErrorCode::NotController, e.to_string()))?;
+        Ok(Response::new(self.describe_cluster_now().await))
+    }
+}
+
+#[tonic::async_trait]
+impl BrokerRegistry for Services {
+    async fn register_broker(
+        &self,
+        request: Request<pb::RegisterBrokerRequest>,
+    ) -> Result<Response<pb::RegisterBrokerResponse>, Status> {
+        let req = request.into_inner();
+        if req.broker_id == 0 {
+            return Err(invalid("broker_id", "must be positive"));
+        }
+        if req.address.is_empty() {
+            return Err(invalid("address", "must not be empty"));
+        }
+        let id = BrokerId(req.broker_id);
+        let outcome = self
+            .propose(Command::RegisterBroker {
+                id,
+                address: req.address,
+                rack: (!req.rack.is_empty()).then_some(req.rack),
+            })
+            .await?;
+        let Outcome::Registered { incarnation } = outcome else {
+            return Err(status(
+                ErrorCode::Unknown,
+                format!("unexpected outcome {outcome:?}"),
+            ));
+        };
+        self.leases.renew(id, incarnation);
+        Ok(Response::new(pb::RegisterBrokerResponse {
+            incarnation,
+            lease_ms: self.lease.as_millis() as u64,
+        }))
+    }
+
+    async fn broker_heartbeat(
+        &self,
+        request: Request<pb::BrokerHeartbeatRequest>,
+    ) -> Result<Response<pb::BrokerHeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        self.leader_only()?;
+        let id = BrokerId(req.broker_id);
+        let state = self.sm.read().await;
+        let current = state.metadata.brokers.get(&id);
+        let fenced = match current {
+            Some(b) => b.fenced || b.incarnation != req.incarnation,
+            None => true,
+        };
+        if !fenced {
+            self.leases.renew(id, req.incarnation);
+        }
+        Ok(Response::new(pb::BrokerHeartbeatResponse {
+            fenced,
+            metadata_version: state.version(),
+        }))
+    }
+}
+
+/// Registered live brokers and their incarnations.
+pub fn live_incarnations(metadata: &crate::metadata::Metadata) -> Vec<(BrokerId, u64)> {
+    metadata
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .map(|b| (b.id, b.incarnation))
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .collect()
+}

@@ -1,0 +1,18 @@
+//! Weir's controller: the Raft-replicated source of truth for cluster metadata.
+//!
+//! - [`metadata`]: the pure state machine (brokers, topics, partitions) — commands in,
+//!   outcomes out, no I/O.
+//! - [`store`]: openraft's log and state-machine storage in sled; flushes before it
+//!   acknowledges appends, votes, truncations and purges.
+//! - [`raft`]: the openraft type configuration and the gRPC transport between controllers.
+//! - [`admin`]: the `Admin` and `BrokerRegistry` gRPC services; writes go through Raft on the
+//!   active controller, followers redirect with NOT_CONTROLLER and the leader's address.
+//! - [`node`]: a running controller — bootstrap, server, broker lease task, shutdown.
+
+pub mod admin;
+pub mod metadata;
+pub mod node;
+pub mod raft;
+pub mod store;
+
+pub use node::{Controller, ControllerConfig, StartError};

@@ -1,0 +1,693 @@
+//! The cluster metadata state machine: brokers, topics and partitions.
+//!
+//! Pure: [`Metadata::apply`] takes a [`Command`] and returns an [`Outcome`], with no I/O, no
+//! clock and no randomness, so every controller replica applying the same Raft log reaches the
+//! same state. Anything non-deterministic (topic ids, the current time) is decided by the
+//! proposer and carried inside the command.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use weir_types::{BrokerId, LeaderEpoch};
+
+/// A broker as the controller knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Broker {
+    pub id: BrokerId,
+    /// `host:port` of the broker's data-plane gRPC endpoint.
+    pub address: String,
+    pub rack: Option<String>,
+    /// Bumped on every registration; requests from an older incarnation are fenced.
+    pub incarnation: u64,
+    /// A fenced broker leads nothing and is not in any ISR until it registers again.
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupPolicy {
+    #[default]
+    Delete,
+    Compact,
+}
+
+impl CleanupPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+        }
+    }
+}
+
+/// Per-topic settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub segment_bytes: u64,
+    pub cleanup_policy: CleanupPolicy,
+    pub min_insync_replicas: u32,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+            segment_bytes: 1 << 30,
+            cleanup_policy: CleanupPolicy::Delete,
+            min_insync_replicas: 1,
+        }
+    }
+}
+
+/// Changes to a topic's settings; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigChange {
+    pub retention_ms: Option<Option<u64>>,
+    pub retention_bytes: Option<Option<u64>>,
+    pub segment_bytes: Option<u64>,
+    pub cleanup_policy: Option<CleanupPolicy>,
+    pub min_insync_replicas: Option<u32>,
+}
+
+/// One partition's replication state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    pub replicas: Vec<BrokerId>,
+    pub leader: Option<BrokerId>,
+    pub leader_epoch: LeaderEpoch,
+    pub isr: Vec<BrokerId>,
+    /// Bumped on every change to this partition (leader or ISR); fences stale ISR updates.
+    pub partition_epoch: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topic {
+    /// Chosen by the proposer (128-bit, hex); distinguishes a re-created topic from the old one.
+    pub id: String,
+    pub name: String,
+    pub config: TopicConfig,
+    pub partitions: Vec<Partition>,
+}
+
+/// A change to the metadata, as replicated through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    RegisterBroker {
+        id: BrokerId,
+        address: String,
+        rack: Option<String>,
+    },
+    /// The broker's lease expired (or it shut down): it loses leaderships and ISR places.
+    FenceBroker {
+        id: BrokerId,
+        incarnation: u64,
+    },
+    CreateTopic {
+        id: String,
+        name: String,
+        partitions: u32,
+        replication_factor: u32,
+        config: TopicConfig,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// Grows the topic to `total` partitions.
+    CreatePartitions {
+        name: String,
+        total: u32,
+    },
+    AlterConfig {
+        name: String,
+        change: ConfigChange,
+    },
+}
+
+/// Why a command was rejected. Rejections change nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    #[error("broker {0} is not registered")]
+    UnknownBroker(BrokerId),
+    #[error("broker {id} incarnation {got} is stale (current {current})")]
+    StaleIncarnation {
+        id: BrokerId,
+        got: u64,
+        current: u64,
+    },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("replication factor {wanted} exceeds the {available} live brokers")]
+    NotEnoughBrokers { wanted: u32, available: u32 },
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> Rejection {
+    Rejection::Invalid {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Registered { incarnation: u64 },
+    Fenced { leaders_moved: u32, offline: u32 },
+    TopicCreated { topic: Topic },
+    TopicDeleted { id: String },
+    PartitionsCreated { total: u32 },
+    ConfigAltered { config: TopicConfig },
+    Rejected(Rejection),
+}
+
+/// Limits on what one command may ask for.
+pub const PARTITIONS_MAX: u32 = 10_000;
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// The replicated metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub brokers: BTreeMap<BrokerId, Broker>,
+    pub topics: BTreeMap<String, Topic>,
+    next_incarnation: u64,
+}
+
+pub fn validate_topic_name(name: &str) -> Result<(), Rejection> {
+    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(invalid(
+            "name",
+            format!("must be 1 to {TOPIC_NAME_BYTES_MAX} bytes"),
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(invalid("name", "must not be . or .."));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(
+            "name",
+            format!("character {c:?} is not allowed (use a-z, A-Z, 0-9, '.', '_', '-')"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_config(config: &TopicConfig, replication_factor: Option<u32>) -> Result<(), Rejection> {
+    if config.segment_bytes < 1024 || config.segment_bytes > i32::MAX as u64 {
+        return Err(invalid(
+            "segment_bytes",
+            "must be between 1024 and 2147483647",
+        ));
+    }
+    if config.min_insync_replicas == 0 {
+        return Err(invalid("min_insync_replicas", "must be at least 1"));
+    }
+    if let Some(rf) = replication_factor
+        && config.min_insync_replicas > rf
+    {
+        return Err(invalid(
+            "min_insync_replicas",
+            format!(
+                "{} exceeds the replication factor {rf}",
+                config.min_insync_replicas
+            ),
+        ));
+    }
+    if config.retention_ms == Some(0) {
+        return Err(invalid("retention_ms", "must be positive when set"));
+    }
+    Ok(())
+}
+
+impl Metadata {
+    pub fn apply(&mut self, command: Command) -> Outcome {
+        let result = match command {
+            Command::RegisterBroker { id, address, rack } => self.register(id, address, rack),
+            Command::FenceBroker { id, incarnation } => self.fence(id, incarnation),
+            Command::CreateTopic {
+                id,
+                name,
+                partitions,
+                replication_factor,
+                config,
+            } => self.create_topic(id, name, partitions, replication_factor, config),
+            Command::DeleteTopic { name } => match self.topics.remove(&name) {
+                Some(topic) => Ok(Outcome::TopicDeleted { id: topic.id }),
+                None => Err(Rejection::UnknownTopic(name)),
+            },
+            Command::CreatePartitions { name, total } => self.create_partitions(name, total),
+            Command::AlterConfig { name, change } => self.alter_config(name, change),
+        };
+        result.unwrap_or_else(Outcome::Rejected)
+    }
+
+    pub fn live_brokers(&self) -> Vec<&Broker> {
+        self.brokers.values().filter(|b| !b.fenced).collect()
+    }
+
+    fn register(
+        &mut self,
+        id: BrokerId,
+        address: String,
+        rack: Option<String>,
+    ) -> Result<Outcome, Rejection> {
+        if address.is_empty() {
+            return Err(invalid("address", "must not be empty"));
+        }
+        self.next_incarnation += 1;
+        let incarnation = self.next_incarnation;
+        self.brokers.insert(
+            id,
+            Broker {
+                id,
+                address,
+                rack,
+                incarnation,
+                fenced: false,
+            },
+        );
+        // Partitions left without a leader whose ISR holds this broker get it back as leader
+        // (it has every acknowledged record: it was in the ISR when the others left).
+        for topic in self.topics.values_mut() {
+            for p in &mut topic.partitions {
+                if p.leader.is_none() && p.isr.contains(&id) {
+                    p.leader = Some(id);
+                    p.leader_epoch = LeaderEpoch(p.leader_epoch.0 + 1);
+                    p.partition_epoch += 1;
+                }
+            }
+        }
+        Ok(Outcome::Registered { incarnation })
+    }
+
+    fn fence(&mut self, id: BrokerId, incarnation: u64) -> Result<Outcome, Rejection> {
+        let broker = self
+            .brokers
+            .get_mut(&id)
+            .ok_or(Rejection::UnknownBroker(id))?;
+        if broker.incarnation != incarnation {
+            return Err(Rejection::StaleIncarnation {
+                id,
+                got: incarnation,
+                current: broker.incarnation,
+            });
+        }
+        broker.fenced = true;
+        let live: Vec<BrokerId> = self.live_brokers().iter().map(|b| b.id).collect();
+        let (mut moved, mut offline) = (0, 0);
+        for topic in self.topics.values_mut() {
+            for p in &mut topic.partitions {
+                let touched = p.leader == Some(id) || p.isr.contains(&id);
+                if !touched {
+                    continue;
+                }
+                // Keep the last ISR member even if it is fenced: it is the only replica known
+                // to hold every acknowledged record, and it leads again when it returns.
+                if p.isr.len() > 1 {
+                    p.isr.retain(|b| *b != id);
+                }
+                if p.leader == Some(id) {
+                    let next = p.isr.iter().copied().find(|b| *b != id && live.contains(b));
+                    p.leader = next;
+                    p.leader_epoch = LeaderEpoch(p.leader_epoch.0 + 1);
+                    match next {
+                        Some(_) => moved += 1,
+                        None => offline += 1,
+                    }
+                }
+                p.partition_epoch += 1;
+            }
+        }
+        Ok(Outcome::Fenced {
+            leaders_moved: moved,
+            offline,
+        })
+    }
+
+    /// Places `count` new partitions' replicas round-robin over the live brokers, starting
+    /// each partition one broker further along and spreading racks, so replicas and leaders
+    /// (the first replica) are even across brokers.
+    fn place(
+        &self,
+        first_partition: u32,
+        count: u32,
+        replication_factor: u32,
+    ) -> Result<Vec<Partition>, Rejection> {
+        let live = self.live_brokers();
+        if replication_factor as usize > live.len() {
+            return Err(Rejection::NotEnoughBrokers {
+                wanted: replication_factor,
+                available: live.len() as u32,
+            });
+        }
+        // Interleave racks: r1b1, r2b1, r3b1, r1b2, ... so consecutive replicas differ in rack.
+        let mut by_rack: BTreeMap<Option<&str>, Vec<BrokerId>> = BTreeMap::new();
+        for b in &live {
+            by_rack.entry(b.rack.as_deref()).or_default().push(b.id);
+        }
+        let mut order = Vec::with_capacity(live.len());
+        let deepest = by_rack.values().map(Vec::len).max().unwrap_or(0);
+        for i in 0..deepest {
+            for ids in by_rack.values() {
+                if let Some(id) = ids.get(i) {
+                    order.push(*id);
+                }
+            }
+        }
+        // Leaders already held, so new leaders go to the least loaded brokers first.
+        let mut led: BTreeMap<BrokerId, usize> = order.iter().map(|b| (*b, 0)).collect();
+        for topic in self.topics.values() {
+            for p in &topic.partitions {
+                if let Some(l) = p.leader
+                    && let Some(n) = led.get_mut(&l)
+                {
+                    *n += 1;
+                }
+            }
+        }
+        let n = order.len();
+        let start = order
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, b)| (led.get(b).copied().unwrap_or(0), *i))
+            .map_or(0, |(i, _)| i);
+        let mut out = Vec::with_capacity(count as usize);
+        for k in 0..count as usize {
+            let first = (start + k + first_partition as usize) % n;
+            let replicas: Vec<BrokerId> = (0..replication_factor as usize)
+                .map(|r| order[(first + r) % n])
+                .collect();
+            out.push(Partition {
+                leader: replicas.first().copied(),
+                leader_epoch: LeaderEpoch(0),
+                isr: replicas.clone(),
+                replicas,
+                partition_epoch: 0,
+            });
+        }
+        Ok(out)
+    }
+
+    fn create_topic(
+        &mut self,
+        id: String,
+        name: String,
+        partitions: u32,
+        replication_factor: u32,
+        config: TopicConfig,
+    ) -> Result<Outcome, Rejection> {
+        validate_topic_name(&name)?;
+        if self.topics.contains_key(&name) {
+            return Err(Rejection::TopicExists(name));
+        }
+        if partitions == 0 || partitions > PARTITIONS_MAX {
+            return Err(invalid(
+                "partitions",
+                format!("must be 1 to {PARTITIONS_MAX}"),
+            ));
+        }
+        if replication_factor == 0 {
+            return Err(invalid("replication_factor", "must be at least 1"));
+        }
+        validate_config(&config, Some(replication_factor))?;
+        let placed = self.place(0, partitions, replication_factor)?;
+        let topic = Topic {
+            id,
+            name: name.clone(),
+            config,
+            partitions: placed,
+        };
+        self.topics.insert(name, topic.clone());
+        Ok(Outcome::TopicCreated { topic })
+    }
+
+    fn create_partitions(&mut self, name: String, total: u32) -> Result<Outcome, Rejection> {
+        let topic = self
+            .topics
+            .get(&name)
+            .ok_or_else(|| Rejection::UnknownTopic(name.clone()))?;
+        let current = topic.partitions.len() as u32;
+        if total <= current || total > PARTITIONS_MAX {
+            return Err(invalid(
+                "partitions",
+                format!("must be above the current {current} and at most {PARTITIONS_MAX}"),
+            ));
+        }
+        let rf = topic
+            .partitions
+            .first()
+            .map_or(1, |p| p.replicas.len() as u32);
+        let placed = self.place(current, total - current, rf)?;
+        if let Some(topic) = self.topics.get_mut(&name) {
+            topic.partitions.extend(placed);
+        }
+        Ok(Outcome::PartitionsCreated { total })
+    }
+
+    fn alter_config(&mut self, name: String, change: ConfigChange) -> Result<Outcome, Rejection> {
+        let topic = self
+            .topics
+            .get_mut(&name)
+            .ok_or_else(|| Rejection::UnknownTopic(name.clone()))?;
+        let mut config = topic.config.clone();
+        if let Some(v) = change.retention_ms {
+            config.retention_ms = v;
+        }
+        if let Some(v) = change.retention_bytes {
+            config.retention_bytes = v;
+        }
+        if let Some(v) = change.segment_bytes {
+            config.segment_bytes = v;
+        }
+        if let Some(v) = change.cleanup_policy {
+            config.cleanup_policy = v;
+        }
+        if let Some(v) = change.min_insync_replicas {
+            config.min_insync_replicas = v;
+        }
+        let rf = topic.partitions.first().map(|p| p.replicas.len() as u32);
+        validate_config(&config, rf)?;
+        topic.config = config.clone();
+        Ok(Outcome::ConfigAltered { config })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(m: &mut Metadata, id: u32, rack: Option<&str>) -> u64 {
+        match m.apply(Command::RegisterBroker {
+            id: BrokerId(id),
+            address: format!("127.0.0.{id}:9092"),
+            rack: rack.map(str::to_string),
+        }) {
+            Outcome::Registered { incarnation } => incarnation,
+            other => panic!("register failed: {other:?}"),
+        }
+    }
+
+    fn create(m: &mut Metadata, name: &str, partitions: u32, rf: u32) -> Outcome {
+        m.apply(Command::CreateTopic {
+            id: format!("id-{name}"),
+            name: name.into(),
+            partitions,
+            replication_factor: rf,
+            config: TopicConfig::default(),
+        })
+    }
+
+    #[test]
+    fn placement_spreads_replicas_and_leaders_evenly() {
+        let mut m = Metadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, None);
+        }
+        let Outcome::TopicCreated { topic } = create(&mut m, "orders", 6, 3) else {
+            panic!("create failed");
+        };
+        let mut leaders = BTreeMap::new();
+        for p in &topic.partitions {
+            let mut r = p.replicas.clone();
+            r.sort();
+            r.dedup();
+            assert_eq!(r.len(), 3, "replicas must be distinct: {p:?}");
+            assert_eq!(p.isr, p.replicas);
+            *leaders.entry(p.leader).or_insert(0) += 1;
+        }
+        assert_eq!(leaders.len(), 3);
+        assert!(leaders.values().all(|n| *n == 2), "{leaders:?}");
+
+        // a second topic keeps the leader count balanced
+        let Outcome::TopicCreated { topic } = create(&mut m, "audit", 1, 1) else {
+            panic!()
+        };
+        assert_eq!(topic.partitions.len(), 1);
+    }
+
+    #[test]
+    fn racks_are_interleaved() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, Some("a"));
+        register(&mut m, 2, Some("a"));
+        register(&mut m, 3, Some("b"));
+        register(&mut m, 4, Some("b"));
+        let Outcome::TopicCreated { topic } = create(&mut m, "t", 8, 2) else {
+            panic!()
+        };
+        let rack = |b: &BrokerId| m.brokers[b].rack.clone();
+        for p in &topic.partitions {
+            assert_ne!(rack(&p.replicas[0]), rack(&p.replicas[1]), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn bad_creates_are_rejected_and_change_nothing() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, None);
+        let before = m.clone();
+        let cases = [
+            ("bad name!", 1, 1, "name"),
+            ("", 1, 1, "name"),
+            ("ok", 0, 1, "partitions"),
+            ("ok", 1, 0, "replication_factor"),
+        ];
+        for (name, parts, rf, field) in cases {
+            match create(&mut m, name, parts, rf) {
+                Outcome::Rejected(Rejection::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            create(&mut m, "ok", 1, 2),
+            Outcome::Rejected(Rejection::NotEnoughBrokers {
+                wanted: 2,
+                available: 1
+            })
+        ));
+        assert_eq!(m, before);
+        create(&mut m, "ok", 1, 1);
+        assert!(matches!(
+            create(&mut m, "ok", 1, 1),
+            Outcome::Rejected(Rejection::TopicExists(_))
+        ));
+    }
+
+    #[test]
+    fn fencing_moves_leaders_within_the_isr_and_bumps_epochs() {
+        let mut m = Metadata::default();
+        let inc1 = register(&mut m, 1, None);
+        register(&mut m, 2, None);
+        register(&mut m, 3, None);
+        create(&mut m, "t", 3, 3);
+        create(&mut m, "solo", 3, 1);
+        assert!(matches!(
+            m.apply(Command::FenceBroker {
+                id: BrokerId(1),
+                incarnation: inc1 + 100
+            }),
+            Outcome::Rejected(Rejection::StaleIncarnation { .. })
+        ));
+        let out = m.apply(Command::FenceBroker {
+            id: BrokerId(1),
+            incarnation: inc1,
+        });
+        let Outcome::Fenced {
+            leaders_moved,
+            offline,
+        } = out
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(leaders_moved, 1, "the RF3 partition led by broker 1 moves");
+        assert_eq!(offline, 1, "the RF1 partition on broker 1 goes offline");
+        for p in &m.topics["t"].partitions {
+            assert_ne!(p.leader, Some(BrokerId(1)));
+            assert!(p.leader.is_some_and(|l| p.isr.contains(&l)));
+            assert!(!p.isr.contains(&BrokerId(1)));
+        }
+        let solo = &m.topics["solo"].partitions;
+        let offline_p = solo
+            .iter()
+            .find(|p| p.replicas == vec![BrokerId(1)])
+            .expect("one partition on broker 1");
+        assert_eq!(offline_p.leader, None);
+        assert_eq!(offline_p.isr, vec![BrokerId(1)], "last ISR member is kept");
+        let epoch = offline_p.leader_epoch;
+
+        // the broker comes back: the offline partition is led by it again, newer epoch
+        register(&mut m, 1, None);
+        let back = m.topics["solo"]
+            .partitions
+            .iter()
+            .find(|p| p.replicas == vec![BrokerId(1)])
+            .expect("partition");
+        assert_eq!(back.leader, Some(BrokerId(1)));
+        assert!(back.leader_epoch > epoch);
+    }
+
+    #[test]
+    fn partitions_and_config_change() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, None);
+        register(&mut m, 2, None);
+        create(&mut m, "t", 1, 2);
+        assert!(matches!(
+            m.apply(Command::CreatePartitions {
+                name: "t".into(),
+                total: 1
+            }),
+            Outcome::Rejected(Rejection::Invalid { .. })
+        ));
+        assert_eq!(
+            m.apply(Command::CreatePartitions {
+                name: "t".into(),
+                total: 3
+            }),
+            Outcome::PartitionsCreated { total: 3 }
+        );
+        assert_eq!(m.topics["t"].partitions.len(), 3);
+        assert!(
+            m.topics["t"]
+                .partitions
+                .iter()
+                .all(|p| p.replicas.len() == 2)
+        );
+        let out = m.apply(Command::AlterConfig {
+            name: "t".into(),
+            change: ConfigChange {
+                min_insync_replicas: Some(3),
+                ..ConfigChange::default()
+            },
+        });
+        assert!(
+            matches!(out, Outcome::Rejected(Rejection::Invalid { ref field, .. }) if field == "min_insync_replicas")
+        );
+        let out = m.apply(Command::AlterConfig {
+            name: "t".into(),
+            change: ConfigChange {
+                retention_ms: Some(None),
+                min_insync_replicas: Some(2),
+                ..ConfigChange::default()
+            },
+        });
+        let Outcome::ConfigAltered { config } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(config.retention_ms, None);
+        assert_eq!(config.min_insync_replicas, 2);
+        assert!(matches!(
+            m.apply(Command::DeleteTopic { name: "t".into() }),
+            Outcome::TopicDeleted { .. }
+        ));
+        assert!(m.topics.is_empty());
+    }
+}

@@ -1,0 +1,269 @@
+//! A running controller: the Raft node, its gRPC server, and the lease task that fences
+//! brokers whose heartbeats stopped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use weir_proto::v1::admin_server::AdminServer;
+use weir_proto::v1::broker_registry_server::BrokerRegistryServer;
+use weir_proto::v1::controller_raft_server::ControllerRaftServer;
+
+use crate::admin::{Leases, Services, live_incarnations};
+use crate::metadata::Command;
+use crate::raft::{Network, NodeId, Raft, RaftService};
+use crate::store::{self, LogStore, StateMachine};
+
+/// Settings of one controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// This controller's id (positive, unique among controllers).
+    pub id: NodeId,
+    /// Where to listen for Raft, admin and broker traffic.
+    pub listen: SocketAddr,
+    /// The initial voters, `id → host:port`, including this node. Used once, to bootstrap an
+    /// empty cluster; later membership changes go through the admin API.
+    pub voters: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A broker that has not heartbeated for this long is fenced.
+    pub broker_lease_ms: u64,
+    /// Build a snapshot (and purge the log before it) after this many new entries.
+    pub snapshot_logs_max: u64,
+}
+
+impl ControllerConfig {
+    pub fn new(id: NodeId, listen: SocketAddr, data_dir: PathBuf) -> ControllerConfig {
+        ControllerConfig {
+            id,
+            listen,
+            voters: BTreeMap::from([(id, listen.to_string())]),
+            data_dir,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            broker_lease_ms: 6000,
+            snapshot_logs_max: 5000,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("id must be positive".into());
+        }
+        if !self.voters.contains_key(&self.id) {
+            return Err(format!(
+                "voters must include this controller's id {}",
+                self.id
+            ));
+        }
+        for (id, addr) in &self.voters {
+            if *id == 0 {
+                return Err("voter ids must be positive".into());
+            }
+            if addr.parse::<SocketAddr>().is_err() {
+                return Err(format!(
+                    "voter {id} address {addr:?} is not host:port with a numeric IP"
+                ));
+            }
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_min_ms <= self.heartbeat_ms {
+            return Err("election_timeout_min_ms must exceed heartbeat_ms > 0".into());
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err("election_timeout_max_ms must exceed election_timeout_min_ms".into());
+        }
+        if self.broker_lease_ms < 3 * self.heartbeat_ms {
+            return Err("broker_lease_ms must be at least three Raft heartbeats".into());
+        }
+        if self.snapshot_logs_max == 0 {
+            return Err("snapshot_logs_max must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid controller config: {0}")]
+    Config(String),
+    #[error("open {path}: {source}")]
+    Storage { path: PathBuf, source: sled::Error },
+    #[error("storage: {0}")]
+    Raft(String),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started controller. Dropping it does not stop it; call [`Controller::shutdown`].
+pub struct Controller {
+    pub raft: Raft,
+    pub state: StateMachine,
+    pub local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Controller {
+    pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let db = store::open_db(&config.data_dir).map_err(|source| StartError::Storage {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let log = LogStore::open(&db).map_err(|source| StartError::Storage {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let state = StateMachine::open(&db).map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft_config = Config {
+            cluster_name: "weir-controllers".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs_max),
+            max_in_snapshot_log_to_keep: config.snapshot_logs_max,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            Network,
+            log,
+            state.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+
+        // Bootstrap once: a node with an empty log proposes the static voter set. Every node
+        // proposes the same set, so whichever wins the first election, the membership agrees;
+        // a restarted node has a log and skips this.
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .voters
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::info!(error = %e, "bootstrap skipped");
+            }
+        }
+
+        let (stop, stopped) = watch::channel(false);
+        let leases = Arc::new(Leases::default());
+        let services = Services {
+            id: config.id,
+            raft: raft.clone(),
+            sm: state.clone(),
+            leases: Arc::clone(&leases),
+            lease: Duration::from_millis(config.broker_lease_ms),
+        };
+        let mut tasks = JoinSet::new();
+        let mut server_stop = stopped.clone();
+        let server = tonic::transport::Server::builder()
+            .add_service(ControllerRaftServer::new(RaftService {
+                raft: raft.clone(),
+            }))
+            .add_service(AdminServer::new(services.clone()))
+            .add_service(BrokerRegistryServer::new(services.clone()))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            });
+        tasks.spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "controller gRPC server failed");
+            }
+        });
+        tasks.spawn(lease_task(services, stopped));
+        tracing::info!(id = config.id, addr = %local_addr, "controller started");
+        Ok(Controller {
+            raft,
+            state,
+            local_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops serving and shuts the Raft node down.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    /// The current voters.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+}
+
+/// On the active controller, fences every live broker whose lease ran out.
+async fn lease_task(services: Services, mut stopped: watch::Receiver<bool>) {
+    let tick = (services.lease / 4).max(Duration::from_millis(50));
+    let mut was_leader = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let is_leader = services.raft.metrics().borrow().state == ServerState::Leader;
+        if is_leader && !was_leader {
+            services.leases.reset_all();
+        }
+        was_leader = is_leader;
+        if !is_leader {
+            continue;
+        }
+        let registered = live_incarnations(&services.sm.read().await.metadata);
+        for (id, incarnation) in services.leases.expired(&registered, services.lease) {
+            tracing::warn!(broker = %id, incarnation, "broker lease expired, fencing");
+            if let Err(e) = services
+                .propose(Command::FenceBroker { id, incarnation })
+                .await
+            {
+                tracing::warn!(broker = %id, error = %e, "fencing failed");
+            }
+        }
+    }
+}

@@ -27,7 +27,7 @@ use crate::checkpoint::{self, Checkpoint, EpochCache};
 use crate::clock::Clock;
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{LogError, Result};
-use crate::flusher::{DurableMark, Flusher};
+use crate::flusher::{DurableMark, Flusher, Ticket};
 use crate::segment::{self, ScanChecks, Segment};
 
 static NEXT_SEGMENT_ID: AtomicU64 = AtomicU64::new(1);
@@ -346,12 +346,48 @@ impl PartitionLog {
         self.append_checked(batch, Some(batch.base_offset()), batch.leader_epoch())
     }
 
+    /// Like [`Self::append`], but returns as soon as the batch is written, with a ticket to
+    /// pass to [`Self::wait_durable`]. A partition owner writes every queued batch this way and
+    /// then waits once, so one fsync acknowledges them all (the order of offsets is the order
+    /// of the calls). Under the relaxed policy the wait returns at once.
+    pub fn append_nowait(
+        &self,
+        batch: &RecordBatch,
+        epoch: LeaderEpoch,
+    ) -> Result<(AppendInfo, Ticket)> {
+        batch.validate(&self.config.batch_limits())?;
+        self.write_batch(batch, None, epoch)
+    }
+
+    /// Waits until the append that produced `ticket` is fsynced (default policy).
+    pub fn wait_durable(&self, ticket: Ticket) -> Result<()> {
+        if self.config.flush != FlushPolicy::Fsync {
+            return Ok(());
+        }
+        if let Err(e) = self.flusher.wait(ticket) {
+            self.write_inner().failed = Some(e.to_string());
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn append_checked(
         &self,
         batch: &RecordBatch,
         expected_base: Option<Offset>,
         epoch: LeaderEpoch,
     ) -> Result<AppendInfo> {
+        let (info, ticket) = self.write_batch(batch, expected_base, epoch)?;
+        self.wait_durable(ticket)?;
+        Ok(info)
+    }
+
+    fn write_batch(
+        &self,
+        batch: &RecordBatch,
+        expected_base: Option<Offset>,
+        epoch: LeaderEpoch,
+    ) -> Result<(AppendInfo, Ticket)> {
         let (ticket, info) = {
             let mut inner = self.write_inner();
             inner.check_usable()?;
@@ -407,13 +443,7 @@ impl PartitionLog {
                 }
             }
         };
-        if self.config.flush == FlushPolicy::Fsync
-            && let Err(e) = self.flusher.wait(ticket)
-        {
-            self.write_inner().failed = Some(e.to_string());
-            return Err(e);
-        }
-        Ok(info)
+        Ok((info, ticket))
     }
 
     fn maybe_roll(&self, inner: &mut Inner, batch: &RecordBatch) -> Result<()> {

@@ -365,3 +365,18 @@ fn reads_never_serve_a_batch_that_fails_its_crc() {
         1
     );
 }
+
+#[test]
+fn nowait_appends_keep_call_order_and_one_wait_covers_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(0));
+    let log = open(dir.path(), small_config(), &clock);
+    let mut tickets = Vec::new();
+    for i in 0..5 {
+        let (info, ticket) = log.append_nowait(&batch(i, 2, 10, 0), EPOCH).expect("append");
+        assert_eq!(info.base_offset, Offset(i as i64 * 2));
+        tickets.push(ticket);
+    }
+    log.wait_durable(tickets[4]).expect("durable");
+    assert_eq!(log.durable_end(), Offset(10));
+}

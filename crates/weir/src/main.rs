@@ -1,7 +1,10 @@
-//! `weir`: the command line. Today it carries the storage tools (`weir log ...`); the cluster
-//! roles are wired in here as they arrive.
+//! `weir`: every role of a Weir cluster and its command-line tools, in one binary.
 
+mod admin_cmd;
+mod client;
+mod controller_cmd;
 mod log_cmd;
+mod logging;
 
 use clap::{Parser, Subcommand};
 
@@ -14,6 +17,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a controller: a member of the Raft quorum that holds the cluster metadata.
+    Controller(controller_cmd::ControllerArgs),
+    /// Create, list, describe, alter and delete topics.
+    #[command(subcommand)]
+    Topic(admin_cmd::TopicCommand),
+    /// Inspect and change the cluster (controllers, brokers).
+    #[command(subcommand)]
+    Cluster(admin_cmd::ClusterCommand),
     /// Work with a partition directory on local disk.
     #[command(subcommand)]
     Log(log_cmd::LogCommand),
@@ -23,6 +34,9 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Log(cmd) => log_cmd::run(cmd),
+        Command::Controller(args) => runtime().and_then(|rt| rt.block_on(controller_cmd::run(args))),
+        Command::Topic(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_topic(cmd))),
+        Command::Cluster(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_cluster(cmd))),
     };
     match result {
         Ok(code) => std::process::exit(code),
@@ -31,4 +45,11 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weir")
+        .build()?)
 }

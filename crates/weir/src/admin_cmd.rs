@@ -1,0 +1,324 @@
+//! `weir topic ...` and `weir cluster ...`: the admin API from the command line.
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use weir_proto::v1 as pb;
+use weir_proto::v1::admin_client::AdminClient;
+
+use crate::client::{parse_bootstrap, with_controller};
+
+#[derive(Debug, Args)]
+pub struct Bootstrap {
+    /// Controller addresses, comma separated.
+    #[arg(long, env = "WEIR_BOOTSTRAP", default_value = "127.0.0.1:9093", global = true)]
+    bootstrap: String,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ConfigArgs {
+    /// Delete data older than this many milliseconds.
+    #[arg(long)]
+    retention_ms: Option<u64>,
+    /// Keep data forever (no time-based retention).
+    #[arg(long, conflicts_with = "retention_ms")]
+    no_retention_ms: bool,
+    /// Delete the oldest data while a partition is larger than this.
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    /// No size-based retention.
+    #[arg(long, conflicts_with = "retention_bytes")]
+    no_retention_bytes: bool,
+    /// Roll a segment at this size.
+    #[arg(long)]
+    segment_bytes: Option<u64>,
+    /// `delete` or `compact`.
+    #[arg(long)]
+    cleanup_policy: Option<String>,
+    /// Replicas that must hold a write before acks=all succeeds.
+    #[arg(long)]
+    min_insync_replicas: Option<u32>,
+}
+
+impl ConfigArgs {
+    fn to_proto(&self) -> pb::TopicConfig {
+        pb::TopicConfig {
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            segment_bytes: self.segment_bytes,
+            cleanup_policy: self.cleanup_policy.clone(),
+            min_insync_replicas: self.min_insync_replicas,
+            clear_retention_ms: self.no_retention_ms,
+            clear_retention_bytes: self.no_retention_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Replicas per partition (default: 3 with at least 3 brokers, otherwise 1).
+        #[arg(long)]
+        replication_factor: Option<u32>,
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// List topics.
+    List {
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// Show a topic's settings and, per partition, leader, epoch, replicas and ISR.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// Delete a topic.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// Change a topic's settings.
+    Alter {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// Grow a topic to a total number of partitions.
+    AddPartitions {
+        name: String,
+        #[arg(long)]
+        total: u32,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Controllers (Raft role, term, log) and brokers (liveness).
+    Status {
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// Add a controller as a voter (start it first, with the current voters).
+    AddController {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        address: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// Remove a controller from the voters.
+    RemoveController {
+        #[arg(long)]
+        id: u64,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+}
+
+fn print_topic(t: &pb::TopicDescription) {
+    let retention = if t.retention_ms_unlimited {
+        "forever".to_string()
+    } else {
+        format!("{}ms", t.retention_ms)
+    };
+    let size = if t.retention_bytes_unlimited {
+        "unlimited".to_string()
+    } else {
+        format!("{}B", t.retention_bytes)
+    };
+    println!(
+        "topic {}  id {}  partitions {}  retention {retention}  retention_bytes {size}  segment_bytes {}  cleanup {}  min_insync_replicas {}",
+        t.name,
+        t.topic_id,
+        t.partitions.len(),
+        t.segment_bytes,
+        t.cleanup_policy,
+        t.min_insync_replicas
+    );
+    for p in &t.partitions {
+        let leader = if p.leader == 0 {
+            "none (offline)".to_string()
+        } else {
+            p.leader.to_string()
+        };
+        let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        println!(
+            "  partition {:<4} leader {leader:<4} epoch {:<4} replicas [{}]  isr [{}]",
+            p.partition,
+            p.leader_epoch,
+            list(&p.replicas),
+            list(&p.isr)
+        );
+    }
+}
+
+pub async fn run_topic(cmd: TopicCommand) -> anyhow::Result<i32> {
+    match cmd {
+        TopicCommand::Create {
+            name,
+            partitions,
+            replication_factor,
+            config,
+            bootstrap,
+        } => {
+            if partitions == 0 {
+                bail!("--partitions must be at least 1");
+            }
+            if replication_factor == Some(0) {
+                bail!("--replication-factor must be at least 1");
+            }
+            let req = pb::CreateTopicRequest {
+                name,
+                partitions,
+                replication_factor: replication_factor.unwrap_or(0),
+                config: Some(config.to_proto()),
+            };
+            let topic = with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| {
+                let req = req.clone();
+                async move { AdminClient::new(ch).create_topic(req).await }
+            })
+            .await?
+            .into_inner();
+            print_topic(&topic);
+        }
+        TopicCommand::List { bootstrap } => {
+            let list = with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| async move {
+                AdminClient::new(ch).list_topics(pb::ListTopicsRequest {}).await
+            })
+            .await?
+            .into_inner();
+            for t in &list.topics {
+                println!("{}  partitions {}", t.name, t.partitions.len());
+            }
+        }
+        TopicCommand::Describe { name, bootstrap } => {
+            let topic = with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| {
+                let name = name.clone();
+                async move { AdminClient::new(ch).describe_topic(pb::DescribeTopicRequest { name }).await }
+            })
+            .await?
+            .into_inner();
+            print_topic(&topic);
+        }
+        TopicCommand::Delete { name, bootstrap } => {
+            let out = with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| {
+                let name = name.clone();
+                async move { AdminClient::new(ch).delete_topic(pb::DeleteTopicRequest { name }).await }
+            })
+            .await?
+            .into_inner();
+            println!("deleted topic {name} (id {})", out.topic_id);
+        }
+        TopicCommand::Alter {
+            name,
+            config,
+            bootstrap,
+        } => {
+            let req = pb::AlterTopicConfigRequest {
+                name,
+                config: Some(config.to_proto()),
+            };
+            let topic = with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| {
+                let req = req.clone();
+                async move { AdminClient::new(ch).alter_topic_config(req).await }
+            })
+            .await?
+            .into_inner();
+            print_topic(&topic);
+        }
+        TopicCommand::AddPartitions {
+            name,
+            total,
+            bootstrap,
+        } => {
+            let req = pb::CreatePartitionsRequest { name, total };
+            let topic = with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| {
+                let req = req.clone();
+                async move { AdminClient::new(ch).create_partitions(req).await }
+            })
+            .await?
+            .into_inner();
+            print_topic(&topic);
+        }
+    }
+    Ok(0)
+}
+
+fn print_cluster(c: &pb::DescribeClusterResponse) {
+    println!(
+        "controllers (answered by {}): leader {}  term {}  last log index {}  applied {}",
+        c.answered_by,
+        if c.leader_id == 0 { "none".to_string() } else { c.leader_id.to_string() },
+        c.term,
+        c.last_log_index,
+        c.applied_index
+    );
+    for ctl in &c.controllers {
+        println!(
+            "  controller {:<3} {:<22} {:<11} {}",
+            ctl.id,
+            ctl.address,
+            ctl.role,
+            if ctl.voter { "voter" } else { "learner" }
+        );
+    }
+    println!("brokers: {}", c.brokers.len());
+    for b in &c.brokers {
+        println!(
+            "  broker {:<4} {:<22} rack {:<8} incarnation {:<4} {}",
+            b.id,
+            b.address,
+            if b.rack.is_empty() { "-" } else { &b.rack },
+            b.incarnation,
+            if b.fenced { "FENCED" } else { "alive" }
+        );
+    }
+}
+
+pub async fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<i32> {
+    let out = match cmd {
+        ClusterCommand::Status { bootstrap } => {
+            with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| async move {
+                AdminClient::new(ch)
+                    .describe_cluster(pb::DescribeClusterRequest {})
+                    .await
+            })
+            .await?
+        }
+        ClusterCommand::AddController {
+            id,
+            address,
+            bootstrap,
+        } => {
+            let req = pb::AddControllerRequest { id, address };
+            with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| {
+                let req = req.clone();
+                async move { AdminClient::new(ch).add_controller(req).await }
+            })
+            .await?
+        }
+        ClusterCommand::RemoveController { id, bootstrap } => {
+            with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| async move {
+                AdminClient::new(ch)
+                    .remove_controller(pb::RemoveControllerRequest { id })
+                    .await
+            })
+            .await?
+        }
+    };
+    print_cluster(&out.into_inner());
+    Ok(0)
+}

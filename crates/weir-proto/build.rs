@@ -3,7 +3,11 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["weir/v1/record.proto", "weir/v1/controller.proto"];
+    let files = [
+        "weir/v1/record.proto",
+        "weir/v1/controller.proto",
+        "weir/v1/broker.proto",
+    ];
     let fds = protox::compile(files, [&root])?;
     tonic_prost_build::configure()
         .bytes(".weir.v1")

@@ -288,8 +288,65 @@ fn random_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// Coalesced snapshots queued per watcher before the oldest is dropped for a newer one.
+const WATCH_QUEUE_MAX: usize = 4;
+
+impl Services {
+    pub async fn metadata_snapshot(&self) -> pb::MetadataSnapshot {
+        let state = self.sm.read().await;
+        pb::MetadataSnapshot {
+            version: state.version(),
+            topics: state.metadata.topics.values().map(describe_topic).collect(),
+            brokers: state
+                .metadata
+                .brokers
+                .values()
+                .map(|b| pb::BrokerDescription {
+                    id: b.id.0,
+                    address: b.address.clone(),
+                    rack: b.rack.clone().unwrap_or_default(),
+                    incarnation: b.incarnation,
+                    fenced: b.fenced,
+                })
+                .collect(),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for Services {
+    type WatchMetadataStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::MetadataSnapshot, Status>>;
+
+    async fn watch_metadata(
+        &self,
+        request: Request<pb::WatchMetadataRequest>,
+    ) -> Result<Response<Self::WatchMetadataStream>, Status> {
+        let mut last = request.into_inner().from_version;
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_QUEUE_MAX);
+        let mut versions = self.sm.subscribe();
+        let services = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let current = *versions.borrow_and_update();
+                if current > last || last == 0 {
+                    let snapshot = services.metadata_snapshot().await;
+                    last = snapshot.version.max(1);
+                    if tx.send(Ok(snapshot)).await.is_err() {
+                        return; // the watcher went away
+                    }
+                }
+                tokio::select! {
+                    changed = versions.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn create_topic(
         &self,
         request: Request<pb::CreateTopicRequest>,

@@ -9,6 +9,9 @@
 //!
 //! Every append, vote, truncation and purge is flushed to disk before it is acknowledged.
 
+// openraft's traits fix the error type (`StorageError`, ~224 bytes); helpers share it.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};

@@ -373,7 +373,9 @@ fn nowait_appends_keep_call_order_and_one_wait_covers_them() {
     let log = open(dir.path(), small_config(), &clock);
     let mut tickets = Vec::new();
     for i in 0..5 {
-        let (info, ticket) = log.append_nowait(&batch(i, 2, 10, 0), EPOCH).expect("append");
+        let (info, ticket) = log
+            .append_nowait(&batch(i, 2, 10, 0), EPOCH)
+            .expect("append");
         assert_eq!(info.base_offset, Offset(i as i64 * 2));
         tickets.push(ticket);
     }

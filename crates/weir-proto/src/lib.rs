@@ -5,7 +5,9 @@
 //! - `convert`: `TryFrom` conversions that check every field, failing with a
 //!   [`FieldError`] that names the field.
 //! - [`status`]: the only place a `tonic::Status` is built from Weir's errors.
+//! - [`call`]: connecting to a cluster and following NOT_CONTROLLER redirects.
 
+pub mod call;
 pub mod convert;
 pub mod status;
 

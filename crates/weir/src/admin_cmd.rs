@@ -5,12 +5,30 @@ use clap::{Args, Subcommand};
 use weir_proto::v1 as pb;
 use weir_proto::v1::admin_client::AdminClient;
 
-use crate::client::{parse_bootstrap, with_controller};
+use std::time::Duration;
+
+use weir_proto::call::{CallError, parse_bootstrap};
+
+/// How long the CLI keeps trying while no controller is active.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn with_controller<T, F, Fut>(bootstrap: &[String], call: F) -> Result<T, CallError>
+where
+    F: FnMut(tonic::transport::Channel) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    weir_proto::call::with_controller(bootstrap, PATIENCE, call).await
+}
 
 #[derive(Debug, Args)]
 pub struct Bootstrap {
     /// Controller addresses, comma separated.
-    #[arg(long, env = "WEIR_BOOTSTRAP", default_value = "127.0.0.1:9093", global = true)]
+    #[arg(
+        long,
+        env = "WEIR_BOOTSTRAP",
+        default_value = "127.0.0.1:9093",
+        global = true
+    )]
     bootstrap: String,
 }
 
@@ -196,7 +214,9 @@ pub async fn run_topic(cmd: TopicCommand) -> anyhow::Result<i32> {
         }
         TopicCommand::List { bootstrap } => {
             let list = with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| async move {
-                AdminClient::new(ch).list_topics(pb::ListTopicsRequest {}).await
+                AdminClient::new(ch)
+                    .list_topics(pb::ListTopicsRequest {})
+                    .await
             })
             .await?
             .into_inner();
@@ -207,7 +227,11 @@ pub async fn run_topic(cmd: TopicCommand) -> anyhow::Result<i32> {
         TopicCommand::Describe { name, bootstrap } => {
             let topic = with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| {
                 let name = name.clone();
-                async move { AdminClient::new(ch).describe_topic(pb::DescribeTopicRequest { name }).await }
+                async move {
+                    AdminClient::new(ch)
+                        .describe_topic(pb::DescribeTopicRequest { name })
+                        .await
+                }
             })
             .await?
             .into_inner();
@@ -216,7 +240,11 @@ pub async fn run_topic(cmd: TopicCommand) -> anyhow::Result<i32> {
         TopicCommand::Delete { name, bootstrap } => {
             let out = with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| {
                 let name = name.clone();
-                async move { AdminClient::new(ch).delete_topic(pb::DeleteTopicRequest { name }).await }
+                async move {
+                    AdminClient::new(ch)
+                        .delete_topic(pb::DeleteTopicRequest { name })
+                        .await
+                }
             })
             .await?
             .into_inner();
@@ -261,7 +289,11 @@ fn print_cluster(c: &pb::DescribeClusterResponse) {
     println!(
         "controllers (answered by {}): leader {}  term {}  last log index {}  applied {}",
         c.answered_by,
-        if c.leader_id == 0 { "none".to_string() } else { c.leader_id.to_string() },
+        if c.leader_id == 0 {
+            "none".to_string()
+        } else {
+            c.leader_id.to_string()
+        },
         c.term,
         c.last_log_index,
         c.applied_index

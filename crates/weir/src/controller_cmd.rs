@@ -71,7 +71,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
     let controller = Controller::start(config).await?;
-    println!("controller {} listening on {}", args.id, controller.local_addr);
+    println!(
+        "controller {} listening on {}",
+        args.id, controller.local_addr
+    );
     wait_for_signal().await?;
     tracing::info!("shutting down");
     controller.shutdown().await;

@@ -1,8 +1,9 @@
 //! `weir`: every role of a Weir cluster and its command-line tools, in one binary.
 
 mod admin_cmd;
-mod client;
+mod broker_cmd;
 mod controller_cmd;
+mod data_cmd;
 mod log_cmd;
 mod logging;
 
@@ -17,6 +18,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a single-node cluster (one controller, one broker) in this process.
+    Dev(broker_cmd::DevArgs),
+    /// Run a broker: stores and serves the partitions assigned to it.
+    Broker(broker_cmd::BrokerArgs),
     /// Run a controller: a member of the Raft quorum that holds the cluster metadata.
     Controller(controller_cmd::ControllerArgs),
     /// Create, list, describe, alter and delete topics.
@@ -25,6 +30,10 @@ enum Command {
     /// Inspect and change the cluster (controllers, brokers).
     #[command(subcommand)]
     Cluster(admin_cmd::ClusterCommand),
+    /// Send lines as records to a topic.
+    Produce(data_cmd::ProduceArgs),
+    /// Print records from a topic.
+    Consume(data_cmd::ConsumeArgs),
     /// Work with a partition directory on local disk.
     #[command(subcommand)]
     Log(log_cmd::LogCommand),
@@ -34,7 +43,13 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Log(cmd) => log_cmd::run(cmd),
-        Command::Controller(args) => runtime().and_then(|rt| rt.block_on(controller_cmd::run(args))),
+        Command::Dev(args) => runtime().and_then(|rt| rt.block_on(broker_cmd::run_dev(args))),
+        Command::Broker(args) => runtime().and_then(|rt| rt.block_on(broker_cmd::run_broker(args))),
+        Command::Produce(args) => runtime().and_then(|rt| rt.block_on(data_cmd::run_produce(args))),
+        Command::Consume(args) => runtime().and_then(|rt| rt.block_on(data_cmd::run_consume(args))),
+        Command::Controller(args) => {
+            runtime().and_then(|rt| rt.block_on(controller_cmd::run(args)))
+        }
         Command::Topic(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_topic(cmd))),
         Command::Cluster(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_cluster(cmd))),
     };

@@ -1,16 +1,33 @@
-//! Finding the controller that can answer: try each bootstrap address, and follow a
+//! Finding the node that can answer: try each bootstrap address, and follow a
 //! NOT_CONTROLLER redirect to the active controller.
 
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
 use tonic::transport::{Channel, Endpoint};
-use weir_proto::status::{error_code, leader_hint};
 use weir_types::ErrorCode;
 
+use crate::status::{error_code, leader_hint};
+
+/// Why no controller answered.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{0}")]
+    Bootstrap(String),
+    /// The last failure seen before giving up (unreachable nodes, no active controller).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A definite answer from the server, e.g. INVALID_ARGUMENT.
+    #[error("{}", .0.message())]
+    Status(tonic::Status),
+}
+
+macro_rules! anyhow {
+    ($($t:tt)*) => { CallError::Unavailable(format!($($t)*)) };
+}
+
 /// Addresses from `--bootstrap` / `WEIR_BOOTSTRAP`, comma separated.
-pub fn parse_bootstrap(raw: &str) -> anyhow::Result<Vec<String>> {
+pub fn parse_bootstrap(raw: &str) -> Result<Vec<String>, CallError> {
     let addrs: Vec<String> = raw
         .split(',')
         .map(str::trim)
@@ -18,27 +35,33 @@ pub fn parse_bootstrap(raw: &str) -> anyhow::Result<Vec<String>> {
         .map(str::to_string)
         .collect();
     if addrs.is_empty() {
-        bail!("--bootstrap: no address given");
+        return Err(CallError::Bootstrap("--bootstrap: no address given".into()));
     }
     Ok(addrs)
 }
 
-async fn connect(addr: &str) -> anyhow::Result<Channel> {
+/// A connected channel to `addr` (`host:port`).
+pub async fn connect(addr: &str) -> Result<Channel, CallError> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| anyhow!("--bootstrap: {addr:?} is not host:port ({e})"))?
+        .map_err(|e| CallError::Bootstrap(format!("{addr:?} is not host:port ({e})")))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(15));
-    Ok(endpoint.connect().await?)
+        .timeout(Duration::from_secs(40));
+    endpoint.connect().await.map_err(|e| anyhow!("{addr}: {e}"))
 }
 
 /// Runs `call` against the bootstrap controllers until one answers, following leader
-/// redirects, and retrying while no controller is active (an election takes a moment).
-pub async fn with_controller<T, F, Fut>(bootstrap: &[String], mut call: F) -> anyhow::Result<T>
+/// redirects, and retrying for up to `patience` while no controller is active (an election
+/// takes a moment).
+pub async fn with_controller<T, F, Fut>(
+    bootstrap: &[String],
+    patience: Duration,
+    mut call: F,
+) -> Result<T, CallError>
 where
     F: FnMut(Channel) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + patience;
     let mut queue: Vec<String> = bootstrap.to_vec();
     let mut last_error = anyhow!("no controller reachable at {}", bootstrap.join(","));
     loop {
@@ -53,7 +76,7 @@ where
         let channel = match connect(&addr).await {
             Ok(c) => c,
             Err(e) => {
-                last_error = anyhow!("{addr}: {e:#}");
+                last_error = e;
                 continue;
             }
         };
@@ -71,7 +94,7 @@ where
                 _ if status.code() == tonic::Code::Unavailable && error_code(&status).is_none() => {
                     last_error = anyhow!("{addr}: {}", status.message());
                 }
-                _ => bail!("{}", status.message()),
+                _ => return Err(CallError::Status(status)),
             },
         }
     }

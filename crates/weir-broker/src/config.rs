@@ -1,0 +1,65 @@
+//! Broker settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use weir_types::BrokerId;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub id: BrokerId,
+    /// Where clients reach this broker's data plane.
+    pub listen: SocketAddr,
+    pub rack: Option<String>,
+    /// Partition directories live under `<data_dir>/partitions`.
+    pub data_dir: PathBuf,
+    /// Controller addresses to register with and watch metadata from.
+    pub controllers: Vec<String>,
+    /// Longest a fetch may wait for data.
+    pub fetch_wait_ms_max: u32,
+    /// Largest fetch response.
+    pub fetch_bytes_max: u32,
+    /// Largest batch a producer may send.
+    pub batch_bytes_max: u32,
+    /// How often retention runs.
+    pub retention_check_ms: u64,
+}
+
+impl BrokerConfig {
+    pub fn new(
+        id: BrokerId,
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        controllers: Vec<String>,
+    ) -> Self {
+        BrokerConfig {
+            id,
+            listen,
+            rack: None,
+            data_dir,
+            controllers,
+            fetch_wait_ms_max: 30_000,
+            fetch_bytes_max: 64 << 20,
+            batch_bytes_max: 1 << 20,
+            retention_check_ms: 60_000,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id.0 == 0 {
+            return Err("id must be positive".into());
+        }
+        if self.controllers.is_empty() {
+            return Err("controllers must name at least one controller address".into());
+        }
+        if self.fetch_bytes_max == 0 || self.batch_bytes_max < 128 {
+            return Err("fetch_bytes_max must be positive and batch_bytes_max at least 128".into());
+        }
+        if self.retention_check_ms == 0 {
+            return Err("retention_check_ms must be positive".into());
+        }
+        Ok(())
+    }
+}

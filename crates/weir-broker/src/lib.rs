@@ -1,0 +1,172 @@
+//! Weir's broker: hosts partition replicas (stored with `weir-log`), registers with the
+//! controllers and keeps a lease by heartbeating, follows the metadata stream, and serves
+//! `weir.v1.Broker` (produce, fetch, list offsets) for the partitions it leads.
+//!
+//! - [`replica`]: one partition: its log and its owner task (bounded mailbox; appends are
+//!   written in arrival order and acknowledged after one shared fsync).
+//! - [`registry`]: the set of hosted replicas, reconciled with each metadata snapshot.
+//! - [`session`]: registration, heartbeats, re-registration when fenced, metadata watch.
+//! - [`server`]: the gRPC service.
+//!
+//! Not yet: follower replication (followers open their replica but do not fetch from the
+//! leader), so the high watermark is the leader's durable end and `acks=all` is refused unless
+//! the leader is the only in-sync replica.
+
+pub mod config;
+pub mod registry;
+pub mod replica;
+pub mod server;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use weir_log::Flusher;
+use weir_proto::v1::broker_server::BrokerServer;
+
+pub use config::BrokerConfig;
+pub use session::SessionState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid broker config: {0}")]
+    Config(String),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("storage: {0}")]
+    Storage(#[from] weir_log::LogError),
+}
+
+/// A running broker.
+pub struct Broker {
+    pub local_addr: SocketAddr,
+    pub registry: Arc<registry::Registry>,
+    pub session: watch::Receiver<SessionState>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Broker {
+    /// Binds, then registers and starts following metadata in the background.
+    pub async fn start(mut config: BrokerConfig) -> Result<Broker, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        // Port 0 was asked for: advertise the port actually bound.
+        config.listen = local_addr;
+        std::fs::create_dir_all(config.data_dir.join("partitions")).map_err(|source| {
+            StartError::Storage(weir_log::LogError::Io {
+                context: format!("create {}", config.data_dir.display()),
+                source,
+            })
+        })?;
+        let flusher = Flusher::spawn(&format!("broker-{}", config.id))?;
+        let registry = Arc::new(registry::Registry::new(
+            config.id,
+            &config.data_dir,
+            config.batch_bytes_max,
+            flusher,
+        ));
+        let (stop, stopped) = watch::channel(false);
+        let (session_tx, session) = watch::channel(SessionState::default());
+        let mut tasks = JoinSet::new();
+        tasks.spawn(session::run_lease(
+            config.clone(),
+            session_tx.clone(),
+            stopped.clone(),
+        ));
+        tasks.spawn(session::run_watch(
+            config.clone(),
+            Arc::clone(&registry),
+            session_tx,
+            stopped.clone(),
+        ));
+        tasks.spawn(retention_task(
+            Arc::clone(&registry),
+            Duration::from_millis(config.retention_check_ms),
+            stopped.clone(),
+        ));
+        let service = server::BrokerService {
+            config: config.clone(),
+            registry: Arc::clone(&registry),
+        };
+        let mut server_stop = stopped;
+        let server = tonic::transport::Server::builder()
+            .add_service(BrokerServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            });
+        tasks.spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "broker gRPC server failed");
+            }
+        });
+        tracing::info!(id = %config.id, addr = %local_addr, "broker started");
+        Ok(Broker {
+            local_addr,
+            registry,
+            session,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Whether the broker is registered and has applied metadata.
+    pub fn is_ready(&self) -> bool {
+        let s = *self.session.borrow();
+        s.incarnation.is_some() && s.metadata_version > 0
+    }
+
+    /// Stops serving, finishes queued appends, checkpoints every partition.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.registry.close_all().await;
+    }
+}
+
+async fn retention_task(
+    registry: Arc<registry::Registry>,
+    every: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        for replica in registry.all() {
+            let log = Arc::clone(&replica.log);
+            match tokio::task::spawn_blocking(move || log.enforce_retention()).await {
+                Ok(Ok(out)) if out.segments_deleted > 0 => tracing::info!(
+                    topic = %replica.topic,
+                    partition = replica.partition,
+                    segments = out.segments_deleted,
+                    bytes = out.bytes_deleted,
+                    "retention deleted segments"
+                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(topic = %replica.topic, error = %e, "retention failed")
+                }
+                _ => {}
+            }
+        }
+    }
+}

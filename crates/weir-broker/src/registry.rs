@@ -1,0 +1,266 @@
+//! The replicas this broker hosts, kept in line with the controller's metadata.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::task::JoinHandle;
+use weir_log::{Flusher, LogConfig, PartitionLog, SystemClock};
+use weir_proto::v1 as pb;
+use weir_types::{BrokerId, LeaderEpoch};
+
+use crate::replica::{Leadership, Replica};
+
+type Key = (String, u32);
+
+/// Everything the broker knows about the cluster and its own replicas.
+pub struct Registry {
+    id: BrokerId,
+    partitions_dir: PathBuf,
+    batch_bytes_max: u32,
+    flusher: Arc<Flusher>,
+    replicas: RwLock<HashMap<Key, Arc<Replica>>>,
+    owners: Mutex<HashMap<Key, JoinHandle<()>>>,
+    /// The last applied metadata (for leader hints and versions).
+    metadata: RwLock<pb::MetadataSnapshot>,
+    /// Serializes snapshot application.
+    applying: tokio::sync::Mutex<()>,
+}
+
+pub fn dir_name(topic: &str, partition: u32, topic_id: &str) -> String {
+    format!("{topic}-{partition}-{topic_id}")
+}
+
+fn leadership(p: &pb::PartitionDescription, min_isr: u32) -> Leadership {
+    Leadership {
+        leader: (p.leader != 0).then_some(BrokerId(p.leader)),
+        leader_epoch: LeaderEpoch(p.leader_epoch),
+        isr: p.isr.iter().map(|b| BrokerId(*b)).collect(),
+        replicas: p.replicas.iter().map(|b| BrokerId(*b)).collect(),
+        min_insync_replicas: min_isr,
+    }
+}
+
+fn log_config(t: &pb::TopicDescription, batch_bytes_max: u32) -> LogConfig {
+    LogConfig {
+        segment_bytes_max: t.segment_bytes,
+        retention_ms: (!t.retention_ms_unlimited).then_some(t.retention_ms),
+        retention_bytes: (!t.retention_bytes_unlimited).then_some(t.retention_bytes),
+        batch_bytes_max: batch_bytes_max.min(t.segment_bytes as u32),
+        ..LogConfig::default()
+    }
+}
+
+impl Registry {
+    pub fn new(
+        id: BrokerId,
+        data_dir: &Path,
+        batch_bytes_max: u32,
+        flusher: Arc<Flusher>,
+    ) -> Registry {
+        Registry {
+            id,
+            partitions_dir: data_dir.join("partitions"),
+            batch_bytes_max,
+            flusher,
+            replicas: RwLock::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
+            metadata: RwLock::new(pb::MetadataSnapshot::default()),
+            applying: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn get(&self, topic: &str, partition: u32) -> Option<Arc<Replica>> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Replica>> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.metadata
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .version
+    }
+
+    /// The address of `broker`, from metadata.
+    pub fn broker_address(&self, broker: BrokerId) -> Option<String> {
+        self.metadata
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .brokers
+            .iter()
+            .find(|b| b.id == broker.0)
+            .map(|b| b.address.clone())
+    }
+
+    /// The leader of a partition this broker does not host, for a redirect.
+    pub fn leader_of(&self, topic: &str, partition: u32) -> Option<(BrokerId, Option<String>)> {
+        let metadata = self.metadata.read().unwrap_or_else(|p| p.into_inner());
+        let t = metadata.topics.iter().find(|t| t.name == topic)?;
+        let p = t.partitions.get(partition as usize)?;
+        let leader = BrokerId(p.leader);
+        let addr = metadata
+            .brokers
+            .iter()
+            .find(|b| b.id == p.leader)
+            .map(|b| b.address.clone());
+        (p.leader != 0).then_some((leader, addr))
+    }
+
+    /// Brings the hosted replicas in line with `snapshot`: opens newly assigned partitions,
+    /// updates leadership, and closes and deletes partitions no longer assigned here.
+    pub async fn apply(&self, snapshot: pb::MetadataSnapshot) -> Result<(), weir_log::LogError> {
+        let _serial = self.applying.lock().await;
+        if snapshot.version < self.version() {
+            return Ok(()); // an older view from a lagging controller
+        }
+        let first = self.version() == 0;
+        let mut wanted: BTreeMap<Key, (&pb::TopicDescription, &pb::PartitionDescription)> =
+            BTreeMap::new();
+        for t in &snapshot.topics {
+            for p in &t.partitions {
+                if p.replicas.contains(&self.id.0) {
+                    wanted.insert((t.name.clone(), p.partition), (t, p));
+                }
+            }
+        }
+        // Close what is no longer ours (or was re-created under a new id).
+        let current: Vec<(Key, Arc<Replica>)> = self
+            .replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, r)| (k.clone(), Arc::clone(r)))
+            .collect();
+        for (key, replica) in current {
+            let keep = wanted
+                .get(&key)
+                .is_some_and(|(t, _)| t.topic_id == replica.topic_id);
+            if !keep {
+                self.remove(&key, &replica).await;
+            }
+        }
+        // Open or update what is ours.
+        for (key, (t, p)) in &wanted {
+            let lead = leadership(p, t.min_insync_replicas);
+            if let Some(replica) = self.get(&key.0, key.1) {
+                replica.set_leadership(lead);
+                continue;
+            }
+            let dir = self
+                .partitions_dir
+                .join(dir_name(&t.name, p.partition, &t.topic_id));
+            let config = log_config(t, self.batch_bytes_max);
+            let flusher = Arc::clone(&self.flusher);
+            let open_dir = dir.clone();
+            let log = tokio::task::spawn_blocking(move || {
+                PartitionLog::open(&open_dir, config, flusher, Arc::new(SystemClock))
+            })
+            .await
+            .map_err(|e| weir_log::LogError::Config(format!("open task failed: {e}")))?;
+            let log = match log {
+                Ok(log) => log,
+                Err(e) => {
+                    tracing::error!(topic = %t.name, partition = p.partition, error = %e, "cannot open partition; not serving it");
+                    continue;
+                }
+            };
+            tracing::info!(topic = %t.name, partition = p.partition, end = %log.end_offset(), "partition opened");
+            let (replica, owner) = Replica::start(
+                t.name.clone(),
+                t.topic_id.clone(),
+                p.partition,
+                dir,
+                log,
+                lead,
+            );
+            self.replicas
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), replica);
+            self.owners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), owner);
+        }
+        if first {
+            self.remove_strays(&wanted).await;
+        }
+        *self.metadata.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        Ok(())
+    }
+
+    async fn remove(&self, key: &Key, replica: &Arc<Replica>) {
+        self.replicas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        replica.close();
+        let owner = self
+            .owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        if let Some(owner) = owner {
+            let _ = owner.await;
+        }
+        let dir = replica.dir.clone();
+        tracing::info!(topic = %key.0, partition = key.1, dir = %dir.display(), "partition deleted");
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    }
+
+    /// Deletes partition directories left from topics deleted while this broker was down.
+    async fn remove_strays(
+        &self,
+        wanted: &BTreeMap<Key, (&pb::TopicDescription, &pb::PartitionDescription)>,
+    ) {
+        let keep: Vec<String> = wanted
+            .values()
+            .map(|(t, p)| dir_name(&t.name, p.partition, &t.topic_id))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.partitions_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().is_dir() && !keep.contains(&name) {
+                tracing::info!(dir = %name, "deleting partition of a topic that no longer exists");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
+    /// Closes every replica and waits for the owners to finish what they accepted.
+    pub async fn close_all(&self) {
+        for replica in self.all() {
+            replica.close();
+        }
+        let owners: Vec<JoinHandle<()>> = self
+            .owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for owner in owners {
+            let _ = owner.await;
+        }
+        for replica in self.all() {
+            if let Err(e) = replica.log.checkpoint() {
+                tracing::warn!(topic = %replica.topic, partition = replica.partition, error = %e, "checkpoint on shutdown");
+            }
+        }
+    }
+}

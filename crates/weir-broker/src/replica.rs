@@ -1,0 +1,157 @@
+//! One partition replica on this broker: its log and the owner task that appends to it.
+//!
+//! Appends go through the owner's bounded mailbox, so the order of offsets is the order in
+//! which requests reached the owner, and a request handler that is dropped (client gone) can
+//! never leave a half-done append: the owner finishes what it took. The owner writes every
+//! queued batch and then waits for one fsync that covers them all.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use weir_log::{AppendInfo, LogError, PartitionLog};
+use weir_types::{BrokerId, LeaderEpoch, Offset, RecordBatch};
+
+/// Appends queued for one partition before producers are pushed back.
+pub const MAILBOX_MAX: usize = 1024;
+/// Appends written before one fsync wait.
+pub const APPEND_GROUP_MAX: usize = 256;
+
+/// What the controller says about this partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    pub leader: Option<BrokerId>,
+    pub leader_epoch: LeaderEpoch,
+    pub isr: Vec<BrokerId>,
+    pub replicas: Vec<BrokerId>,
+    pub min_insync_replicas: u32,
+}
+
+pub struct AppendRequest {
+    pub batch: RecordBatch,
+    pub epoch: LeaderEpoch,
+    pub reply: oneshot::Sender<Result<AppendInfo, LogError>>,
+}
+
+/// Shared handle to a replica.
+pub struct Replica {
+    pub topic: String,
+    pub topic_id: String,
+    pub partition: u32,
+    pub dir: PathBuf,
+    pub log: Arc<PartitionLog>,
+    leadership: RwLock<Leadership>,
+    /// Taken on close: once every sender is gone the owner drains its queue and stops.
+    mailbox: std::sync::Mutex<Option<mpsc::Sender<AppendRequest>>>,
+    /// The durable end offset, announced after every fsynced group of appends.
+    durable: watch::Sender<Offset>,
+}
+
+impl Replica {
+    pub fn start(
+        topic: String,
+        topic_id: String,
+        partition: u32,
+        dir: PathBuf,
+        log: PartitionLog,
+        leadership: Leadership,
+    ) -> (Arc<Replica>, tokio::task::JoinHandle<()>) {
+        let log = Arc::new(log);
+        let (tx, rx) = mpsc::channel(MAILBOX_MAX);
+        let (durable, _) = watch::channel(log.durable_end());
+        let replica = Arc::new(Replica {
+            topic,
+            topic_id,
+            partition,
+            dir,
+            log: Arc::clone(&log),
+            leadership: RwLock::new(leadership),
+            mailbox: std::sync::Mutex::new(Some(tx)),
+            durable,
+        });
+        let owner = tokio::spawn(run_owner(Arc::clone(&replica), rx));
+        (replica, owner)
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        self.leadership
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_leadership(&self, leadership: Leadership) {
+        *self.leadership.write().unwrap_or_else(|p| p.into_inner()) = leadership;
+    }
+
+    /// Queues an append; `Err` gives the request back when the owner has stopped.
+    pub async fn append(&self, request: AppendRequest) -> Result<(), AppendRequest> {
+        let sender = self
+            .mailbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match sender {
+            Some(sender) => sender.send(request).await.map_err(|e| e.0),
+            None => Err(request),
+        }
+    }
+
+    pub fn subscribe_durable(&self) -> watch::Receiver<Offset> {
+        self.durable.subscribe()
+    }
+
+    /// Consumers read below this offset. Without follower replication yet, the leader's
+    /// durable end: every record below it is fsynced on the leader.
+    pub fn high_watermark(&self) -> Offset {
+        self.log.durable_end()
+    }
+
+    /// Stops accepting appends; the owner finishes what is queued and stops.
+    pub fn close(&self) {
+        self.mailbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+}
+
+async fn run_owner(replica: Arc<Replica>, mut mailbox: mpsc::Receiver<AppendRequest>) {
+    let mut group = Vec::with_capacity(APPEND_GROUP_MAX);
+    while mailbox.recv_many(&mut group, APPEND_GROUP_MAX).await > 0 {
+        let requests = std::mem::take(&mut group);
+        let log = Arc::clone(&replica.log);
+        // Writes and the fsync wait block; they run on the blocking pool, owned by this task.
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut written = Vec::with_capacity(requests.len());
+            let mut last_ticket = None;
+            for request in requests {
+                match log.append_nowait(&request.batch, request.epoch) {
+                    Ok((info, ticket)) => {
+                        last_ticket = Some(ticket);
+                        written.push((request.reply, Ok(info)));
+                    }
+                    Err(e) => written.push((request.reply, Err(e))),
+                }
+            }
+            let durable = match last_ticket {
+                Some(ticket) => log.wait_durable(ticket),
+                None => Ok(()),
+            };
+            (written, durable)
+        })
+        .await;
+        let Ok((written, durable)) = outcome else {
+            tracing::error!(topic = %replica.topic, partition = replica.partition, "append task panicked");
+            return;
+        };
+        for (reply, result) in written {
+            let result = match (&durable, result) {
+                (Err(e), Ok(_)) => Err(LogError::FlushFailed(e.to_string())),
+                (_, r) => r,
+            };
+            let _ = reply.send(result);
+        }
+        replica.durable.send_replace(replica.log.durable_end());
+    }
+}

@@ -1,0 +1,301 @@
+//! The `weir.v1.Broker` service: produce, fetch and offset look-ups for the partitions this
+//! broker leads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+use weir_proto::status::{redirect, status};
+use weir_proto::v1 as pb;
+use weir_proto::v1::broker_server::Broker;
+use weir_types::{BatchBuilder, BrokerId, ErrorCode, Offset, Record, RecordBatch};
+
+use crate::config::BrokerConfig;
+use crate::registry::Registry;
+use crate::replica::{AppendRequest, Replica};
+
+#[derive(Clone)]
+pub struct BrokerService {
+    pub config: BrokerConfig,
+    pub registry: Arc<Registry>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn log_status(e: &weir_log::LogError) -> Status {
+    status(e.code(), e.to_string())
+}
+
+impl BrokerService {
+    /// The replica if this broker leads it (and the epoch matches, when given).
+    fn leader_replica(
+        &self,
+        topic: &str,
+        partition: u32,
+        epoch: Option<i32>,
+    ) -> Result<Arc<Replica>, Status> {
+        if topic.is_empty() {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                "invalid topic: must not be empty",
+            ));
+        }
+        let Some(replica) = self.registry.get(topic, partition) else {
+            return Err(match self.registry.leader_of(topic, partition) {
+                Some((leader, addr)) => redirect(
+                    ErrorCode::NotLeader,
+                    format!("{topic}/{partition} is led by broker {leader}"),
+                    addr.as_deref(),
+                ),
+                None => status(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("{topic}/{partition} is not known here"),
+                ),
+            });
+        };
+        let lead = replica.leadership();
+        if lead.leader != Some(self.config.id) {
+            let addr = lead.leader.and_then(|l| self.registry.broker_address(l));
+            return Err(match lead.leader {
+                Some(l) => redirect(
+                    ErrorCode::NotLeader,
+                    format!("{topic}/{partition} is led by broker {l}"),
+                    addr.as_deref(),
+                ),
+                None => status(
+                    ErrorCode::LeaderNotAvailable,
+                    format!("{topic}/{partition} has no leader right now"),
+                ),
+            });
+        }
+        if let Some(epoch) = epoch {
+            let current = lead.leader_epoch.0;
+            if epoch < current {
+                return Err(status(
+                    ErrorCode::FencedLeaderEpoch,
+                    format!("leader epoch {epoch} is older than the current {current}"),
+                ));
+            }
+            if epoch > current {
+                return Err(status(
+                    ErrorCode::UnknownLeaderEpoch,
+                    format!("leader epoch {epoch} is newer than this broker knows ({current})"),
+                ));
+            }
+        }
+        Ok(replica)
+    }
+}
+
+fn batch_from_request(req: &mut pb::ProduceRequest) -> Result<RecordBatch, Status> {
+    let invalid = |field: &str, why: String| {
+        status(
+            ErrorCode::InvalidArgument,
+            format!("invalid {field}: {why}"),
+        )
+    };
+    match (req.batch.take(), req.records.is_empty()) {
+        (Some(_), false) => Err(invalid(
+            "batch",
+            "set together with records; send one of them".into(),
+        )),
+        (None, true) => Err(invalid("records", "no batch and no records given".into())),
+        (Some(batch), true) => RecordBatch::try_from(batch)
+            .map_err(|e| invalid(&format!("batch.{}", e.field), e.reason)),
+        (None, false) => {
+            let now = now_ms();
+            let mut builder = BatchBuilder::default();
+            for (i, r) in std::mem::take(&mut req.records).into_iter().enumerate() {
+                let mut record = Record::try_from(r)
+                    .map_err(|e| invalid(&format!("records[{i}].{}", e.field), e.reason))?;
+                if record.timestamp_ms == 0 {
+                    record.timestamp_ms = now;
+                }
+                builder.push(record);
+            }
+            builder
+                .build()
+                .map_err(|e| invalid("records", e.to_string()))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Broker for BrokerService {
+    async fn produce(
+        &self,
+        request: Request<pb::ProduceRequest>,
+    ) -> Result<Response<pb::ProduceResponse>, Status> {
+        let mut req = request.into_inner();
+        let acks = pb::Acks::try_from(req.acks).map_err(|_| {
+            status(
+                ErrorCode::InvalidArgument,
+                format!("invalid acks: {} is not an Acks value", req.acks),
+            )
+        })?;
+        let replica = self.leader_replica(&req.topic, req.partition, req.leader_epoch)?;
+        let batch = batch_from_request(&mut req)?;
+        let lead = replica.leadership();
+        if matches!(acks, pb::Acks::All | pb::Acks::Unspecified) {
+            // Followers do not replicate yet, so only a partition whose in-sync set is this
+            // broker alone can honour acks=all.
+            let others: Vec<BrokerId> = lead
+                .isr
+                .iter()
+                .copied()
+                .filter(|b| *b != self.config.id)
+                .collect();
+            if !others.is_empty() || lead.min_insync_replicas > 1 {
+                return Err(status(
+                    ErrorCode::NotEnoughReplicas,
+                    format!(
+                        "acks=all needs the in-sync replicas {others:?} to hold the batch, and follower replication is not running; use acks=leader or a replication-factor-1 topic"
+                    ),
+                ));
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let append = AppendRequest {
+            batch,
+            epoch: lead.leader_epoch,
+            reply: tx,
+        };
+        if replica.append(append).await.is_err() {
+            return Err(status(
+                ErrorCode::NotLeader,
+                "the partition is closing on this broker",
+            ));
+        }
+        if acks == pb::Acks::None {
+            let (topic, partition) = (req.topic.clone(), req.partition);
+            tokio::spawn(async move {
+                if let Ok(Err(e)) = rx.await {
+                    tracing::warn!(%topic, partition, error = %e, "acks=none append failed");
+                }
+            });
+            return Ok(Response::new(pb::ProduceResponse {
+                base_offset: -1,
+                last_offset: -1,
+                leader_epoch: lead.leader_epoch.0,
+            }));
+        }
+        let info = rx
+            .await
+            .map_err(|_| status(ErrorCode::StorageError, "the partition owner stopped"))?
+            .map_err(|e| log_status(&e))?;
+        Ok(Response::new(pb::ProduceResponse {
+            base_offset: info.base_offset.0,
+            last_offset: info.last_offset.0,
+            leader_epoch: info.leader_epoch.0,
+        }))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchResponse>, Status> {
+        let req = request.into_inner();
+        let replica = self.leader_replica(&req.topic, req.partition, req.leader_epoch)?;
+        let from = Offset(req.offset);
+        let max_bytes = if req.max_bytes == 0 {
+            1 << 20
+        } else {
+            req.max_bytes.min(self.config.fetch_bytes_max)
+        } as usize;
+        let wait = Duration::from_millis(u64::from(
+            req.max_wait_ms.min(self.config.fetch_wait_ms_max),
+        ));
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut durable = replica.subscribe_durable();
+        let batches = loop {
+            let (start, hw) = (replica.log.start_offset(), replica.high_watermark());
+            if from < start || from > hw {
+                return Err(status(
+                    ErrorCode::OffsetOutOfRange,
+                    format!("offset {from} is outside [{start}, {hw}]"),
+                ));
+            }
+            let log = Arc::clone(&replica.log);
+            let batches = tokio::task::spawn_blocking(move || log.read(from, max_bytes, Some(hw)))
+                .await
+                .map_err(|e| status(ErrorCode::Unknown, e.to_string()))?
+                .map_err(|e| log_status(&e))?;
+            let bytes: usize = batches.iter().map(RecordBatch::size_bytes).sum();
+            let enough = bytes >= (req.min_bytes as usize).max(1);
+            if enough || tokio::time::Instant::now() >= deadline {
+                break batches;
+            }
+            if tokio::time::timeout_at(deadline, durable.changed())
+                .await
+                .is_err()
+            {
+                // timed out: answer with what there is
+                let log = Arc::clone(&replica.log);
+                let hw = replica.high_watermark();
+                break tokio::task::spawn_blocking(move || log.read(from, max_bytes, Some(hw)))
+                    .await
+                    .map_err(|e| status(ErrorCode::Unknown, e.to_string()))?
+                    .map_err(|e| log_status(&e))?;
+            }
+        };
+        let mut records = Vec::new();
+        if req.decode {
+            for batch in &batches {
+                let stored = weir_proto::convert::stored_records(batch)
+                    .map_err(|e| status(ErrorCode::CorruptRecord, e.to_string()))?;
+                records.extend(stored.into_iter().filter(|r| r.offset >= from.0));
+            }
+        }
+        Ok(Response::new(pb::FetchResponse {
+            batches: batches.into_iter().map(Into::into).collect(),
+            records,
+            high_watermark: replica.high_watermark().0,
+            log_start_offset: replica.log.start_offset().0,
+            leader_epoch: replica.leadership().leader_epoch.0,
+        }))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<pb::ListOffsetsRequest>,
+    ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
+        let req = request.into_inner();
+        let replica = self.leader_replica(&req.topic, req.partition, None)?;
+        let spec = pb::OffsetSpec::try_from(req.spec).map_err(|_| {
+            status(
+                ErrorCode::InvalidArgument,
+                format!("invalid spec: {}", req.spec),
+            )
+        })?;
+        let (start, hw) = (replica.log.start_offset(), replica.high_watermark());
+        let (offset, timestamp) = match spec {
+            pb::OffsetSpec::Earliest => (start, -1),
+            pb::OffsetSpec::Latest => (hw, -1),
+            pb::OffsetSpec::Timestamp => {
+                let log = Arc::clone(&replica.log);
+                let ts = req.timestamp_ms;
+                let found = tokio::task::spawn_blocking(move || log.offset_for_timestamp(ts))
+                    .await
+                    .map_err(|e| status(ErrorCode::Unknown, e.to_string()))?
+                    .map_err(|e| log_status(&e))?;
+                match found {
+                    Some((o, t)) if o < hw => (o, t),
+                    _ => (hw, -1),
+                }
+            }
+        };
+        Ok(Response::new(pb::ListOffsetsResponse {
+            offset: offset.0,
+            timestamp_ms: timestamp,
+            log_start_offset: start.0,
+            high_watermark: hw.0,
+            leader_epoch: replica.leadership().leader_epoch.0,
+        }))
+    }
+}

@@ -1,0 +1,129 @@
+//! The broker's session with the controllers: register (getting an incarnation), heartbeat to
+//! keep the lease, register again when fenced, and follow the metadata stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use weir_proto::call::{self, CallError};
+use weir_proto::v1 as pb;
+use weir_proto::v1::admin_client::AdminClient;
+use weir_proto::v1::broker_registry_client::BrokerRegistryClient;
+
+use crate::config::BrokerConfig;
+use crate::registry::Registry;
+
+/// Retry pause after a failed call to the controllers.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// Registration state shared with readiness checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionState {
+    pub incarnation: Option<u64>,
+    pub metadata_version: u64,
+}
+
+async fn register(config: &BrokerConfig) -> Result<pb::RegisterBrokerResponse, CallError> {
+    let request = pb::RegisterBrokerRequest {
+        broker_id: config.id.0,
+        address: config.listen.to_string(),
+        rack: config.rack.clone().unwrap_or_default(),
+    };
+    call::with_controller(&config.controllers, Duration::from_secs(5), |ch| {
+        let request = request.clone();
+        async move { BrokerRegistryClient::new(ch).register_broker(request).await }
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// Registers and heartbeats until `stop`.
+pub async fn run_lease(
+    config: BrokerConfig,
+    state: watch::Sender<SessionState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    'register: loop {
+        let registration = tokio::select! {
+            r = register(&config) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let registration = match registration {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "registration failed, retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        tracing::info!(broker = %config.id, incarnation = registration.incarnation, "registered with the controller");
+        state.send_modify(|s| s.incarnation = Some(registration.incarnation));
+        let interval = Duration::from_millis((registration.lease_ms / 3).max(50));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let request = pb::BrokerHeartbeatRequest {
+                broker_id: config.id.0,
+                incarnation: registration.incarnation,
+            };
+            let beat = call::with_controller(&config.controllers, interval, |ch| {
+                async move {
+                    BrokerRegistryClient::new(ch)
+                        .broker_heartbeat(request)
+                        .await
+                }
+            })
+            .await;
+            match beat {
+                Ok(r) if r.get_ref().fenced => {
+                    tracing::warn!(broker = %config.id, "fenced by the controller, registering again");
+                    state.send_modify(|s| s.incarnation = None);
+                    continue 'register;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+}
+
+/// Follows `WatchMetadata` from any controller and applies every snapshot.
+pub async fn run_watch(
+    config: BrokerConfig,
+    registry: Arc<Registry>,
+    state: watch::Sender<SessionState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut next = 0usize;
+    loop {
+        let addr = config.controllers[next % config.controllers.len()].clone();
+        next += 1;
+        let session = async {
+            let channel = call::connect(&addr).await?;
+            let mut stream = AdminClient::new(channel)
+                .watch_metadata(pb::WatchMetadataRequest {
+                    from_version: registry.version(),
+                })
+                .await
+                .map_err(CallError::Status)?
+                .into_inner();
+            while let Some(snapshot) = stream.message().await.map_err(CallError::Status)? {
+                let version = snapshot.version;
+                if let Err(e) = registry.apply(snapshot).await {
+                    tracing::error!(error = %e, "applying metadata failed");
+                }
+                state.send_modify(|s| s.metadata_version = version);
+            }
+            Ok::<(), CallError>(())
+        };
+        tokio::select! {
+            r = session => if let Err(e) = r {
+                tracing::debug!(controller = %addr, error = %e, "metadata watch ended");
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}

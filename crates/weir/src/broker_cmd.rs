@@ -1,0 +1,127 @@
+//! `weir broker` (one broker) and `weir dev` (a controller and a broker in one process).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use weir_broker::{Broker, BrokerConfig};
+use weir_controller::{Controller, ControllerConfig};
+use weir_types::BrokerId;
+
+use crate::controller_cmd::wait_for_signal;
+use crate::logging::{self, LogFormat};
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// This broker's id (positive, unique among brokers).
+    #[arg(long)]
+    id: u32,
+    /// Address for producers and consumers; also advertised to the controller.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    listen: SocketAddr,
+    /// Controller addresses (`host:port` or `id=host:port`), comma separated.
+    #[arg(long, env = "WEIR_CONTROLLERS", default_value = "127.0.0.1:9093")]
+    controllers: String,
+    /// Rack (or zone) name; replicas of a partition are spread across racks.
+    #[arg(long)]
+    rack: Option<String>,
+    #[arg(long, default_value = "./weir-data/broker")]
+    data_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// Accepts `a:1,b:2` and `1=a:1,2=b:2`.
+pub fn controller_addresses(raw: &str) -> anyhow::Result<Vec<String>> {
+    let addrs: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.split_once('=').map_or(s, |(_, a)| a).to_string())
+        .collect();
+    for a in &addrs {
+        a.parse::<SocketAddr>()
+            .with_context(|| format!("--controllers: {a:?} is not host:port with a numeric IP"))?;
+    }
+    anyhow::ensure!(!addrs.is_empty(), "--controllers: no address given");
+    Ok(addrs)
+}
+
+pub async fn run_broker(args: BrokerArgs) -> anyhow::Result<i32> {
+    logging::init(args.log_format);
+    anyhow::ensure!(args.id > 0, "--id must be positive");
+    let mut config = BrokerConfig::new(
+        BrokerId(args.id),
+        args.listen,
+        args.data_dir,
+        controller_addresses(&args.controllers)?,
+    );
+    config.rack = args.rack;
+    let broker = Broker::start(config).await?;
+    println!("broker {} listening on {}", args.id, broker.local_addr);
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    broker.shutdown().await;
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where the controller's and the broker's data live (kept across restarts).
+    #[arg(long, default_value = "./weir-data")]
+    data_dir: PathBuf,
+    /// Controller (admin) address; the CLI's default `--bootstrap`.
+    #[arg(long, default_value = "127.0.0.1:9093")]
+    controller: SocketAddr,
+    /// Broker (produce/fetch) address.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    broker: SocketAddr,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+pub async fn run_dev(args: DevArgs) -> anyhow::Result<i32> {
+    logging::init(args.log_format);
+    let controller_dir = args.data_dir.join("controller");
+    std::fs::create_dir_all(&controller_dir)
+        .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+    let controller =
+        Controller::start(ControllerConfig::new(1, args.controller, controller_dir)).await?;
+    let controller_addr = controller.local_addr.to_string();
+    let broker = Broker::start(BrokerConfig::new(
+        BrokerId(1),
+        args.broker,
+        args.data_dir.join("broker"),
+        vec![controller_addr.clone()],
+    ))
+    .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !broker.is_ready() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the broker did not register with the controller within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("weir dev: single-node cluster ready (Ctrl-C to stop)");
+    println!(
+        "  controller 1  {controller_addr:<21}  admin and metadata   data {}",
+        args.data_dir.join("controller").display()
+    );
+    println!(
+        "  broker 1      {:<21}  produce and fetch    data {}",
+        broker.local_addr.to_string(),
+        args.data_dir.join("broker").display()
+    );
+    println!("try:");
+    println!("  weir topic create demo --partitions 3");
+    println!("  echo hello | weir produce demo");
+    println!("  weir consume demo --from-beginning --max-messages 1");
+    wait_for_signal().await?;
+    println!("weir dev: shutting down");
+    broker.shutdown().await;
+    controller.shutdown().await;
+    Ok(0)
+}

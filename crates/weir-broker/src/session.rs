@@ -68,12 +68,10 @@ pub async fn run_lease(
                 broker_id: config.id.0,
                 incarnation: registration.incarnation,
             };
-            let beat = call::with_controller(&config.controllers, interval, |ch| {
-                async move {
-                    BrokerRegistryClient::new(ch)
-                        .broker_heartbeat(request)
-                        .await
-                }
+            let beat = call::with_controller(&config.controllers, interval, |ch| async move {
+                BrokerRegistryClient::new(ch)
+                    .broker_heartbeat(request)
+                    .await
             })
             .await;
             match beat {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use tonic::{Request, Response, Status};
 use weir_proto::status::{redirect, status};
@@ -113,6 +113,23 @@ impl Services {
                         (Some(id), Some(a)) => format!("the active controller is {id} at {a}"),
                         _ => "no active controller right now".to_string(),
                     },
+                    addr.as_deref(),
+                ))
+            }
+            Err(e) => Err(status(ErrorCode::NotController, e.to_string())),
+        }
+    }
+
+    /// Confirms this node is the active controller with a quorum round trip, so a read
+    /// that follows reflects every write acknowledged before it.
+    async fn linearizable(&self) -> Result<(), Status> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                let addr = f.leader_node.map(|n| n.addr);
+                Err(redirect(
+                    ErrorCode::NotController,
+                    "reads are served by the active controller",
                     addr.as_deref(),
                 ))
             }
@@ -421,6 +438,7 @@ impl Admin for Services {
         &self,
         _request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        self.linearizable().await?;
         let state = self.sm.read().await;
         Ok(Response::new(pb::ListTopicsResponse {
             topics: state.metadata.topics.values().map(describe_topic).collect(),
@@ -432,6 +450,7 @@ impl Admin for Services {
         &self,
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
+        self.linearizable().await?;
         let topic = self.topic(&request.into_inner().name).await?;
         Ok(Response::new(describe_topic(&topic)))
     }

@@ -18,3 +18,4 @@ pub mod v1 {
 }
 
 pub use convert::FieldError;
+pub use tonic::{Request, Response, Status};

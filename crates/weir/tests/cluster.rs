@@ -1,0 +1,280 @@
+//! Multi-process tests: real `weir` controller and broker processes on loopback addresses,
+//! started and disturbed through `weir-cluster`, driven through the `weir` CLI.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use weir_cluster::{Cluster, Spec, describe_via};
+
+const LEASE_MS: u64 = 1500;
+
+fn weir_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weir"))
+}
+
+/// Stops the cluster however the test ends.
+struct Running(Cluster);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.down(Duration::from_secs(3));
+    }
+}
+
+fn up(controllers: u32, brokers: u32, dir: &tempfile::TempDir) -> Running {
+    let spec = Spec {
+        controllers,
+        brokers,
+        dir: dir.path().to_path_buf(),
+        weir: weir_bin(),
+        broker_lease_ms: LEASE_MS,
+    };
+    Running(Cluster::up(&spec, Duration::from_secs(60)).expect("cluster up"))
+}
+
+fn weir(bootstrap: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(weir_bin())
+        .args(args)
+        .env("WEIR_BOOTSTRAP", bootstrap)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn weir");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("weir output")
+}
+
+fn ok(out: Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "weir failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `partition -> (leader, epoch, isr)` from `weir topic describe`.
+fn partitions(bootstrap: &str, topic: &str) -> Vec<(u32, i32, String)> {
+    ok(weir(bootstrap, &["topic", "describe", topic], None))
+        .lines()
+        .filter(|l| l.trim_start().starts_with("partition"))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let leader = words[3].parse().unwrap_or(0);
+            let epoch_at = words.iter().position(|w| *w == "epoch").expect("epoch");
+            let epoch = words[epoch_at + 1].parse().expect("epoch number");
+            let isr = words.last().expect("isr").to_string();
+            (leader, epoch, isr)
+        })
+        .collect()
+}
+
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return (v, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn controller_failover_keeps_metadata_and_a_restarted_controller_catches_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = up(3, 3, &dir);
+    let bootstrap = cluster.0.bootstrap();
+
+    ok(weir(
+        &bootstrap,
+        &["topic", "create", "orders", "--partitions", "6"],
+        None,
+    ));
+    let parts = partitions(&bootstrap, "orders");
+    assert_eq!(parts.len(), 6);
+    for broker in 1..=3 {
+        let led = parts.iter().filter(|p| p.0 == broker).count();
+        assert_eq!(led, 2, "leaders are not spread evenly: {parts:?}");
+    }
+    assert!(
+        parts
+            .iter()
+            .all(|p| p.2 == "[1,2,3]" || p.2.matches(',').count() == 2)
+    );
+
+    let before = cluster.0.describe().expect("describe");
+    let old = before.leader_id;
+    cluster
+        .0
+        .kill(&format!("controller-{old}"))
+        .expect("kill leader");
+    let (after, took) = wait_for("a new active controller", Duration::from_secs(15), || {
+        cluster
+            .0
+            .describe()
+            .ok()
+            .filter(|d| d.leader_id != 0 && d.leader_id != old)
+    });
+    eprintln!("new active controller {} after {took:?}", after.leader_id);
+    assert!(took < Duration::from_secs(10), "election took {took:?}");
+    assert!(after.term > before.term);
+
+    // metadata survived, and the new leader takes writes
+    let list = ok(weir(&bootstrap, &["topic", "list"], None));
+    assert!(list.contains("orders  partitions 6"), "{list}");
+    ok(weir(
+        &bootstrap,
+        &["topic", "create", "audit", "--partitions", "2"],
+        None,
+    ));
+
+    // the old leader comes back and catches up
+    let name = format!("controller-{old}");
+    cluster.0.restart(&name).expect("restart");
+    let addr = cluster.0.node(&name).expect("node").addr.clone();
+    let leader_applied = cluster.0.describe().expect("describe").applied_index;
+    wait_for(
+        "the restarted controller to catch up",
+        Duration::from_secs(15),
+        || {
+            describe_via(std::slice::from_ref(&addr))
+                .ok()
+                .filter(|d| d.answered_by == old && d.applied_index >= leader_applied)
+        },
+    );
+    // its own applied state (served locally by WatchMetadata) holds the topic created
+    // while it was down
+    let snapshot = first_snapshot(&addr);
+    let names: Vec<&str> = snapshot.topics.iter().map(|t| t.name.as_str()).collect();
+    assert!(
+        names.contains(&"audit"),
+        "restarted controller has {names:?}"
+    );
+}
+
+fn first_snapshot(addr: &str) -> weir_proto::v1::MetadataSnapshot {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let channel = weir_proto::call::connect(addr).await.expect("connect");
+        let mut stream = weir_proto::v1::admin_client::AdminClient::new(channel)
+            .watch_metadata(weir_proto::v1::WatchMetadataRequest { from_version: 0 })
+            .await
+            .expect("watch")
+            .into_inner();
+        stream.message().await.expect("stream").expect("a snapshot")
+    })
+}
+
+#[test]
+fn broker_loss_moves_leaders_and_an_rf1_partition_returns_with_its_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = up(1, 3, &dir);
+    let bootstrap = cluster.0.bootstrap();
+    ok(weir(
+        &bootstrap,
+        &["topic", "create", "rf3", "--partitions", "3"],
+        None,
+    ));
+    ok(weir(
+        &bootstrap,
+        &[
+            "topic",
+            "create",
+            "rf1",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "1",
+        ],
+        None,
+    ));
+    let rf1 = partitions(&bootstrap, "rf1");
+    let on_two = rf1
+        .iter()
+        .position(|p| p.0 == 2)
+        .expect("an rf1 partition on broker 2") as u32;
+    let lines: String = (0..20).map(|i| format!("record-{i}\n")).collect();
+    let p = on_two.to_string();
+    ok(weir(
+        &bootstrap,
+        &["produce", "rf1", "--partition", &p, "--acks", "leader"],
+        Some(&lines),
+    ));
+    let rf3_before = partitions(&bootstrap, "rf3");
+
+    cluster.0.kill("broker-2").expect("kill broker");
+    let (_, took) = wait_for("broker 2 to be fenced", Duration::from_secs(15), || {
+        cluster
+            .0
+            .describe()
+            .ok()
+            .filter(|d| d.brokers.iter().any(|b| b.id == 2 && b.fenced))
+    });
+    eprintln!("broker 2 fenced after {took:?} (lease {LEASE_MS} ms)");
+
+    let rf3_after = partitions(&bootstrap, "rf3");
+    for (before, after) in rf3_before.iter().zip(&rf3_after) {
+        assert_ne!(after.0, 2, "broker 2 still leads: {rf3_after:?}");
+        assert_ne!(after.0, 0, "an RF3 partition went offline: {rf3_after:?}");
+        assert!(
+            !after.2.contains('2'),
+            "broker 2 is still in an ISR: {after:?}"
+        );
+        if before.0 == 2 {
+            assert!(
+                after.1 > before.1,
+                "leader epoch not bumped: {before:?} -> {after:?}"
+            );
+        } else {
+            assert_eq!(after.0, before.0, "a leader moved needlessly");
+        }
+    }
+    let rf1_after = partitions(&bootstrap, "rf1");
+    assert_eq!(
+        rf1_after[on_two as usize].0, 0,
+        "rf1 partition on broker 2 should be offline"
+    );
+
+    cluster.0.restart("broker-2").expect("restart broker");
+    wait_for(
+        "the rf1 partition to come back",
+        Duration::from_secs(15),
+        || {
+            let p = partitions(&bootstrap, "rf1");
+            (p[on_two as usize].0 == 2).then_some(())
+        },
+    );
+    let got = ok(weir(
+        &bootstrap,
+        &[
+            "consume",
+            "rf1",
+            "--partition",
+            &p,
+            "--from-beginning",
+            "--max-messages",
+            "20",
+        ],
+        None,
+    ));
+    assert_eq!(got, lines, "the partition came back without its data");
+}

@@ -20,6 +20,8 @@ use weir_proto::v1::admin_client::AdminClient;
 
 pub const CONTROLLER_PORT: u16 = 9093;
 pub const BROKER_PORT: u16 = 9092;
+/// Every node serves /metrics, /healthz and /readyz on its own address at this port.
+pub const HTTP_PORT: u16 = 9080;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -142,6 +144,8 @@ impl Cluster {
                     data_dir.display().to_string(),
                     "--broker-lease-ms".into(),
                     spec.broker_lease_ms.to_string(),
+                    "--http".into(),
+                    format!("{prefix}.{}:{HTTP_PORT}", 10 + i),
                 ],
                 data_dir,
                 name,
@@ -166,6 +170,8 @@ impl Cluster {
                     controller_list.join(","),
                     "--data-dir".into(),
                     data_dir.display().to_string(),
+                    "--http".into(),
+                    format!("{prefix}.{}:{HTTP_PORT}", 20 + i),
                 ],
                 addr,
                 data_dir,
@@ -198,6 +204,16 @@ impl Cluster {
         let path = self.dir.join("cluster.json");
         fs::write(&path, serde_json::to_string_pretty(self)?)
             .with_context(|| format!("write {}", path.display()))
+    }
+
+    /// `ip:port` of a node's HTTP endpoints.
+    pub fn http_addr(&self, name: &str) -> anyhow::Result<String> {
+        let node = self.node(name)?;
+        let ip = node
+            .addr
+            .rsplit_once(':')
+            .map_or(node.addr.as_str(), |(ip, _)| ip);
+        Ok(format!("{ip}:{HTTP_PORT}"))
     }
 
     pub fn node(&self, name: &str) -> anyhow::Result<&Node> {

@@ -98,6 +98,11 @@ impl Broker {
             session_tx,
             stopped.clone(),
         ));
+        tasks.spawn(metrics_task(
+            config.id,
+            Arc::clone(&registry),
+            stopped.clone(),
+        ));
         tasks.spawn(retention_task(
             Arc::clone(&registry),
             Duration::from_millis(config.retention_check_ms),
@@ -130,8 +135,17 @@ impl Broker {
 
     /// Whether the broker is registered and has applied metadata.
     pub fn is_ready(&self) -> bool {
-        let s = *self.session.borrow();
-        s.incarnation.is_some() && s.metadata_version > 0
+        (self.readiness())()
+    }
+
+    /// Ready: registered (not fenced), metadata applied, and every assigned partition open.
+    pub fn readiness(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let session = self.session.clone();
+        let registry = Arc::clone(&self.registry);
+        move || {
+            let s = *session.borrow();
+            s.incarnation.is_some() && s.metadata_version > 0 && registry.failed_partitions() == 0
+        }
     }
 
     /// Stops serving, finishes queued appends, checkpoints every partition.
@@ -168,5 +182,32 @@ async fn retention_task(
                 _ => {}
             }
         }
+    }
+}
+
+/// Publishes partition and fsync gauges once a second.
+async fn metrics_task(
+    id: weir_types::BrokerId,
+    registry: Arc<registry::Registry>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let replicas = registry.all();
+        let led = replicas
+            .iter()
+            .filter(|r| r.leadership().leader == Some(id))
+            .count();
+        let bytes: u64 = replicas.iter().map(|r| r.log.size_bytes()).sum();
+        metrics::gauge!("weir_broker_partitions").set(replicas.len() as f64);
+        metrics::gauge!("weir_broker_partitions_led").set(led as f64);
+        metrics::gauge!("weir_broker_partitions_failed").set(registry.failed_partitions() as f64);
+        metrics::gauge!("weir_broker_log_bytes").set(bytes as f64);
+        let flush = registry.flusher_stats();
+        metrics::counter!("weir_broker_fsync_rounds_total").absolute(flush.rounds);
+        metrics::counter!("weir_broker_fsyncs_total").absolute(flush.fsyncs);
     }
 }

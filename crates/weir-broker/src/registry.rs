@@ -25,6 +25,8 @@ pub struct Registry {
     metadata: RwLock<pb::MetadataSnapshot>,
     /// Serializes snapshot application.
     applying: tokio::sync::Mutex<()>,
+    /// Assigned partitions that failed to open (corruption, I/O): the broker is not ready.
+    failed: Mutex<std::collections::HashSet<Key>>,
 }
 
 pub fn dir_name(topic: &str, partition: u32, topic_id: &str) -> String {
@@ -67,6 +69,7 @@ impl Registry {
             owners: Mutex::new(HashMap::new()),
             metadata: RwLock::new(pb::MetadataSnapshot::default()),
             applying: tokio::sync::Mutex::new(()),
+            failed: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -85,6 +88,15 @@ impl Registry {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Assigned partitions that could not be opened.
+    pub fn failed_partitions(&self) -> usize {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn flusher_stats(&self) -> weir_log::FlushStats {
+        self.flusher.stats()
     }
 
     pub fn version(&self) -> u64 {
@@ -174,9 +186,17 @@ impl Registry {
                 Ok(log) => log,
                 Err(e) => {
                     tracing::error!(topic = %t.name, partition = p.partition, error = %e, "cannot open partition; not serving it");
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key.clone());
                     continue;
                 }
             };
+            self.failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(key);
             tracing::info!(topic = %t.name, partition = p.partition, end = %log.end_offset(), "partition opened");
             let (replica, owner) = Replica::start(
                 t.name.clone(),

@@ -132,7 +132,54 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
-        let mut req = request.into_inner();
+        let started = std::time::Instant::now();
+        let result = self.produce_inner(request.into_inner()).await;
+        record("produce", started, &result);
+        result.map(Response::new)
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchResponse>, Status> {
+        let started = std::time::Instant::now();
+        let result = self.fetch_inner(request.into_inner()).await;
+        if let Ok(r) = &result {
+            let bytes: usize = r.batches.iter().map(|b| b.data.len()).sum();
+            metrics::counter!("weir_broker_fetch_bytes_total").increment(bytes as u64);
+        }
+        record("fetch", started, &result);
+        result.map(Response::new)
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<pb::ListOffsetsRequest>,
+    ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
+        let started = std::time::Instant::now();
+        let result = self.list_offsets_inner(request.into_inner()).await;
+        record("list_offsets", started, &result);
+        result.map(Response::new)
+    }
+}
+
+fn record<T>(rpc: &'static str, started: std::time::Instant, result: &Result<T, Status>) {
+    let outcome = match result {
+        Ok(_) => "ok".to_string(),
+        Err(s) => weir_proto::status::error_code(s)
+            .map_or_else(|| format!("{:?}", s.code()), |c| c.name().to_string()),
+    };
+    metrics::counter!("weir_broker_requests_total", "rpc" => rpc, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("weir_broker_request_seconds", "rpc" => rpc)
+        .record(started.elapsed().as_secs_f64());
+}
+
+impl BrokerService {
+    async fn produce_inner(
+        &self,
+        mut req: pb::ProduceRequest,
+    ) -> Result<pb::ProduceResponse, Status> {
         let acks = pb::Acks::try_from(req.acks).map_err(|_| {
             status(
                 ErrorCode::InvalidArgument,
@@ -179,28 +226,26 @@ impl Broker for BrokerService {
                     tracing::warn!(%topic, partition, error = %e, "acks=none append failed");
                 }
             });
-            return Ok(Response::new(pb::ProduceResponse {
+            return Ok(pb::ProduceResponse {
                 base_offset: -1,
                 last_offset: -1,
                 leader_epoch: lead.leader_epoch.0,
-            }));
+            });
         }
         let info = rx
             .await
             .map_err(|_| status(ErrorCode::StorageError, "the partition owner stopped"))?
             .map_err(|e| log_status(&e))?;
-        Ok(Response::new(pb::ProduceResponse {
+        metrics::counter!("weir_broker_produce_records_total")
+            .increment((info.last_offset.0 - info.base_offset.0 + 1) as u64);
+        Ok(pb::ProduceResponse {
             base_offset: info.base_offset.0,
             last_offset: info.last_offset.0,
             leader_epoch: info.leader_epoch.0,
-        }))
+        })
     }
 
-    async fn fetch(
-        &self,
-        request: Request<pb::FetchRequest>,
-    ) -> Result<Response<pb::FetchResponse>, Status> {
-        let req = request.into_inner();
+    async fn fetch_inner(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, Status> {
         let replica = self.leader_replica(&req.topic, req.partition, req.leader_epoch)?;
         let from = Offset(req.offset);
         let max_bytes = if req.max_bytes == 0 {
@@ -252,20 +297,19 @@ impl Broker for BrokerService {
                 records.extend(stored.into_iter().filter(|r| r.offset >= from.0));
             }
         }
-        Ok(Response::new(pb::FetchResponse {
+        Ok(pb::FetchResponse {
             batches: batches.into_iter().map(Into::into).collect(),
             records,
             high_watermark: replica.high_watermark().0,
             log_start_offset: replica.log.start_offset().0,
             leader_epoch: replica.leadership().leader_epoch.0,
-        }))
+        })
     }
 
-    async fn list_offsets(
+    async fn list_offsets_inner(
         &self,
-        request: Request<pb::ListOffsetsRequest>,
-    ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
-        let req = request.into_inner();
+        req: pb::ListOffsetsRequest,
+    ) -> Result<pb::ListOffsetsResponse, Status> {
         let replica = self.leader_replica(&req.topic, req.partition, None)?;
         let spec = pb::OffsetSpec::try_from(req.spec).map_err(|_| {
             status(
@@ -290,12 +334,12 @@ impl Broker for BrokerService {
                 }
             }
         };
-        Ok(Response::new(pb::ListOffsetsResponse {
+        Ok(pb::ListOffsetsResponse {
             offset: offset.0,
             timestamp_ms: timestamp,
             log_start_offset: start.0,
             high_watermark: hw.0,
             leader_epoch: replica.leadership().leader_epoch.0,
-        }))
+        })
     }
 }

@@ -33,6 +33,8 @@ pub struct ControllerConfig {
     /// The initial voters, `id → host:port`, including this node. Used once, to bootstrap an
     /// empty cluster; later membership changes go through the admin API.
     pub voters: BTreeMap<NodeId, String>,
+    /// Start empty and wait to be added by `AddController` instead of bootstrapping.
+    pub join: bool,
     pub data_dir: PathBuf,
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
@@ -49,6 +51,7 @@ impl ControllerConfig {
             id,
             listen,
             voters: BTreeMap::from([(id, listen.to_string())]),
+            join: false,
             data_dir,
             heartbeat_ms: 100,
             election_timeout_min_ms: 600,
@@ -62,7 +65,7 @@ impl ControllerConfig {
         if self.id == 0 {
             return Err("id must be positive".into());
         }
-        if !self.voters.contains_key(&self.id) {
+        if !self.join && !self.voters.contains_key(&self.id) {
             return Err(format!(
                 "voters must include this controller's id {}",
                 self.id
@@ -170,7 +173,7 @@ impl Controller {
             .is_initialized()
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        if !initialized {
+        if !initialized && !config.join {
             let members: BTreeMap<NodeId, BasicNode> = config
                 .voters
                 .iter()
@@ -206,7 +209,8 @@ impl Controller {
                 tracing::error!(error = %e, "controller gRPC server failed");
             }
         });
-        tasks.spawn(lease_task(services, stopped));
+        tasks.spawn(lease_task(services.clone(), stopped.clone()));
+        tasks.spawn(metrics_task(services, stopped));
         tracing::info!(id = config.id, addr = %local_addr, "controller started");
         Ok(Controller {
             raft,
@@ -223,6 +227,15 @@ impl Controller {
         while self.tasks.join_next().await.is_some() {}
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    /// Ready when a leader is known and this node has applied the log up to its start.
+    pub fn readiness(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let raft = self.raft.clone();
+        move || {
+            let m = raft.metrics().borrow().clone();
+            m.current_leader.is_some() && m.last_applied.is_some()
         }
     }
 
@@ -265,5 +278,43 @@ async fn lease_task(services: Services, mut stopped: watch::Receiver<bool>) {
                 tracing::warn!(broker = %id, error = %e, "fencing failed");
             }
         }
+    }
+}
+
+/// Publishes Raft and cluster-health gauges once a second.
+async fn metrics_task(services: Services, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let m = services.raft.metrics().borrow().clone();
+        metrics::gauge!("weir_controller_raft_term").set(m.current_term as f64);
+        metrics::gauge!("weir_controller_raft_last_log_index")
+            .set(m.last_log_index.unwrap_or(0) as f64);
+        metrics::gauge!("weir_controller_raft_applied_index")
+            .set(m.last_applied.map_or(0, |l| l.index) as f64);
+        metrics::gauge!("weir_controller_is_active").set(if m.state == ServerState::Leader {
+            1.0
+        } else {
+            0.0
+        });
+        let state = services.sm.read().await;
+        let md = &state.metadata;
+        let (mut offline, mut under) = (0usize, 0usize);
+        for p in md.topics.values().flat_map(|t| &t.partitions) {
+            if p.leader.is_none() {
+                offline += 1;
+            }
+            if p.isr.len() < p.replicas.len() {
+                under += 1;
+            }
+        }
+        metrics::gauge!("weir_controller_brokers_live").set(md.live_brokers().len() as f64);
+        metrics::gauge!("weir_controller_brokers_fenced")
+            .set((md.brokers.len() - md.live_brokers().len()) as f64);
+        metrics::gauge!("weir_controller_topics").set(md.topics.len() as f64);
+        metrics::gauge!("weir_controller_offline_partitions").set(offline as f64);
+        metrics::gauge!("weir_controller_under_replicated_partitions").set(under as f64);
     }
 }

@@ -29,6 +29,9 @@ pub struct BrokerArgs {
     rack: Option<String>,
     #[arg(long, default_value = "./weir-data/broker")]
     data_dir: PathBuf,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long)]
+    http: Option<SocketAddr>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -59,10 +62,18 @@ pub async fn run_broker(args: BrokerArgs) -> anyhow::Result<i32> {
         controller_addresses(&args.controllers)?,
     );
     config.rack = args.rack;
+    crate::http::metrics_handle()?;
     let broker = Broker::start(config).await?;
     println!("broker {} listening on {}", args.id, broker.local_addr);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    if let Some(addr) = args.http {
+        let bound =
+            crate::http::serve(addr, std::sync::Arc::new(broker.readiness()), stopped).await?;
+        println!("broker {} http endpoints on {bound}", args.id);
+    }
     wait_for_signal().await?;
     tracing::info!("shutting down");
+    let _ = stop.send(true);
     broker.shutdown().await;
     Ok(0)
 }
@@ -78,12 +89,16 @@ pub struct DevArgs {
     /// Broker (produce/fetch) address.
     #[arg(long, default_value = "127.0.0.1:9092")]
     broker: SocketAddr,
+    /// /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9080")]
+    http: SocketAddr,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
 
 pub async fn run_dev(args: DevArgs) -> anyhow::Result<i32> {
     logging::init(args.log_format);
+    crate::http::metrics_handle()?;
     let controller_dir = args.data_dir.join("controller");
     std::fs::create_dir_all(&controller_dir)
         .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
@@ -105,6 +120,12 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<i32> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let ready = {
+        let (c, b) = (controller.readiness(), broker.readiness());
+        std::sync::Arc::new(move || c() && b())
+    };
+    let http = crate::http::serve(args.http, ready, stopped).await?;
     println!("weir dev: single-node cluster ready (Ctrl-C to stop)");
     println!(
         "  controller 1  {controller_addr:<21}  admin and metadata   data {}",
@@ -115,12 +136,17 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<i32> {
         broker.local_addr.to_string(),
         args.data_dir.join("broker").display()
     );
+    println!(
+        "  http          {:<21}  /metrics /healthz /readyz",
+        http.to_string()
+    );
     println!("try:");
     println!("  weir topic create demo --partitions 3");
     println!("  echo hello | weir produce demo");
     println!("  weir consume demo --from-beginning --max-messages 1");
     wait_for_signal().await?;
     println!("weir dev: shutting down");
+    let _ = stop.send(true);
     broker.shutdown().await;
     controller.shutdown().await;
     Ok(0)

@@ -22,6 +22,10 @@ pub struct ControllerArgs {
     /// bootstrap an empty cluster; restarts keep the membership they have.
     #[arg(long, env = "WEIR_CONTROLLERS")]
     controllers: Option<String>,
+    /// Join an existing quorum instead of bootstrapping: start empty and wait for
+    /// `weir cluster add-controller` to add this node.
+    #[arg(long, conflicts_with = "controllers")]
+    join: bool,
     /// Where the Raft log and state live.
     #[arg(long, default_value = "./weir-data/controller")]
     data_dir: PathBuf,
@@ -31,6 +35,9 @@ pub struct ControllerArgs {
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long)]
+    http: Option<SocketAddr>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -64,19 +71,28 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     if let Some(raw) = &args.controllers {
         config.voters = parse_voters(raw)?;
     }
+    config.join = args.join;
     config.broker_lease_ms = args.broker_lease_ms;
     config.heartbeat_ms = args.heartbeat_ms;
     config.election_timeout_min_ms = args.heartbeat_ms * 6;
     config.election_timeout_max_ms = args.heartbeat_ms * 12;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+    crate::http::metrics_handle()?;
     let controller = Controller::start(config).await?;
     println!(
         "controller {} listening on {}",
         args.id, controller.local_addr
     );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    if let Some(addr) = args.http {
+        let ready = std::sync::Arc::new(controller.readiness());
+        let bound = crate::http::serve(addr, ready, stopped).await?;
+        println!("controller {} http endpoints on {bound}", args.id);
+    }
     wait_for_signal().await?;
     tracing::info!("shutting down");
+    let _ = stop.send(true);
     controller.shutdown().await;
     Ok(0)
 }

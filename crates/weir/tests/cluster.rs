@@ -278,3 +278,145 @@ fn broker_loss_moves_leaders_and_an_rf1_partition_returns_with_its_data() {
     ));
     assert_eq!(got, lines, "the partition came back without its data");
 }
+
+#[test]
+fn controllers_are_added_and_removed_through_the_admin_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = up(3, 1, &dir);
+    let bootstrap = cluster.0.bootstrap();
+    // a fourth controller on the next loopback address of this cluster
+    let first = cluster.0.node("controller-1").expect("node").addr.clone();
+    let prefix = first.rsplit_once('.').expect("ip").0.to_string();
+    let addr = format!("{prefix}.14:9093");
+    let log = std::fs::File::create(dir.path().join("controller-4.log")).expect("log");
+    let mut fourth = Command::new(weir_bin())
+        .args([
+            "controller",
+            "--id",
+            "4",
+            "--join",
+            "--listen",
+            &addr,
+            "--data-dir",
+        ])
+        .arg(dir.path().join("controller-4"))
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start controller 4");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let out = ok(weir(
+        &bootstrap,
+        &["cluster", "add-controller", "--id", "4", "--address", &addr],
+        None,
+    ));
+    assert!(out.contains("controller 4"), "{out}");
+    let voters = |d: &weir_proto::v1::DescribeClusterResponse| {
+        d.controllers
+            .iter()
+            .filter(|c| c.voter)
+            .map(|c| c.id)
+            .collect::<Vec<_>>()
+    };
+    let (d, _) = wait_for(
+        "controller 4 to be a voter that has caught up",
+        Duration::from_secs(15),
+        || {
+            describe_via(std::slice::from_ref(&addr))
+                .ok()
+                .filter(|d| d.answered_by == 4 && voters(d).contains(&4) && d.applied_index > 0)
+        },
+    );
+    assert_eq!(voters(&d), vec![1, 2, 3, 4]);
+    // the four-voter quorum commits writes
+    let out = ok(weir(
+        &bootstrap,
+        &["topic", "create", "after-join", "--partitions", "1"],
+        None,
+    ));
+    assert!(out.contains("topic after-join"), "{out}");
+
+    let out = ok(weir(
+        &bootstrap,
+        &["cluster", "remove-controller", "--id", "4"],
+        None,
+    ));
+    assert!(!out.contains("controller 4 "), "{out}");
+    let d = cluster.0.describe().expect("describe");
+    assert_eq!(voters(&d), vec![1, 2, 3]);
+    let _ = fourth.kill();
+    let _ = fourth.wait();
+
+    // bad input is a clear error naming the field
+    let out = weir(
+        &bootstrap,
+        &["cluster", "remove-controller", "--id", "9"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid id"));
+}
+
+/// A plain HTTP/1.1 GET: `(status code, body)`.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect http");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (code, body)
+}
+
+#[test]
+fn every_role_serves_metrics_health_and_readiness() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = up(1, 1, &dir);
+    let bootstrap = cluster.0.bootstrap();
+    ok(weir(
+        &bootstrap,
+        &["topic", "create", "m", "--partitions", "1"],
+        None,
+    ));
+    ok(weir(
+        &bootstrap,
+        &["produce", "m", "--acks", "leader"],
+        Some("x\ny\n"),
+    ));
+    let controller = cluster.0.http_addr("controller-1").expect("addr");
+    let broker = cluster.0.http_addr("broker-1").expect("addr");
+    for addr in [&controller, &broker] {
+        assert_eq!(http_get(addr, "/healthz").0, 200);
+        assert_eq!(http_get(addr, "/readyz").0, 200, "{addr} not ready");
+    }
+    let ((_, body), _) = wait_for("controller gauges", Duration::from_secs(5), || {
+        let (code, body) = http_get(&controller, "/metrics");
+        (code == 200 && body.contains("weir_controller_raft_term")).then_some((code, body))
+    });
+    assert!(body.contains("weir_controller_brokers_live 1"), "{body}");
+    let (_, body) = http_get(&broker, "/metrics");
+    assert!(
+        body.contains(r#"weir_broker_requests_total{rpc="produce",outcome="ok"} 1"#),
+        "{body}"
+    );
+    assert!(
+        body.contains("weir_broker_request_seconds_bucket"),
+        "{body}"
+    );
+}

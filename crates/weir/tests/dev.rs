@@ -16,7 +16,14 @@ fn start_dev(data: &std::path::Path, controller: &str, broker: &str) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["dev", "--data-dir"])
         .arg(data)
-        .args(["--controller", controller, "--broker", broker])
+        .args([
+            "--controller",
+            controller,
+            "--broker",
+            broker,
+            "--http",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -21,8 +21,8 @@ pub struct Registry {
     flusher: Arc<Flusher>,
     replicas: RwLock<HashMap<Key, Arc<Replica>>>,
     owners: Mutex<HashMap<Key, JoinHandle<()>>>,
-    /// The last applied metadata (for leader hints and versions).
-    metadata: RwLock<pb::MetadataSnapshot>,
+    /// The full metadata as of the last applied update (for leader hints and versions).
+    metadata: RwLock<pb::MetadataUpdate>,
     /// Serializes snapshot application.
     applying: tokio::sync::Mutex<()>,
     /// Assigned partitions that failed to open (corruption, I/O): the broker is not ready.
@@ -67,7 +67,7 @@ impl Registry {
             flusher,
             replicas: RwLock::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
-            metadata: RwLock::new(pb::MetadataSnapshot::default()),
+            metadata: RwLock::new(pb::MetadataUpdate::default()),
             applying: tokio::sync::Mutex::new(()),
             failed: Mutex::new(std::collections::HashSet::new()),
         }
@@ -131,13 +131,25 @@ impl Registry {
         (p.leader != 0).then_some((leader, addr))
     }
 
-    /// Brings the hosted replicas in line with `snapshot`: opens newly assigned partitions,
-    /// updates leadership, and closes and deletes partitions no longer assigned here.
-    pub async fn apply(&self, snapshot: pb::MetadataSnapshot) -> Result<(), weir_log::LogError> {
+    /// Merges `update` into the local view, then brings the hosted replicas in line with it:
+    /// opens newly assigned partitions, updates leadership, and closes and deletes partitions
+    /// no longer assigned here.
+    pub async fn apply(&self, update: pb::MetadataUpdate) -> Result<(), weir_log::LogError> {
         let _serial = self.applying.lock().await;
-        if snapshot.version < self.version() {
+        if update.version < self.version() {
             return Ok(()); // an older view from a lagging controller
         }
+        let snapshot = if update.snapshot {
+            update
+        } else {
+            let mut view = self
+                .metadata
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            merge(&mut view, update);
+            view
+        };
         let first = self.version() == 0;
         let mut wanted: BTreeMap<Key, (&pb::TopicDescription, &pb::PartitionDescription)> =
             BTreeMap::new();
@@ -282,5 +294,75 @@ impl Registry {
                 tracing::warn!(topic = %replica.topic, partition = replica.partition, error = %e, "checkpoint on shutdown");
             }
         }
+    }
+}
+
+/// Applies a delta to a full view.
+fn merge(view: &mut pb::MetadataUpdate, delta: pb::MetadataUpdate) {
+    view.version = delta.version;
+    view.topics.retain(|t| {
+        !delta.deleted_topics.contains(&t.name) && !delta.topics.iter().any(|d| d.name == t.name)
+    });
+    view.topics.extend(delta.topics);
+    view.topics.sort_by(|a, b| a.name.cmp(&b.name));
+    view.brokers
+        .retain(|b| !delta.brokers.iter().any(|d| d.id == b.id));
+    view.brokers.extend(delta.brokers);
+    view.brokers.sort_by_key(|b| b.id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(name: &str, partitions: u32) -> pb::TopicDescription {
+        pb::TopicDescription {
+            name: name.into(),
+            partitions: (0..partitions)
+                .map(|p| pb::PartitionDescription {
+                    partition: p,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn deltas_upsert_and_delete() {
+        let mut view = pb::MetadataUpdate {
+            version: 5,
+            snapshot: true,
+            topics: vec![topic("a", 1), topic("b", 1)],
+            brokers: vec![pb::BrokerDescription {
+                id: 1,
+                ..Default::default()
+            }],
+            deleted_topics: vec![],
+        };
+        merge(
+            &mut view,
+            pb::MetadataUpdate {
+                version: 7,
+                snapshot: false,
+                topics: vec![topic("b", 3), topic("c", 1)],
+                brokers: vec![pb::BrokerDescription {
+                    id: 2,
+                    ..Default::default()
+                }],
+                deleted_topics: vec!["a".into()],
+            },
+        );
+        assert_eq!(view.version, 7);
+        let names: Vec<(&str, usize)> = view
+            .topics
+            .iter()
+            .map(|t| (t.name.as_str(), t.partitions.len()))
+            .collect();
+        assert_eq!(names, vec![("b", 3), ("c", 1)]);
+        assert_eq!(
+            view.brokers.iter().map(|b| b.id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 }

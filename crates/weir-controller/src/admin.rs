@@ -205,13 +205,7 @@ impl Services {
             .metadata
             .brokers
             .values()
-            .map(|b| pb::BrokerDescription {
-                id: b.id.0,
-                address: b.address.clone(),
-                rack: b.rack.clone().unwrap_or_default(),
-                incarnation: b.incarnation,
-                fenced: b.fenced,
-            })
+            .map(describe_broker)
             .collect();
         pb::DescribeClusterResponse {
             answered_by: self.id,
@@ -308,24 +302,48 @@ fn random_id() -> String {
 /// Coalesced snapshots queued per watcher before the oldest is dropped for a newer one.
 const WATCH_QUEUE_MAX: usize = 4;
 
+fn describe_broker(b: &crate::metadata::Broker) -> pb::BrokerDescription {
+    pb::BrokerDescription {
+        id: b.id.0,
+        address: b.address.clone(),
+        rack: b.rack.clone().unwrap_or_default(),
+        incarnation: b.incarnation,
+        fenced: b.fenced,
+    }
+}
+
 impl Services {
-    pub async fn metadata_snapshot(&self) -> pb::MetadataSnapshot {
+    /// The update that brings a watcher at `since` to the current version: only the changes
+    /// when the history reaches back to `since`, a full snapshot otherwise.
+    pub async fn metadata_update(&self, since: u64) -> pb::MetadataUpdate {
         let state = self.sm.read().await;
-        pb::MetadataSnapshot {
-            version: state.version(),
-            topics: state.metadata.topics.values().map(describe_topic).collect(),
-            brokers: state
-                .metadata
-                .brokers
-                .values()
-                .map(|b| pb::BrokerDescription {
-                    id: b.id.0,
-                    address: b.address.clone(),
-                    rack: b.rack.clone().unwrap_or_default(),
-                    incarnation: b.incarnation,
-                    fenced: b.fenced,
-                })
-                .collect(),
+        let md = &state.metadata;
+        match state.changed_since(since).filter(|_| since > 0) {
+            Some((topics, brokers)) => pb::MetadataUpdate {
+                version: state.version(),
+                snapshot: false,
+                topics: topics
+                    .iter()
+                    .filter_map(|n| md.topics.get(n))
+                    .map(describe_topic)
+                    .collect(),
+                deleted_topics: topics
+                    .into_iter()
+                    .filter(|n| !md.topics.contains_key(n))
+                    .collect(),
+                brokers: brokers
+                    .iter()
+                    .filter_map(|b| md.brokers.get(b))
+                    .map(describe_broker)
+                    .collect(),
+            },
+            None => pb::MetadataUpdate {
+                version: state.version(),
+                snapshot: true,
+                topics: md.topics.values().map(describe_topic).collect(),
+                brokers: md.brokers.values().map(describe_broker).collect(),
+                deleted_topics: Vec::new(),
+            },
         }
     }
 }
@@ -333,23 +351,28 @@ impl Services {
 #[tonic::async_trait]
 impl Admin for Services {
     type WatchMetadataStream =
-        tokio_stream::wrappers::ReceiverStream<Result<pb::MetadataSnapshot, Status>>;
+        tokio_stream::wrappers::ReceiverStream<Result<pb::MetadataUpdate, Status>>;
 
     async fn watch_metadata(
         &self,
         request: Request<pb::WatchMetadataRequest>,
     ) -> Result<Response<Self::WatchMetadataStream>, Status> {
-        let mut last = request.into_inner().from_version;
+        let from = request.into_inner().from_version;
+        let mut last = from;
+        let mut sent_any = false;
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_QUEUE_MAX);
         let mut versions = self.sm.subscribe();
         let services = self.clone();
         tokio::spawn(async move {
             loop {
                 let current = *versions.borrow_and_update();
-                if current > last || last == 0 {
-                    let snapshot = services.metadata_snapshot().await;
-                    last = snapshot.version.max(1);
-                    if tx.send(Ok(snapshot)).await.is_err() {
+                if current > last || !sent_any {
+                    let update = services
+                        .metadata_update(if sent_any { last } else { from })
+                        .await;
+                    last = update.version;
+                    sent_any = true;
+                    if tx.send(Ok(update)).await.is_err() {
                         return; // the watcher went away
                     }
                 }

@@ -190,12 +190,79 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// Recent changes kept for metadata watchers (not persisted: after a restart watchers get a
+/// snapshot first).
+pub const CHANGES_MAX: usize = 4096;
+
+/// What one applied command touched.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub version: u64,
+    pub topics: Vec<String>,
+    pub brokers: Vec<weir_types::BrokerId>,
+}
+
 /// The applied state, kept in memory and persisted after every apply.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Applied {
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, openraft::BasicNode>,
     pub metadata: Metadata,
+    /// Changes after `changes_from`, oldest first, at most [`CHANGES_MAX`].
+    #[serde(skip)]
+    pub changes: std::collections::VecDeque<Change>,
+    /// Every change after this version is in `changes`.
+    #[serde(skip)]
+    pub changes_from: u64,
+}
+
+impl Applied {
+    /// Topics and brokers changed after `version`, or `None` when the history does not reach
+    /// back that far (the watcher needs a snapshot).
+    pub fn changed_since(&self, version: u64) -> Option<(Vec<String>, Vec<weir_types::BrokerId>)> {
+        if version < self.changes_from {
+            return None;
+        }
+        let mut topics = std::collections::BTreeSet::new();
+        let mut brokers = std::collections::BTreeSet::new();
+        for change in self.changes.iter().filter(|c| c.version > version) {
+            topics.extend(change.topics.iter().cloned());
+            brokers.extend(change.brokers.iter().copied());
+        }
+        Some((topics.into_iter().collect(), brokers.into_iter().collect()))
+    }
+
+    fn record(&mut self, change: Change) {
+        if self.changes.len() == CHANGES_MAX
+            && let Some(dropped) = self.changes.pop_front()
+        {
+            self.changes_from = dropped.version;
+        }
+        self.changes.push_back(change);
+    }
+}
+
+/// What `command` touched, judged after it was applied to `metadata`.
+fn touched(
+    command: &crate::metadata::Command,
+    metadata: &Metadata,
+) -> (Vec<String>, Vec<weir_types::BrokerId>) {
+    use crate::metadata::Command;
+    match command {
+        Command::CreateTopic { name, .. }
+        | Command::DeleteTopic { name }
+        | Command::CreatePartitions { name, .. }
+        | Command::AlterConfig { name, .. } => (vec![name.clone()], Vec::new()),
+        Command::RegisterBroker { id, .. } | Command::FenceBroker { id, .. } => {
+            let topics = metadata
+                .topics
+                .values()
+                .filter(|t| t.partitions.iter().any(|p| p.replicas.contains(id)))
+                .map(|t| t.name.clone())
+                .collect();
+            (topics, vec![*id])
+        }
+    }
 }
 
 impl Applied {
@@ -220,11 +287,13 @@ impl StateMachine {
     pub fn open(db: &sled::Db) -> StorageResult<StateMachine> {
         let sm = db.open_tree("sm").map_err(read_err)?;
         let snapshot = db.open_tree("snapshot").map_err(read_err)?;
-        let applied = Applied {
+        let mut applied = Applied {
             last_applied: get_json::<Option<LogId<NodeId>>>(&sm, "applied")?.flatten(),
             membership: get_json(&sm, "membership")?.unwrap_or_default(),
             metadata: get_json(&sm, "metadata")?.unwrap_or_default(),
+            ..Applied::default()
         };
+        applied.changes_from = applied.version();
         let (versions, _) = watch::channel(applied.version());
         Ok(StateMachine {
             db: db.clone(),
@@ -316,7 +385,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match entry.payload {
                 EntryPayload::Blank => outcomes.push(None),
                 EntryPayload::Normal(command) => {
-                    outcomes.push(Some(state.metadata.apply(command)));
+                    let outcome = state.metadata.apply(command.clone());
+                    if !matches!(outcome, Outcome::Rejected(_)) {
+                        let (topics, brokers) = touched(&command, &state.metadata);
+                        state.record(Change {
+                            version: entry.log_id.index,
+                            topics,
+                            brokers,
+                        });
+                    }
+                    outcomes.push(Some(outcome));
                 }
                 EntryPayload::Membership(membership) => {
                     state.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -346,10 +424,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
         let installed: Applied = serde_json::from_slice(&data).map_err(read_err)?;
+        let version = meta.last_log_id.map_or(0, |l| l.index);
         let new_state = Applied {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             metadata: installed.metadata,
+            changes: Default::default(),
+            // history before an installed snapshot is unknown: watchers resync
+            changes_from: version,
         };
         let stored = StoredSnapshot {
             meta: meta.clone(),

@@ -161,6 +161,7 @@ fn controller_failover_keeps_metadata_and_a_restarted_controller_catches_up() {
     // its own applied state (served locally by WatchMetadata) holds the topic created
     // while it was down
     let snapshot = first_snapshot(&addr);
+    assert!(snapshot.snapshot, "a new watcher gets a full snapshot");
     let names: Vec<&str> = snapshot.topics.iter().map(|t| t.name.as_str()).collect();
     assert!(
         names.contains(&"audit"),
@@ -168,7 +169,7 @@ fn controller_failover_keeps_metadata_and_a_restarted_controller_catches_up() {
     );
 }
 
-fn first_snapshot(addr: &str) -> weir_proto::v1::MetadataSnapshot {
+fn first_snapshot(addr: &str) -> weir_proto::v1::MetadataUpdate {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -419,4 +420,69 @@ fn every_role_serves_metrics_health_and_readiness() {
         body.contains("weir_broker_request_seconds_bucket"),
         "{body}"
     );
+}
+
+#[test]
+fn metadata_watchers_get_a_snapshot_then_deltas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = up(1, 1, &dir);
+    let bootstrap = cluster.0.bootstrap();
+    ok(weir(
+        &bootstrap,
+        &["topic", "create", "before", "--partitions", "1"],
+        None,
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let channel = weir_proto::call::connect(&bootstrap)
+            .await
+            .expect("connect");
+        let mut stream = weir_proto::v1::admin_client::AdminClient::new(channel)
+            .watch_metadata(weir_proto::v1::WatchMetadataRequest { from_version: 0 })
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = stream.message().await.expect("stream").expect("update");
+        assert!(first.snapshot);
+        assert_eq!(first.topics.len(), 1);
+        assert_eq!(first.brokers.len(), 1);
+
+        let create = weir(
+            &bootstrap,
+            &["topic", "create", "after", "--partitions", "2"],
+            None,
+        );
+        ok(create);
+        let delta = stream.message().await.expect("stream").expect("update");
+        assert!(!delta.snapshot, "{delta:?}");
+        assert!(delta.version > first.version);
+        let names: Vec<&str> = delta.topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, vec!["after"], "only the changed topic travels");
+        assert!(delta.brokers.is_empty());
+
+        ok(weir(&bootstrap, &["topic", "delete", "before"], None));
+        let delta = stream.message().await.expect("stream").expect("update");
+        assert!(!delta.snapshot);
+        assert_eq!(delta.deleted_topics, vec!["before".to_string()]);
+        assert!(delta.topics.is_empty());
+
+        // a watcher resuming from a known version gets only what it missed
+        let channel = weir_proto::call::connect(&bootstrap)
+            .await
+            .expect("connect");
+        let mut resumed = weir_proto::v1::admin_client::AdminClient::new(channel)
+            .watch_metadata(weir_proto::v1::WatchMetadataRequest {
+                from_version: first.version,
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let catch_up = resumed.message().await.expect("stream").expect("update");
+        assert!(!catch_up.snapshot, "{catch_up:?}");
+        assert_eq!(catch_up.deleted_topics, vec!["before".to_string()]);
+        assert_eq!(catch_up.topics.len(), 1);
+    });
 }

@@ -25,7 +25,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use weir_log::Flusher;
 use weir_proto::v1::broker_server::BrokerServer;
 
@@ -115,7 +114,7 @@ impl Broker {
         let mut server_stop = stopped;
         let server = tonic::transport::Server::builder()
             .add_service(BrokerServer::new(service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(weir_proto::call::incoming(listener), async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             });
         tasks.spawn(async move {

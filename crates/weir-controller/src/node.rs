@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use weir_proto::v1::admin_server::AdminServer;
 use weir_proto::v1::broker_registry_server::BrokerRegistryServer;
 use weir_proto::v1::controller_raft_server::ControllerRaftServer;
@@ -201,7 +200,7 @@ impl Controller {
             }))
             .add_service(AdminServer::new(services.clone()))
             .add_service(BrokerRegistryServer::new(services.clone()))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(weir_proto::call::incoming(listener), async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             });
         tasks.spawn(async move {

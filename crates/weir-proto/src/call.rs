@@ -99,3 +99,16 @@ where
         }
     }
 }
+
+/// Accepted connections with `TCP_NODELAY` set: small RPC responses must not wait for
+/// Nagle's algorithm (a 40 ms stall against delayed ACKs).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}

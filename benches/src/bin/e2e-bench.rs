@@ -1,0 +1,379 @@
+//! End-to-end load over gRPC against a running cluster (`weir dev` or `weir-cluster up`):
+//! producers send pre-encoded batches to partition leaders while consumers fetch them back;
+//! prints MB/s, records/s and produce latency percentiles. `--controller-ops` instead
+//! measures the controller: topic creations per second and broker heartbeats per second.
+//!
+//! `cargo run --release -p weir-benches --bin e2e-bench -- --help`
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+use weir_proto::call::{self, parse_bootstrap};
+use weir_proto::v1 as pb;
+use weir_proto::v1::admin_client::AdminClient;
+use weir_proto::v1::broker_client::BrokerClient;
+use weir_proto::v1::broker_registry_client::BrokerRegistryClient;
+use weir_types::{BatchBuilder, Record};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Acks {
+    None,
+    Leader,
+    All,
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Controller addresses.
+    #[arg(long, env = "WEIR_BOOTSTRAP", default_value = "127.0.0.1:9093")]
+    bootstrap: String,
+    /// Topic to create (a fresh name per run is used when omitted).
+    #[arg(long)]
+    topic: Option<String>,
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    #[arg(long, default_value_t = 1)]
+    replication_factor: u32,
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_records: usize,
+    /// Concurrent producer tasks (each with one request in flight).
+    #[arg(long, default_value_t = 8)]
+    producers: usize,
+    /// Consumers: one fetch loop per partition when set.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    consume: bool,
+    #[arg(long, value_enum, default_value_t = Acks::Leader)]
+    acks: Acks,
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Measure the controller instead: this many topic creations, then heartbeats.
+    #[arg(long)]
+    controller_ops: Option<u64>,
+}
+
+async fn admin(bootstrap: &[String]) -> anyhow::Result<(AdminClient<Channel>, String)> {
+    let cluster = call::with_controller(bootstrap, Duration::from_secs(10), |ch| async move {
+        AdminClient::new(ch)
+            .describe_cluster(pb::DescribeClusterRequest {})
+            .await
+    })
+    .await?
+    .into_inner();
+    let leader = cluster
+        .controllers
+        .iter()
+        .find(|c| c.id == cluster.leader_id)
+        .map(|c| c.address.clone())
+        .ok_or_else(|| anyhow!("no active controller"))?;
+    Ok((AdminClient::new(call::connect(&leader).await?), leader))
+}
+
+fn percentiles(h: &Histogram<u64>) -> String {
+    format!(
+        "p50 {} us  p99 {} us  p999 {} us  max {} us",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    )
+}
+
+async fn controller_bench(bootstrap: &[String], ops: u64) -> anyhow::Result<()> {
+    let (mut admin, leader) = admin(bootstrap).await?;
+    let run = format!("{:x}", rand_suffix());
+    // creations: one at a time (each is a Raft commit with fsync on a quorum)
+    let mut hist = Histogram::<u64>::new(3)?;
+    let started = Instant::now();
+    for i in 0..ops {
+        let t = Instant::now();
+        admin
+            .create_topic(pb::CreateTopicRequest {
+                name: format!("bench-{run}-{i}"),
+                partitions: 1,
+                replication_factor: 1,
+                config: None,
+            })
+            .await
+            .context("create topic")?;
+        hist.record(t.elapsed().as_micros() as u64)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "controller  topic creates (sequential): {:.0}/s  {}",
+        ops as f64 / secs,
+        percentiles(&hist)
+    );
+    for i in 0..ops {
+        admin
+            .delete_topic(pb::DeleteTopicRequest {
+                name: format!("bench-{run}-{i}"),
+            })
+            .await?;
+    }
+    // heartbeats: 64 concurrent brokers-to-be
+    let channel = call::connect(&leader).await?;
+    let mut registry = BrokerRegistryClient::new(channel.clone());
+    let mut incarnations = Vec::new();
+    for id in 0..64u32 {
+        let r = registry
+            .register_broker(pb::RegisterBrokerRequest {
+                broker_id: 10_000 + id,
+                address: format!("127.0.0.1:{}", 20_000 + id),
+                rack: String::new(),
+            })
+            .await?
+            .into_inner();
+        incarnations.push((10_000 + id, r.incarnation));
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut tasks = Vec::new();
+    for (id, incarnation) in incarnations {
+        let mut client = BrokerRegistryClient::new(channel.clone());
+        let done = Arc::clone(&done);
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let r = client
+                    .broker_heartbeat(pb::BrokerHeartbeatRequest {
+                        broker_id: id,
+                        incarnation,
+                    })
+                    .await;
+                if r.is_ok() {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    println!(
+        "controller  broker heartbeats (64 concurrent): {:.0}/s (the 64 bench brokers stay registered and are fenced when their leases expire)",
+        done.load(Ordering::Relaxed) as f64 / 5.0
+    );
+    Ok(())
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bootstrap = parse_bootstrap(&args.bootstrap)?;
+    if let Some(ops) = args.controller_ops {
+        return controller_bench(&bootstrap, ops).await;
+    }
+    if args.partitions == 0 || args.producers == 0 || args.batch_records == 0 {
+        bail!("--partitions, --producers and --batch-records must be positive");
+    }
+    let (mut admin, _) = admin(&bootstrap).await?;
+    let topic = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("e2e-{:x}", rand_suffix()));
+    let created = admin
+        .create_topic(pb::CreateTopicRequest {
+            name: topic.clone(),
+            partitions: args.partitions,
+            replication_factor: args.replication_factor,
+            config: None,
+        })
+        .await;
+    let description = match created {
+        Ok(d) => d.into_inner(),
+        Err(_) => admin
+            .describe_topic(pb::DescribeTopicRequest {
+                name: topic.clone(),
+            })
+            .await?
+            .into_inner(),
+    };
+    let cluster = admin
+        .describe_cluster(pb::DescribeClusterRequest {})
+        .await?
+        .into_inner();
+    let brokers: HashMap<u32, String> = cluster
+        .brokers
+        .into_iter()
+        .map(|b| (b.id, b.address))
+        .collect();
+    let mut leaders = Vec::new();
+    for p in &description.partitions {
+        let addr = brokers
+            .get(&p.leader)
+            .ok_or_else(|| anyhow!("partition {} has no leader", p.partition))?;
+        leaders.push(BrokerClient::new(call::connect(addr).await?));
+    }
+    // the brokers open new partitions when the metadata reaches them: wait for that
+    for (p, client) in leaders.iter().enumerate() {
+        let mut client = client.clone();
+        let ready_by = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = client
+                .list_offsets(pb::ListOffsetsRequest {
+                    topic: topic.clone(),
+                    partition: p as u32,
+                    spec: pb::OffsetSpec::Latest as i32,
+                    timestamp_ms: 0,
+                })
+                .await;
+            match r {
+                Ok(_) => break,
+                Err(e) if Instant::now() < ready_by => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => bail!("partition {p} never became ready: {}", e.message()),
+            }
+        }
+    }
+    let mut builder = BatchBuilder::default();
+    let value = Bytes::from(vec![b'x'; args.record_bytes]);
+    for _ in 0..args.batch_records {
+        builder.push(Record {
+            timestamp_ms: 0,
+            key: None,
+            value: Some(value.clone()),
+            headers: Vec::new(),
+        });
+    }
+    let batch: pb::RecordBatch = builder.build()?.into();
+    let batch_bytes = batch.data.len() as u64;
+    let acks = match args.acks {
+        Acks::None => pb::Acks::None,
+        Acks::Leader => pb::Acks::Leader,
+        Acks::All => pb::Acks::All,
+    } as i32;
+    println!(
+        "e2e-bench: topic {topic}  partitions {}  rf {}  record {} B  batch {} records ({} B)  producers {}  acks {:?}  {} s",
+        args.partitions,
+        args.replication_factor,
+        args.record_bytes,
+        args.batch_records,
+        batch_bytes,
+        args.producers,
+        args.acks,
+        args.seconds
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let consumed = Arc::new(AtomicU64::new(0));
+    let mut consumers = Vec::new();
+    if args.consume {
+        for (p, client) in leaders.iter().enumerate() {
+            let mut client = client.clone();
+            let (topic, consumed) = (topic.clone(), Arc::clone(&consumed));
+            consumers.push(tokio::spawn(async move {
+                let mut offset = client
+                    .list_offsets(pb::ListOffsetsRequest {
+                        topic: topic.clone(),
+                        partition: p as u32,
+                        spec: pb::OffsetSpec::Latest as i32,
+                        timestamp_ms: 0,
+                    })
+                    .await
+                    .map(|r| r.into_inner().offset)
+                    .unwrap_or(0);
+                while Instant::now() < deadline + Duration::from_secs(2) {
+                    let Ok(r) = client
+                        .fetch(pb::FetchRequest {
+                            topic: topic.clone(),
+                            partition: p as u32,
+                            offset,
+                            max_bytes: 4 << 20,
+                            max_wait_ms: 200,
+                            min_bytes: 1,
+                            leader_epoch: None,
+                            decode: false,
+                        })
+                        .await
+                    else {
+                        break;
+                    };
+                    for b in r.into_inner().batches {
+                        let Ok(batch) = weir_types::RecordBatch::try_from(b) else {
+                            continue;
+                        };
+                        offset = batch.next_offset().0;
+                        consumed.fetch_add(batch.size_bytes() as u64, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    let started = Instant::now();
+    let mut producers = Vec::new();
+    for i in 0..args.producers {
+        let leaders = leaders.clone();
+        let (topic, batch) = (topic.clone(), batch.clone());
+        let partitions = args.partitions;
+        producers.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3)?;
+            let mut sent = 0u64;
+            let mut p = i as u32 % partitions;
+            while Instant::now() < deadline {
+                let mut client = leaders[p as usize].clone();
+                let t = Instant::now();
+                client
+                    .produce(pb::ProduceRequest {
+                        topic: topic.clone(),
+                        partition: p,
+                        acks,
+                        leader_epoch: None,
+                        batch: Some(batch.clone()),
+                        records: Vec::new(),
+                    })
+                    .await
+                    .map_err(|s| anyhow!("produce: {}", s.message()))?;
+                hist.record(t.elapsed().as_micros() as u64)?;
+                sent += 1;
+                p = (p + 1) % partitions;
+            }
+            Ok::<_, anyhow::Error>((sent, hist))
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    let mut batches = 0u64;
+    for task in producers {
+        let (sent, h) = task.await??;
+        batches += sent;
+        hist.add(h)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    for c in consumers {
+        let _ = c.await;
+    }
+    let bytes = batches * batch_bytes;
+    println!(
+        "produce   {:>8.1} MB/s  {:>10.0} records/s  {:>7.0} requests/s  latency {}",
+        bytes as f64 / secs / 1e6,
+        (batches * args.batch_records as u64) as f64 / secs,
+        batches as f64 / secs,
+        percentiles(&hist)
+    );
+    if args.consume {
+        let got = consumed.load(Ordering::Relaxed);
+        println!(
+            "consume   {:>8.1} MB/s  ({} of {} MB produced read back)",
+            got as f64 / secs / 1e6,
+            got >> 20,
+            bytes >> 20
+        );
+    }
+    Ok(())
+}

@@ -181,6 +181,12 @@ impl Registry {
             let lead = leadership(p, t.min_insync_replicas);
             if let Some(replica) = self.get(&key.0, key.1) {
                 replica.set_leadership(lead);
+                let config = log_config(t, self.batch_bytes_max);
+                if replica.log.config() != config
+                    && let Err(e) = replica.log.set_config(config)
+                {
+                    tracing::warn!(topic = %t.name, partition = p.partition, error = %e, "topic config not applied");
+                }
                 continue;
             }
             let dir = self

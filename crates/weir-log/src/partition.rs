@@ -130,7 +130,8 @@ impl Inner {
 #[derive(Debug)]
 pub struct PartitionLog {
     dir: PathBuf,
-    config: LogConfig,
+    /// Replaced whole by [`PartitionLog::set_config`] (a topic's settings changed).
+    config: RwLock<LogConfig>,
     flusher: Arc<Flusher>,
     clock: Arc<dyn Clock>,
     durable: Arc<DurableMark>,
@@ -278,7 +279,7 @@ impl PartitionLog {
             .min(end);
         let log = PartitionLog {
             dir: dir.to_path_buf(),
-            config,
+            config: RwLock::new(config),
             flusher,
             clock,
             durable: Arc::new(DurableMark::new(end)),
@@ -309,8 +310,20 @@ impl PartitionLog {
         &self.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.config
+    /// The current settings.
+    pub fn config(&self) -> LogConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies new settings (retention, segment size, limits) to the open log; they take
+    /// effect from the next append, roll or retention pass.
+    pub fn set_config(&self, config: LogConfig) -> Result<()> {
+        config.validate().map_err(LogError::Config)?;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(())
     }
 
     pub fn recovery_report(&self) -> &RecoveryReport {
@@ -320,14 +333,14 @@ impl PartitionLog {
     /// Validates a producer's batch, assigns it the next offsets, stamps `epoch`, appends it
     /// and (under the default flush policy) returns once it is fsynced.
     pub fn append(&self, batch: &RecordBatch, epoch: LeaderEpoch) -> Result<AppendInfo> {
-        batch.validate(&self.config.batch_limits())?;
+        batch.validate(&self.config().batch_limits())?;
         self.append_checked(batch, None, epoch)
     }
 
     /// Appends a batch copied from the leader, keeping its offsets and epoch. It must start at
     /// this log's end.
     pub fn append_replicated(&self, batch: &RecordBatch) -> Result<AppendInfo> {
-        let limits = self.config.batch_limits();
+        let limits = self.config().batch_limits();
         if batch.size_bytes() > limits.batch_bytes_max {
             return Err(weir_types::BatchError::TooLarge {
                 len: batch.size_bytes(),
@@ -355,13 +368,13 @@ impl PartitionLog {
         batch: &RecordBatch,
         epoch: LeaderEpoch,
     ) -> Result<(AppendInfo, Ticket)> {
-        batch.validate(&self.config.batch_limits())?;
+        batch.validate(&self.config().batch_limits())?;
         self.write_batch(batch, None, epoch)
     }
 
     /// Waits until the append that produced `ticket` is fsynced (default policy).
     pub fn wait_durable(&self, ticket: Ticket) -> Result<()> {
-        if self.config.flush != FlushPolicy::Fsync {
+        if self.config().flush != FlushPolicy::Fsync {
             return Ok(());
         }
         if let Err(e) = self.flusher.wait(ticket) {
@@ -411,7 +424,7 @@ impl PartitionLog {
             }
             let prefix = batch.stamped_prefix(base, epoch);
             let now = self.clock.now_ms();
-            let interval = self.config.index_interval_bytes;
+            let interval = self.config().index_interval_bytes;
             if let Err(e) = inner.active_mut().append(batch, &prefix, interval, now) {
                 if matches!(&e, LogError::Io { context, .. } if context.starts_with("cut")) {
                     inner.failed = Some(e.to_string());
@@ -423,7 +436,7 @@ impl PartitionLog {
                 last_offset: base.plus(i64::from(batch.last_offset_delta())),
                 leader_epoch: epoch,
             };
-            let delay = match self.config.flush {
+            let delay = match self.config().flush {
                 FlushPolicy::Fsync => Duration::ZERO,
                 FlushPolicy::IntervalAckBeforeFsync { ms } => Duration::from_millis(ms),
             };
@@ -451,8 +464,8 @@ impl PartitionLog {
         if active.is_empty() {
             return Ok(());
         }
-        let too_big = active.size + batch.size_bytes() as u64 > self.config.segment_bytes_max;
-        let too_old = match (self.config.segment_ms_max, active.first_append_ms) {
+        let too_big = active.size + batch.size_bytes() as u64 > self.config().segment_bytes_max;
+        let too_old = match (self.config().segment_ms_max, active.first_append_ms) {
             (Some(max), Some(first)) => self.clock.now_ms().saturating_sub(first) >= max as i64,
             _ => false,
         };
@@ -557,7 +570,7 @@ impl PartitionLog {
         if offset >= inner.end() {
             return Ok(inner.end());
         }
-        let interval = self.config.index_interval_bytes;
+        let interval = self.config().index_interval_bytes;
         if offset <= inner.start() {
             return self.restart_at(&mut inner, offset);
         }
@@ -635,11 +648,11 @@ impl PartitionLog {
                 break;
             }
             let oldest = inner.segments.values().next().expect("two segments");
-            let expired = self.config.retention_ms.is_some_and(|ms| {
+            let expired = self.config().retention_ms.is_some_and(|ms| {
                 oldest.max_timestamp != i64::MIN && oldest.max_timestamp < now - ms as i64
             });
             let oversize = self
-                .config
+                .config()
                 .retention_bytes
                 .is_some_and(|max| size.saturating_sub(oldest.size) >= max);
             if !(expired || oversize) {

@@ -382,3 +382,33 @@ fn nowait_appends_keep_call_order_and_one_wait_covers_them() {
     log.wait_durable(tickets[4]).expect("durable");
     assert_eq!(log.durable_end(), Offset(10));
 }
+
+#[test]
+fn new_settings_apply_to_an_open_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let log = open(dir.path(), small_config(), &clock);
+    for i in 0..30 {
+        log.append(&batch(i, 4, 100, 1_000_000), EPOCH)
+            .expect("append");
+    }
+    let segments = log.segments().len();
+    assert!(segments > 2);
+    assert_eq!(
+        log.enforce_retention().expect("retention").segments_deleted,
+        0
+    );
+    let bad = LogConfig {
+        segment_bytes_max: 1,
+        ..small_config()
+    };
+    assert!(matches!(log.set_config(bad), Err(LogError::Config(_))));
+    log.set_config(LogConfig {
+        retention_bytes: Some(1),
+        ..small_config()
+    })
+    .expect("set config");
+    let out = log.enforce_retention().expect("retention");
+    assert_eq!(out.segments_deleted, segments - 1, "all sealed segments go");
+    assert_eq!(log.config().retention_bytes, Some(1));
+}

@@ -146,7 +146,58 @@ pub enum ClusterCommand {
     },
 }
 
+/// `(log start, high watermark)` of each partition, asked of its leader; `None` where the
+/// leader is offline or unreachable.
+async fn partition_offsets(
+    bootstrap: &[String],
+    t: &pb::TopicDescription,
+) -> anyhow::Result<Vec<Option<(i64, i64)>>> {
+    use weir_proto::v1::broker_client::BrokerClient;
+    let cluster = with_controller(bootstrap, |ch| async move {
+        AdminClient::new(ch)
+            .describe_cluster(pb::DescribeClusterRequest {})
+            .await
+    })
+    .await?
+    .into_inner();
+    let mut out = Vec::new();
+    for p in &t.partitions {
+        let addr = cluster
+            .brokers
+            .iter()
+            .find(|b| b.id == p.leader && !b.fenced);
+        let offsets = match addr {
+            None => None,
+            Some(b) => {
+                async {
+                    let mut client =
+                        BrokerClient::new(weir_proto::call::connect(&b.address).await.ok()?);
+                    let ask = |spec: pb::OffsetSpec| pb::ListOffsetsRequest {
+                        topic: t.name.clone(),
+                        partition: p.partition,
+                        spec: spec as i32,
+                        timestamp_ms: 0,
+                    };
+                    let r = client
+                        .list_offsets(ask(pb::OffsetSpec::Latest))
+                        .await
+                        .ok()?
+                        .into_inner();
+                    Some((r.log_start_offset, r.high_watermark))
+                }
+                .await
+            }
+        };
+        out.push(offsets);
+    }
+    Ok(out)
+}
+
 fn print_topic(t: &pb::TopicDescription) {
+    print_topic_with_offsets(t, &[]);
+}
+
+fn print_topic_with_offsets(t: &pb::TopicDescription, offsets: &[Option<(i64, i64)>]) {
     let retention = if t.retention_ms_unlimited {
         "forever".to_string()
     } else {
@@ -173,8 +224,13 @@ fn print_topic(t: &pb::TopicDescription) {
             p.leader.to_string()
         };
         let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let range = match offsets.get(p.partition as usize) {
+            Some(Some((start, end))) => format!("  offsets [{start}, {end})"),
+            Some(None) => "  offsets unavailable".to_string(),
+            None => String::new(),
+        };
         println!(
-            "  partition {:<4} leader {leader:<4} epoch {:<4} replicas [{}]  isr [{}]",
+            "  partition {:<4} leader {leader:<4} epoch {:<4} replicas [{}]  isr [{}]{range}",
             p.partition,
             p.leader_epoch,
             list(&p.replicas),
@@ -225,7 +281,8 @@ pub async fn run_topic(cmd: TopicCommand) -> anyhow::Result<i32> {
             }
         }
         TopicCommand::Describe { name, bootstrap } => {
-            let topic = with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| {
+            let bootstrap = parse_bootstrap(&bootstrap.bootstrap)?;
+            let topic = with_controller(&bootstrap, |ch| {
                 let name = name.clone();
                 async move {
                     AdminClient::new(ch)
@@ -235,7 +292,8 @@ pub async fn run_topic(cmd: TopicCommand) -> anyhow::Result<i32> {
             })
             .await?
             .into_inner();
-            print_topic(&topic);
+            let offsets = partition_offsets(&bootstrap, &topic).await?;
+            print_topic_with_offsets(&topic, &offsets);
         }
         TopicCommand::Delete { name, bootstrap } => {
             let out = with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| {

@@ -71,7 +71,8 @@ fn partitions(bootstrap: &str, topic: &str) -> Vec<(u32, i32, String)> {
             let leader = words[3].parse().unwrap_or(0);
             let epoch_at = words.iter().position(|w| *w == "epoch").expect("epoch");
             let epoch = words[epoch_at + 1].parse().expect("epoch number");
-            let isr = words.last().expect("isr").to_string();
+            let isr_at = words.iter().position(|w| *w == "isr").expect("isr");
+            let isr = words[isr_at + 1].to_string();
             (leader, epoch, isr)
         })
         .collect()

@@ -1,0 +1,298 @@
+//! A controller and a broker in-process, driven over gRPC: the plain-records produce path,
+//! request validation and error codes, epoch fencing, long-poll fetch, offset look-ups.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use weir_broker::{Broker, BrokerConfig};
+use weir_controller::{Controller, ControllerConfig};
+use weir_proto::status::error_code;
+use weir_proto::v1 as pb;
+use weir_proto::v1::admin_client::AdminClient;
+use weir_proto::v1::broker_client::BrokerClient;
+use weir_types::{BrokerId, ErrorCode};
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+struct Setup {
+    controller: Controller,
+    broker: Broker,
+    client: BrokerClient<tonic::transport::Channel>,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(topic: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let caddr = free_addr();
+    let controller = Controller::start(ControllerConfig::new(1, caddr, dir.path().join("c")))
+        .await
+        .expect("controller");
+    let broker = Broker::start(BrokerConfig::new(
+        BrokerId(1),
+        free_addr(),
+        dir.path().join("b"),
+        vec![caddr.to_string()],
+    ))
+    .await
+    .expect("broker");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !broker.is_ready() {
+        assert!(tokio::time::Instant::now() < deadline, "broker never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut admin = AdminClient::new(
+        weir_proto::call::connect(&caddr.to_string())
+            .await
+            .expect("connect"),
+    );
+    admin
+        .create_topic(pb::CreateTopicRequest {
+            name: topic.into(),
+            partitions: 2,
+            replication_factor: 1,
+            config: None,
+        })
+        .await
+        .expect("create topic");
+    while broker.registry.get(topic, 1).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partition never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = BrokerClient::new(
+        weir_proto::call::connect(&broker.local_addr.to_string())
+            .await
+            .expect("connect broker"),
+    );
+    Setup {
+        controller,
+        broker,
+        client,
+        _dir: dir,
+    }
+}
+
+fn record(value: &str, header_key: &str) -> pb::Record {
+    pb::Record {
+        key: Some(Bytes::from_static(b"k")),
+        value: Some(Bytes::from(value.to_string())),
+        headers: vec![pb::Header {
+            key: header_key.into(),
+            value: Some(Bytes::from_static(b"v")),
+        }],
+        timestamp_ms: 0,
+    }
+}
+
+fn produce(topic: &str, partition: u32, records: Vec<pb::Record>) -> pb::ProduceRequest {
+    pb::ProduceRequest {
+        topic: topic.into(),
+        partition,
+        acks: pb::Acks::All as i32,
+        leader_epoch: None,
+        batch: None,
+        records,
+    }
+}
+
+fn fetch(topic: &str, offset: i64, wait_ms: u32) -> pb::FetchRequest {
+    pb::FetchRequest {
+        topic: topic.into(),
+        partition: 0,
+        offset,
+        max_bytes: 1 << 20,
+        max_wait_ms: wait_ms,
+        min_bytes: 1,
+        leader_epoch: None,
+        decode: true,
+    }
+}
+
+fn code(status: tonic::Status) -> (ErrorCode, String) {
+    (
+        error_code(&status).expect("weir error code"),
+        status.message().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_records_round_trip_and_bad_requests_name_the_field() {
+    let Setup {
+        controller,
+        broker,
+        mut client,
+        _dir,
+    } = setup("t").await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let r = client
+        .produce(produce("t", 0, vec![record("a", "h"), record("b", "h")]))
+        .await
+        .expect("produce")
+        .into_inner();
+    assert_eq!((r.base_offset, r.last_offset), (0, 1));
+    let got = client
+        .fetch(fetch("t", 1, 0))
+        .await
+        .expect("fetch")
+        .into_inner();
+    assert_eq!(got.high_watermark, 2);
+    assert_eq!(
+        got.records.len(),
+        1,
+        "records below the fetch offset are filtered"
+    );
+    let rec = got.records[0].record.clone().expect("record");
+    assert_eq!(rec.value.as_deref(), Some(&b"b"[..]));
+    assert_eq!(rec.headers[0].key, "h");
+    assert!(
+        rec.timestamp_ms >= before,
+        "broker stamps timestamp 0 with its clock"
+    );
+
+    // both a batch and records
+    let mut both = produce("t", 0, vec![record("a", "h")]);
+    both.batch = Some(pb::RecordBatch {
+        data: Bytes::from_static(b"x"),
+    });
+    let (c, msg) = code(client.produce(both).await.expect_err("both"));
+    assert_eq!(c, ErrorCode::InvalidArgument);
+    assert!(msg.contains("invalid batch"), "{msg}");
+    // neither
+    let (c, msg) = code(
+        client
+            .produce(produce("t", 0, vec![]))
+            .await
+            .expect_err("neither"),
+    );
+    assert_eq!(c, ErrorCode::InvalidArgument);
+    assert!(msg.contains("invalid records"), "{msg}");
+    // a bad header deep inside
+    let bad = produce("t", 0, vec![record("a", "h"), record("b", "")]);
+    let (c, msg) = code(client.produce(bad).await.expect_err("empty header key"));
+    assert_eq!(c, ErrorCode::InvalidArgument);
+    assert!(msg.contains("records[1].headers[0].key"), "{msg}");
+    // a corrupt pre-encoded batch
+    let mut batch = weir_types::BatchBuilder::default()
+        .record(weir_types::Record::default())
+        .build()
+        .expect("batch")
+        .into_bytes()
+        .to_vec();
+    let last = batch.len() - 1;
+    batch[last] ^= 1;
+    let mut corrupt = produce("t", 0, vec![]);
+    corrupt.batch = Some(pb::RecordBatch { data: batch.into() });
+    let (c, _) = code(client.produce(corrupt).await.expect_err("crc"));
+    assert_eq!(c, ErrorCode::InvalidRecordBatch);
+    // unknown partition, out-of-range offset, bad acks
+    let (c, _) = code(
+        client
+            .produce(produce("t", 9, vec![record("a", "h")]))
+            .await
+            .expect_err("p9"),
+    );
+    assert_eq!(c, ErrorCode::UnknownTopicOrPartition);
+    let (c, _) = code(client.fetch(fetch("t", 3, 0)).await.expect_err("past hw"));
+    assert_eq!(c, ErrorCode::OffsetOutOfRange);
+    let mut acks = produce("t", 0, vec![record("a", "h")]);
+    acks.acks = 42;
+    let (c, msg) = code(client.produce(acks).await.expect_err("acks"));
+    assert_eq!(c, ErrorCode::InvalidArgument);
+    assert!(msg.contains("acks"), "{msg}");
+    // nothing above was half-applied
+    let got = client
+        .fetch(fetch("t", 0, 0))
+        .await
+        .expect("fetch")
+        .into_inner();
+    assert_eq!(got.high_watermark, 2);
+
+    broker.shutdown().await;
+    controller.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_are_checked_and_fetch_long_polls() {
+    let Setup {
+        controller,
+        broker,
+        mut client,
+        _dir,
+    } = setup("e").await;
+    let mut stale = produce("e", 0, vec![record("a", "h")]);
+    stale.leader_epoch = Some(-1);
+    let (c, _) = code(client.produce(stale).await.expect_err("stale"));
+    assert_eq!(c, ErrorCode::FencedLeaderEpoch);
+    let mut future = produce("e", 0, vec![record("a", "h")]);
+    future.leader_epoch = Some(7);
+    let (c, _) = code(client.produce(future).await.expect_err("future"));
+    assert_eq!(c, ErrorCode::UnknownLeaderEpoch);
+    let mut current = produce("e", 0, vec![record("a", "h")]);
+    current.leader_epoch = Some(0);
+    client.produce(current).await.expect("current epoch");
+
+    // a fetch at the end waits for the next append instead of returning empty at once
+    let mut poller = client.clone();
+    let waiting = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r = poller.fetch(fetch("e", 1, 5000)).await.expect("fetch");
+        (r.into_inner(), started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client
+        .produce(produce("e", 0, vec![record("late", "h")]))
+        .await
+        .expect("produce");
+    let (got, took) = waiting.await.expect("join");
+    assert_eq!(got.records.len(), 1);
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // with nothing arriving, it returns empty after max_wait
+    let started = std::time::Instant::now();
+    let got = client
+        .fetch(fetch("e", 2, 300))
+        .await
+        .expect("fetch")
+        .into_inner();
+    assert!(got.records.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // offsets by time
+    let far = client
+        .list_offsets(pb::ListOffsetsRequest {
+            topic: "e".into(),
+            partition: 0,
+            spec: pb::OffsetSpec::Timestamp as i32,
+            timestamp_ms: i64::MAX / 2,
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!((far.offset, far.timestamp_ms), (2, -1));
+    let first = client
+        .list_offsets(pb::ListOffsetsRequest {
+            topic: "e".into(),
+            partition: 0,
+            spec: pb::OffsetSpec::Timestamp as i32,
+            timestamp_ms: 0,
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(first.offset, 0);
+    assert!(first.timestamp_ms > 0);
+
+    broker.shutdown().await;
+    controller.shutdown().await;
+}

@@ -25,6 +25,12 @@ pub struct BrokerConfig {
     pub batch_bytes_max: u32,
     /// How often retention runs.
     pub retention_check_ms: u64,
+    /// A follower not caught up for this long leaves the ISR.
+    pub replica_lag_ms_max: u64,
+    /// How long an `acks=all` produce waits for the in-sync replicas.
+    pub produce_timeout_ms: u64,
+    /// How long a follower's fetch waits at the leader when there is nothing new.
+    pub replica_fetch_wait_ms: u32,
 }
 
 impl BrokerConfig {
@@ -44,6 +50,9 @@ impl BrokerConfig {
             fetch_bytes_max: 64 << 20,
             batch_bytes_max: 1 << 20,
             retention_check_ms: 60_000,
+            replica_lag_ms_max: 10_000,
+            produce_timeout_ms: 30_000,
+            replica_fetch_wait_ms: 500,
         }
     }
 
@@ -59,6 +68,11 @@ impl BrokerConfig {
         }
         if self.retention_check_ms == 0 {
             return Err("retention_check_ms must be positive".into());
+        }
+        if self.replica_lag_ms_max < 100 || self.produce_timeout_ms == 0 {
+            return Err(
+                "replica_lag_ms_max must be at least 100 and produce_timeout_ms positive".into(),
+            );
         }
         Ok(())
     }

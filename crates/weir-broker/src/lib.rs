@@ -8,13 +8,15 @@
 //! - [`session`]: registration, heartbeats, re-registration when fenced, metadata watch.
 //! - [`server`]: the gRPC service.
 //!
-//! Not yet: follower replication (followers open their replica but do not fetch from the
-//! leader), so the high watermark is the leader's durable end and `acks=all` is refused unless
-//! the leader is the only in-sync replica.
+//! - [`replication`]: followers pull from leaders; leaders track follower progress
+//!   ([`progress`]), advance the high watermark over the ISR and ask the controller to change
+//!   the ISR.
 
 pub mod config;
+pub mod progress;
 pub mod registry;
 pub mod replica;
+pub mod replication;
 pub mod server;
 pub mod session;
 
@@ -100,6 +102,17 @@ impl Broker {
         tasks.spawn(metrics_task(
             config.id,
             Arc::clone(&registry),
+            stopped.clone(),
+        ));
+        tasks.spawn(replication::run_fetchers(
+            config.clone(),
+            Arc::clone(&registry),
+            stopped.clone(),
+        ));
+        tasks.spawn(replication::run_isr_manager(
+            config.clone(),
+            Arc::clone(&registry),
+            session.clone(),
             stopped.clone(),
         ));
         tasks.spawn(retention_task(

@@ -25,6 +25,8 @@ pub struct Registry {
     metadata: RwLock<pb::MetadataUpdate>,
     /// Serializes snapshot application.
     applying: tokio::sync::Mutex<()>,
+    /// Bumped by every replica after each fsynced group of appends.
+    pub activity: Arc<tokio::sync::watch::Sender<u64>>,
     /// Assigned partitions that failed to open (corruption, I/O): the broker is not ready.
     failed: Mutex<std::collections::HashSet<Key>>,
 }
@@ -40,6 +42,7 @@ fn leadership(p: &pb::PartitionDescription, min_isr: u32) -> Leadership {
         isr: p.isr.iter().map(|b| BrokerId(*b)).collect(),
         replicas: p.replicas.iter().map(|b| BrokerId(*b)).collect(),
         min_insync_replicas: min_isr,
+        partition_epoch: p.partition_epoch,
     }
 }
 
@@ -70,6 +73,7 @@ impl Registry {
             metadata: RwLock::new(pb::MetadataUpdate::default()),
             applying: tokio::sync::Mutex::new(()),
             failed: Mutex::new(std::collections::HashSet::new()),
+            activity: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
@@ -97,6 +101,10 @@ impl Registry {
 
     pub fn flusher_stats(&self) -> weir_log::FlushStats {
         self.flusher.stats()
+    }
+
+    pub fn me(&self) -> BrokerId {
+        self.id
     }
 
     pub fn version(&self) -> u64 {
@@ -217,13 +225,16 @@ impl Registry {
                 .remove(key);
             tracing::info!(topic = %t.name, partition = p.partition, end = %log.end_offset(), "partition opened");
             let (replica, owner) = Replica::start(
+                self.id,
                 t.name.clone(),
                 t.topic_id.clone(),
                 p.partition,
                 dir,
                 log,
-                lead,
+                lead.clone(),
+                Arc::clone(&self.activity),
             );
+            replica.set_leadership(lead);
             self.replicas
                 .write()
                 .unwrap_or_else(|p| p.into_inner())

@@ -6,7 +6,8 @@
 //! queued batch and then waits for one fsync that covers them all.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use weir_log::{AppendInfo, LogError, PartitionLog};
@@ -25,6 +26,8 @@ pub struct Leadership {
     pub isr: Vec<BrokerId>,
     pub replicas: Vec<BrokerId>,
     pub min_insync_replicas: u32,
+    /// Fences ISR changes: the controller accepts one only for the current partition epoch.
+    pub partition_epoch: i32,
 }
 
 pub struct AppendRequest {
@@ -35,6 +38,8 @@ pub struct AppendRequest {
 
 /// Shared handle to a replica.
 pub struct Replica {
+    /// This broker.
+    pub me: BrokerId,
     pub topic: String,
     pub topic_id: String,
     pub partition: u32,
@@ -45,21 +50,36 @@ pub struct Replica {
     mailbox: std::sync::Mutex<Option<mpsc::Sender<AppendRequest>>>,
     /// The durable end offset, announced after every fsynced group of appends.
     durable: watch::Sender<Offset>,
+    /// Consumers read below this offset. Announced whenever it moves.
+    high_watermark: watch::Sender<Offset>,
+    /// Follower progress while this broker leads (reset on every leader epoch).
+    progress: Mutex<crate::progress::Progress>,
+    /// Bumped after every fsynced group on any replica of this broker, so replica fetches
+    /// waiting for data on several partitions wake up.
+    activity: Arc<watch::Sender<u64>>,
 }
 
 impl Replica {
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
+        me: BrokerId,
         topic: String,
         topic_id: String,
         partition: u32,
         dir: PathBuf,
         log: PartitionLog,
         leadership: Leadership,
+        activity: Arc<watch::Sender<u64>>,
     ) -> (Arc<Replica>, tokio::task::JoinHandle<()>) {
         let log = Arc::new(log);
         let (tx, rx) = mpsc::channel(MAILBOX_MAX);
         let (durable, _) = watch::channel(log.durable_end());
+        let (high_watermark, _) = watch::channel(log.high_watermark());
         let replica = Arc::new(Replica {
+            me,
+            high_watermark,
+            progress: Mutex::new(crate::progress::Progress::new(Instant::now())),
+            activity,
             topic,
             topic_id,
             partition,
@@ -80,8 +100,83 @@ impl Replica {
             .clone()
     }
 
+    /// Applies the controller's view. Becoming leader (or a new epoch) restarts follower
+    /// progress: offsets reported to an earlier leader prove nothing to this one.
     pub fn set_leadership(&self, leadership: Leadership) {
-        *self.leadership.write().unwrap_or_else(|p| p.into_inner()) = leadership;
+        let mut current = self.leadership.write().unwrap_or_else(|p| p.into_inner());
+        let new_term = leadership.leader == Some(self.me)
+            && (current.leader != Some(self.me) || current.leader_epoch != leadership.leader_epoch);
+        *current = leadership;
+        drop(current);
+        if new_term {
+            *self.progress.lock().unwrap_or_else(|p| p.into_inner()) =
+                crate::progress::Progress::new(Instant::now());
+        }
+        self.advance_high_watermark();
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leadership().leader == Some(self.me)
+    }
+
+    /// A follower fetched, reporting `fetch_offset` as fsynced on its side.
+    pub fn record_follower_fetch(&self, follower: BrokerId, fetch_offset: Offset) {
+        let end = self.log.end_offset();
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record_fetch(follower, fetch_offset, end, Instant::now());
+        self.advance_high_watermark();
+    }
+
+    /// The ISR this leader should ask the controller for, if it differs from the current one.
+    pub fn wanted_isr(&self, lag_max: std::time::Duration) -> Option<Vec<BrokerId>> {
+        let lead = self.leadership();
+        if lead.leader != Some(self.me) {
+            return None;
+        }
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wanted_isr(
+                self.me,
+                &lead.replicas,
+                &lead.isr,
+                self.high_watermark(),
+                lag_max,
+                Instant::now(),
+            )
+    }
+
+    /// On the leader: recomputes the high watermark from the ISR's reported offsets.
+    pub fn advance_high_watermark(&self) {
+        let lead = self.leadership();
+        if lead.leader != Some(self.me) {
+            return;
+        }
+        let current = self.high_watermark();
+        let hw = self
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .high_watermark(self.me, &lead.isr, self.log.durable_end(), current);
+        if hw != current {
+            self.log.set_high_watermark(hw);
+            self.high_watermark.send_replace(hw);
+        }
+    }
+
+    /// On a follower: the leader's high watermark, capped by what this replica holds.
+    pub fn set_follower_high_watermark(&self, leader_hw: Offset) {
+        let hw = leader_hw.min(self.log.durable_end());
+        if hw != self.high_watermark() {
+            self.log.set_high_watermark(hw);
+            self.high_watermark.send_replace(hw);
+        }
+    }
+
+    pub fn subscribe_high_watermark(&self) -> watch::Receiver<Offset> {
+        self.high_watermark.subscribe()
     }
 
     /// Queues an append; `Err` gives the request back when the owner has stopped.
@@ -101,10 +196,9 @@ impl Replica {
         self.durable.subscribe()
     }
 
-    /// Consumers read below this offset. Without follower replication yet, the leader's
-    /// durable end: every record below it is fsynced on the leader.
+    /// Consumers read below this offset: every record below it is fsynced on every ISR member.
     pub fn high_watermark(&self) -> Offset {
-        self.log.durable_end()
+        *self.high_watermark.borrow()
     }
 
     /// Stops accepting appends; the owner finishes what is queued and stops.
@@ -153,5 +247,7 @@ async fn run_owner(replica: Arc<Replica>, mut mailbox: mpsc::Receiver<AppendRequ
             let _ = reply.send(result);
         }
         replica.durable.send_replace(replica.log.durable_end());
+        replica.advance_high_watermark();
+        replica.activity.send_modify(|n| *n = n.wrapping_add(1));
     }
 }

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use weir_proto::status::{redirect, status};
 use weir_proto::v1 as pb;
 use weir_proto::v1::broker_server::Broker;
-use weir_types::{BatchBuilder, BrokerId, ErrorCode, Offset, Record, RecordBatch};
+use weir_types::{BatchBuilder, ErrorCode, Offset, Record, RecordBatch};
 
 use crate::config::BrokerConfig;
 use crate::registry::Registry;
@@ -34,7 +34,7 @@ fn log_status(e: &weir_log::LogError) -> Status {
 
 impl BrokerService {
     /// The replica if this broker leads it (and the epoch matches, when given).
-    fn leader_replica(
+    pub(crate) fn leader_replica(
         &self,
         topic: &str,
         partition: u32,
@@ -152,6 +152,16 @@ impl Broker for BrokerService {
         result.map(Response::new)
     }
 
+    async fn replica_fetch(
+        &self,
+        request: Request<pb::ReplicaFetchRequest>,
+    ) -> Result<Response<pb::ReplicaFetchResponse>, Status> {
+        let started = std::time::Instant::now();
+        let result = crate::replication::serve_fetch(self, request.into_inner()).await;
+        record("replica_fetch", started, &result);
+        result.map(Response::new)
+    }
+
     async fn list_offsets(
         &self,
         request: Request<pb::ListOffsetsRequest>,
@@ -176,6 +186,45 @@ fn record<T>(rpc: &'static str, started: std::time::Instant, result: &Result<T, 
 }
 
 impl BrokerService {
+    /// Waits until the high watermark passes `last`: every in-sync replica holds the batch.
+    async fn await_replication(&self, replica: &Replica, last: Offset) -> Result<(), Status> {
+        let mut hw = replica.subscribe_high_watermark();
+        let deadline = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(self.config.produce_timeout_ms);
+        loop {
+            if *hw.borrow_and_update() > last {
+                break;
+            }
+            if !replica.is_leader() {
+                return Err(status(
+                    ErrorCode::NotLeader,
+                    "leadership moved before the batch was replicated; it may or may not be committed",
+                ));
+            }
+            match tokio::time::timeout_at(deadline, hw.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(status(ErrorCode::StorageError, "the partition closed")),
+                Err(_) => {
+                    return Err(status(
+                        ErrorCode::RequestTimedOut,
+                        "the in-sync replicas did not confirm the batch in time; it may still be committed",
+                    ));
+                }
+            }
+        }
+        let lead = replica.leadership();
+        if (lead.isr.len() as u32) < lead.min_insync_replicas {
+            return Err(status(
+                ErrorCode::NotEnoughReplicasAfterAppend,
+                format!(
+                    "the ISR shrank to {:?} (the topic needs {}) while the batch was replicated",
+                    lead.isr, lead.min_insync_replicas
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     async fn produce_inner(
         &self,
         mut req: pb::ProduceRequest,
@@ -189,23 +238,17 @@ impl BrokerService {
         let replica = self.leader_replica(&req.topic, req.partition, req.leader_epoch)?;
         let batch = batch_from_request(&mut req)?;
         let lead = replica.leadership();
-        if matches!(acks, pb::Acks::All | pb::Acks::Unspecified) {
-            // Followers do not replicate yet, so only a partition whose in-sync set is this
-            // broker alone can honour acks=all.
-            let others: Vec<BrokerId> = lead
-                .isr
-                .iter()
-                .copied()
-                .filter(|b| *b != self.config.id)
-                .collect();
-            if !others.is_empty() || lead.min_insync_replicas > 1 {
-                return Err(status(
-                    ErrorCode::NotEnoughReplicas,
-                    format!(
-                        "acks=all needs the in-sync replicas {others:?} to hold the batch, and follower replication is not running; use acks=leader or a replication-factor-1 topic"
-                    ),
-                ));
-            }
+        let all = matches!(acks, pb::Acks::All | pb::Acks::Unspecified);
+        if all && (lead.isr.len() as u32) < lead.min_insync_replicas {
+            return Err(status(
+                ErrorCode::NotEnoughReplicas,
+                format!(
+                    "{} in-sync replicas {:?}, the topic needs {}",
+                    lead.isr.len(),
+                    lead.isr,
+                    lead.min_insync_replicas
+                ),
+            ));
         }
         let (tx, rx) = oneshot::channel();
         let append = AppendRequest {
@@ -236,6 +279,9 @@ impl BrokerService {
             .await
             .map_err(|_| status(ErrorCode::StorageError, "the partition owner stopped"))?
             .map_err(|e| log_status(&e))?;
+        if all {
+            self.await_replication(&replica, info.last_offset).await?;
+        }
         metrics::counter!("weir_broker_produce_records_total")
             .increment((info.last_offset.0 - info.base_offset.0 + 1) as u64);
         Ok(pb::ProduceResponse {
@@ -257,7 +303,7 @@ impl BrokerService {
             req.max_wait_ms.min(self.config.fetch_wait_ms_max),
         ));
         let deadline = tokio::time::Instant::now() + wait;
-        let mut durable = replica.subscribe_durable();
+        let mut durable = replica.subscribe_high_watermark();
         let batches = loop {
             let (start, hw) = (replica.log.start_offset(), replica.high_watermark());
             if from < start || from > hw {

@@ -85,6 +85,7 @@ fn rejection_status(r: Rejection) -> Status {
         Rejection::Invalid { .. } | Rejection::NotEnoughBrokers { .. } => {
             ErrorCode::InvalidArgument
         }
+        Rejection::Stale(_) => ErrorCode::FencedLeaderEpoch,
     };
     status(code, r.to_string())
 }
@@ -608,6 +609,37 @@ impl BrokerRegistry for Services {
             incarnation,
             lease_ms: self.lease.as_millis() as u64,
         }))
+    }
+
+    async fn alter_partition(
+        &self,
+        request: Request<pb::AlterPartitionRequest>,
+    ) -> Result<Response<pb::AlterPartitionResponse>, Status> {
+        let req = request.into_inner();
+        let outcome = self
+            .propose(Command::AlterIsr {
+                topic: req.topic,
+                partition: req.partition,
+                leader: BrokerId(req.broker_id),
+                incarnation: req.incarnation,
+                leader_epoch: weir_types::LeaderEpoch(req.leader_epoch),
+                partition_epoch: req.partition_epoch,
+                isr: req.isr.into_iter().map(BrokerId).collect(),
+            })
+            .await?;
+        match outcome {
+            Outcome::IsrChanged {
+                isr,
+                partition_epoch,
+            } => Ok(Response::new(pb::AlterPartitionResponse {
+                isr: isr.into_iter().map(|b| b.0).collect(),
+                partition_epoch,
+            })),
+            other => Err(status(
+                ErrorCode::Unknown,
+                format!("unexpected outcome {other:?}"),
+            )),
+        }
     }
 
     async fn broker_heartbeat(

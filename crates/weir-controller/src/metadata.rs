@@ -124,6 +124,17 @@ pub enum Command {
         name: String,
         change: ConfigChange,
     },
+    /// A partition leader changes its ISR; fenced by incarnation, leader epoch and partition
+    /// epoch.
+    AlterIsr {
+        topic: String,
+        partition: u32,
+        leader: BrokerId,
+        incarnation: u64,
+        leader_epoch: LeaderEpoch,
+        partition_epoch: i32,
+        isr: Vec<BrokerId>,
+    },
 }
 
 /// Why a command was rejected. Rejections change nothing.
@@ -143,6 +154,8 @@ pub enum Rejection {
     },
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
+    #[error("stale request: {0}")]
+    Stale(String),
     #[error("replication factor {wanted} exceeds the {available} live brokers")]
     NotEnoughBrokers { wanted: u32, available: u32 },
 }
@@ -157,12 +170,29 @@ fn invalid(field: &str, reason: impl Into<String>) -> Rejection {
 /// What applying a command produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    Registered { incarnation: u64 },
-    Fenced { leaders_moved: u32, offline: u32 },
-    TopicCreated { topic: Topic },
-    TopicDeleted { id: String },
-    PartitionsCreated { total: u32 },
-    ConfigAltered { config: TopicConfig },
+    Registered {
+        incarnation: u64,
+    },
+    Fenced {
+        leaders_moved: u32,
+        offline: u32,
+    },
+    TopicCreated {
+        topic: Topic,
+    },
+    TopicDeleted {
+        id: String,
+    },
+    PartitionsCreated {
+        total: u32,
+    },
+    ConfigAltered {
+        config: TopicConfig,
+    },
+    IsrChanged {
+        isr: Vec<BrokerId>,
+        partition_epoch: i32,
+    },
     Rejected(Rejection),
 }
 
@@ -245,6 +275,23 @@ impl Metadata {
             },
             Command::CreatePartitions { name, total } => self.create_partitions(name, total),
             Command::AlterConfig { name, change } => self.alter_config(name, change),
+            Command::AlterIsr {
+                topic,
+                partition,
+                leader,
+                incarnation,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => self.alter_isr(
+                &topic,
+                partition,
+                leader,
+                incarnation,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            ),
         };
         result.unwrap_or_else(Outcome::Rejected)
     }
@@ -452,6 +499,72 @@ impl Metadata {
         Ok(Outcome::PartitionsCreated { total })
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn alter_isr(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        leader: BrokerId,
+        incarnation: u64,
+        leader_epoch: LeaderEpoch,
+        partition_epoch: i32,
+        isr: Vec<BrokerId>,
+    ) -> Result<Outcome, Rejection> {
+        let broker = self
+            .brokers
+            .get(&leader)
+            .ok_or(Rejection::UnknownBroker(leader))?;
+        if broker.fenced || broker.incarnation != incarnation {
+            return Err(Rejection::StaleIncarnation {
+                id: leader,
+                got: incarnation,
+                current: broker.incarnation,
+            });
+        }
+        let live: Vec<BrokerId> = self.live_brokers().iter().map(|b| b.id).collect();
+        let t = self
+            .topics
+            .get_mut(topic)
+            .ok_or_else(|| Rejection::UnknownTopic(topic.to_string()))?;
+        let p = t
+            .partitions
+            .get_mut(partition as usize)
+            .ok_or_else(|| invalid("partition", format!("{topic} has no partition {partition}")))?;
+        if p.leader != Some(leader) || p.leader_epoch != leader_epoch {
+            return Err(Rejection::Stale(format!(
+                "broker {leader} at epoch {leader_epoch} does not lead {topic}/{partition} (leader {:?}, epoch {})",
+                p.leader, p.leader_epoch
+            )));
+        }
+        if p.partition_epoch != partition_epoch {
+            return Err(Rejection::Stale(format!(
+                "partition epoch {partition_epoch} is not the current {}",
+                p.partition_epoch
+            )));
+        }
+        let mut sorted = isr.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != isr.len() {
+            return Err(invalid("isr", "lists a broker twice"));
+        }
+        if !isr.contains(&leader) {
+            return Err(invalid("isr", "must contain the leader"));
+        }
+        if let Some(b) = isr.iter().find(|b| !p.replicas.contains(b)) {
+            return Err(invalid("isr", format!("broker {b} is not a replica")));
+        }
+        if let Some(b) = isr.iter().find(|b| !live.contains(b)) {
+            return Err(invalid("isr", format!("broker {b} is fenced")));
+        }
+        p.isr = isr;
+        p.partition_epoch += 1;
+        Ok(Outcome::IsrChanged {
+            isr: p.isr.clone(),
+            partition_epoch: p.partition_epoch,
+        })
+    }
+
     fn alter_config(&mut self, name: String, change: ConfigChange) -> Result<Outcome, Rejection> {
         let topic = self
             .topics
@@ -632,6 +745,88 @@ mod tests {
             .expect("partition");
         assert_eq!(back.leader, Some(BrokerId(1)));
         assert!(back.leader_epoch > epoch);
+    }
+
+    #[test]
+    fn isr_changes_are_fenced_and_validated() {
+        let mut m = Metadata::default();
+        let inc1 = register(&mut m, 1, None);
+        register(&mut m, 2, None);
+        let inc3 = register(&mut m, 3, None);
+        create(&mut m, "t", 1, 3);
+        let p = m.topics["t"].partitions[0].clone();
+        let leader = p.leader.expect("leader");
+        let inc = m.brokers[&leader].incarnation;
+        let alter = |isr: Vec<u32>, epoch: i32, pe: i32, inc: u64| Command::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader,
+            incarnation: inc,
+            leader_epoch: LeaderEpoch(epoch),
+            partition_epoch: pe,
+            isr: isr.into_iter().map(BrokerId).collect(),
+        };
+        let follower = p
+            .replicas
+            .iter()
+            .find(|b| **b != leader)
+            .expect("follower")
+            .0;
+        let cases: Vec<(Command, &str)> = vec![
+            (alter(vec![leader.0], 0, 5, inc), "stale"),
+            (alter(vec![leader.0], 3, 0, inc), "stale"),
+            (alter(vec![leader.0], 0, 0, inc + 99), "incarnation"),
+            (alter(vec![follower], 0, 0, inc), "isr"),
+            (alter(vec![leader.0, leader.0], 0, 0, inc), "isr"),
+            (alter(vec![leader.0, 9], 0, 0, inc), "isr"),
+        ];
+        for (command, what) in cases {
+            let before = m.clone();
+            let out = m.apply(command.clone());
+            assert!(
+                matches!(out, Outcome::Rejected(_)),
+                "{what}: {command:?} -> {out:?}"
+            );
+            assert_eq!(m, before, "a rejected change changed something");
+        }
+        let shrunk = m.apply(alter(vec![leader.0], 0, 0, inc));
+        assert_eq!(
+            shrunk,
+            Outcome::IsrChanged {
+                isr: vec![leader],
+                partition_epoch: 1
+            }
+        );
+        // the old partition epoch is now stale; the new one works
+        assert!(matches!(
+            m.apply(alter(vec![leader.0, follower], 0, 0, inc)),
+            Outcome::Rejected(_)
+        ));
+        assert!(matches!(
+            m.apply(alter(vec![leader.0, follower], 0, 1, inc)),
+            Outcome::IsrChanged {
+                partition_epoch: 2,
+                ..
+            }
+        ));
+        // a fenced broker cannot join the ISR
+        let other = [1u32, 2, 3]
+            .into_iter()
+            .find(|b| *b != leader.0 && *b != follower)
+            .expect("third");
+        let other_inc = if other == 1 { inc1 } else { inc3 };
+        let _ = other_inc;
+        m.apply(Command::FenceBroker {
+            id: BrokerId(other),
+            incarnation: m.brokers[&BrokerId(other)].incarnation,
+        });
+        let pe = m.topics["t"].partitions[0].partition_epoch;
+        let le = m.topics["t"].partitions[0].leader_epoch.0;
+        let out = m.apply(alter(vec![leader.0, follower, other], le, pe, inc));
+        assert!(
+            matches!(out, Outcome::Rejected(Rejection::Invalid { .. })),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -253,6 +253,7 @@ fn touched(
         | Command::DeleteTopic { name }
         | Command::CreatePartitions { name, .. }
         | Command::AlterConfig { name, .. } => (vec![name.clone()], Vec::new()),
+        Command::AlterIsr { topic, .. } => (vec![topic.clone()], Vec::new()),
         Command::RegisterBroker { id, .. } | Command::FenceBroker { id, .. } => {
             let topics = metadata
                 .topics

@@ -340,6 +340,13 @@ impl PartitionLog {
     /// Appends a batch copied from the leader, keeping its offsets and epoch. It must start at
     /// this log's end.
     pub fn append_replicated(&self, batch: &RecordBatch) -> Result<AppendInfo> {
+        let (info, ticket) = self.append_replicated_nowait(batch)?;
+        self.wait_durable(ticket)?;
+        Ok(info)
+    }
+
+    /// [`Self::append_replicated`] without waiting for the fsync (see [`Self::wait_durable`]).
+    pub fn append_replicated_nowait(&self, batch: &RecordBatch) -> Result<(AppendInfo, Ticket)> {
         let limits = self.config().batch_limits();
         if batch.size_bytes() > limits.batch_bytes_max {
             return Err(weir_types::BatchError::TooLarge {
@@ -356,7 +363,7 @@ impl PartitionLog {
             }
             .into());
         }
-        self.append_checked(batch, Some(batch.base_offset()), batch.leader_epoch())
+        self.write_batch(batch, Some(batch.base_offset()), batch.leader_epoch())
     }
 
     /// Like [`Self::append`], but returns as soon as the batch is written, with a ticket to
@@ -614,6 +621,14 @@ impl PartitionLog {
         inner.high_watermark = inner.high_watermark.min(new_end);
         self.durable.reset(new_end);
         Ok(new_end)
+    }
+
+    /// Deletes everything and restarts the log, empty, at `offset` (a follower whose log is
+    /// entirely behind the leader's log start).
+    pub fn reset_to(&self, offset: Offset) -> Result<Offset> {
+        let mut inner = self.write_inner();
+        inner.check_usable()?;
+        self.restart_at(&mut inner, offset)
     }
 
     fn restart_at(&self, inner: &mut Inner, offset: Offset) -> Result<Offset> {

@@ -14,7 +14,7 @@ use weir_proto::status::error_code;
 use weir_proto::v1 as pb;
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
-use weir_types::{BatchBuilder, ErrorCode, Header, Record};
+use weir_types::{BatchBuilder, Header, Record};
 
 /// Records per produce request.
 const PRODUCE_BATCH_RECORDS_MAX: usize = 500;
@@ -136,9 +136,13 @@ impl Route {
     }
 }
 
+/// Safe to send again: retriable, and definitely not applied (a timed-out produce may have
+/// been committed, and sending it again would write it twice).
 fn retriable(e: &CallError) -> bool {
     match e {
-        CallError::Status(s) => error_code(s).is_some_and(ErrorCode::is_retriable),
+        CallError::Status(s) => error_code(s).is_some_and(|c| {
+            c.is_retriable() && c.outcome() == weir_types::error::Outcome::Definite
+        }),
         CallError::Unavailable(_) => true,
         CallError::Bootstrap(_) => false,
     }

@@ -24,7 +24,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use weir_log::Flusher;
@@ -59,17 +58,13 @@ impl Broker {
     /// Binds, then registers and starts following metadata in the background.
     pub async fn start(mut config: BrokerConfig) -> Result<Broker, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let listener =
-            TcpListener::bind(config.listen)
+        let (listener, local_addr) =
+            weir_proto::call::bind(config.listen)
                 .await
                 .map_err(|source| StartError::Listen {
                     addr: config.listen,
                     source,
                 })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
         // Port 0 was asked for: advertise the port actually bound.
         config.listen = local_addr;
         std::fs::create_dir_all(config.data_dir.join("partitions")).map_err(|source| {

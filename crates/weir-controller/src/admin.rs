@@ -90,6 +90,13 @@ fn rejection_status(r: Rejection) -> Status {
     status(code, r.to_string())
 }
 
+fn unexpected(outcome: Outcome) -> Status {
+    status(
+        ErrorCode::Unknown,
+        format!("unexpected outcome {outcome:?}"),
+    )
+}
+
 fn invalid(field: &str, reason: &str) -> Status {
     status(
         ErrorCode::InvalidArgument,
@@ -399,18 +406,7 @@ impl Admin for Services {
         }
         let change = config_change(req.config)?;
         let mut config = TopicConfig::default();
-        if let Some(v) = change.retention_ms {
-            config.retention_ms = v;
-        }
-        if let Some(v) = change.retention_bytes {
-            config.retention_bytes = v;
-        }
-        if let Some(v) = change.segment_bytes {
-            config.segment_bytes = v;
-        }
-        if let Some(v) = change.cleanup_policy {
-            config.cleanup_policy = v;
-        }
+        change.apply_to(&mut config);
         let live = self.sm.read().await.metadata.live_brokers().len() as u32;
         let replication_factor = match req.replication_factor {
             0 if live >= 3 => 3,
@@ -432,10 +428,7 @@ impl Admin for Services {
             .await?;
         match outcome {
             Outcome::TopicCreated { topic } => Ok(Response::new(describe_topic(&topic))),
-            other => Err(status(
-                ErrorCode::Unknown,
-                format!("unexpected outcome {other:?}"),
-            )),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -451,10 +444,7 @@ impl Admin for Services {
             Outcome::TopicDeleted { id } => {
                 Ok(Response::new(pb::DeleteTopicResponse { topic_id: id }))
             }
-            other => Err(status(
-                ErrorCode::Unknown,
-                format!("unexpected outcome {other:?}"),
-            )),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -599,10 +589,7 @@ impl BrokerRegistry for Services {
             })
             .await?;
         let Outcome::Registered { incarnation } = outcome else {
-            return Err(status(
-                ErrorCode::Unknown,
-                format!("unexpected outcome {outcome:?}"),
-            ));
+            return Err(unexpected(outcome));
         };
         self.leases.renew(id, incarnation);
         Ok(Response::new(pb::RegisterBrokerResponse {
@@ -635,10 +622,7 @@ impl BrokerRegistry for Services {
                 isr: isr.into_iter().map(|b| b.0).collect(),
                 partition_epoch,
             })),
-            other => Err(status(
-                ErrorCode::Unknown,
-                format!("unexpected outcome {other:?}"),
-            )),
+            other => Err(unexpected(other)),
         }
     }
 

@@ -72,6 +72,27 @@ pub struct ConfigChange {
     pub min_insync_replicas: Option<u32>,
 }
 
+impl ConfigChange {
+    /// Writes the fields this change sets into `config`.
+    pub fn apply_to(&self, config: &mut TopicConfig) {
+        if let Some(v) = self.retention_ms {
+            config.retention_ms = v;
+        }
+        if let Some(v) = self.retention_bytes {
+            config.retention_bytes = v;
+        }
+        if let Some(v) = self.segment_bytes {
+            config.segment_bytes = v;
+        }
+        if let Some(v) = self.cleanup_policy {
+            config.cleanup_policy = v;
+        }
+        if let Some(v) = self.min_insync_replicas {
+            config.min_insync_replicas = v;
+        }
+    }
+}
+
 /// One partition's replication state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Partition {
@@ -571,21 +592,7 @@ impl Metadata {
             .get_mut(&name)
             .ok_or_else(|| Rejection::UnknownTopic(name.clone()))?;
         let mut config = topic.config.clone();
-        if let Some(v) = change.retention_ms {
-            config.retention_ms = v;
-        }
-        if let Some(v) = change.retention_bytes {
-            config.retention_bytes = v;
-        }
-        if let Some(v) = change.segment_bytes {
-            config.segment_bytes = v;
-        }
-        if let Some(v) = change.cleanup_policy {
-            config.cleanup_policy = v;
-        }
-        if let Some(v) = change.min_insync_replicas {
-            config.min_insync_replicas = v;
-        }
+        change.apply_to(&mut config);
         let rf = topic.partitions.first().map(|p| p.replicas.len() as u32);
         validate_config(&config, rf)?;
         topic.config = config.clone();

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use weir_proto::v1::admin_server::AdminServer;
@@ -153,17 +152,13 @@ impl Controller {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
-        let listener =
-            TcpListener::bind(config.listen)
+        let (listener, local_addr) =
+            weir_proto::call::bind(config.listen)
                 .await
                 .map_err(|source| StartError::Listen {
                     addr: config.listen,
                     source,
                 })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
 
         // Bootstrap once: a node with an empty log proposes the static voter set. Every node
         // proposes the same set, so whichever wins the first election, the membership agrees;

@@ -112,3 +112,12 @@ pub fn incoming(
         Ok(conn)
     })
 }
+
+/// Binds a listener and returns it with the address actually bound (port 0 picks one).
+pub async fn bind(
+    addr: std::net::SocketAddr,
+) -> std::io::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}

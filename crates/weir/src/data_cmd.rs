@@ -185,7 +185,8 @@ where
     }
 }
 
-fn parse_headers(raw: &[String]) -> anyhow::Result<Vec<Header>> {
+/// `--header NAME=VALUE` flags as record headers.
+pub(crate) fn parse_headers(raw: &[String]) -> anyhow::Result<Vec<Header>> {
     raw.iter()
         .map(|h| match h.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok(Header {

@@ -119,7 +119,7 @@ pub fn run(cmd: LogCommand) -> anyhow::Result<i32> {
             if batch_records == 0 {
                 bail!("--batch-records must be at least 1");
             }
-            let headers = parse_headers(&headers)?;
+            let headers = crate::data_cmd::parse_headers(&headers)?;
             append_stdin(
                 &dir,
                 key,
@@ -137,18 +137,6 @@ fn open_report(dir: &Path, keep_batches: bool) -> anyhow::Result<DirReport> {
         bail!("{}: not a directory", dir.display());
     }
     inspect::inspect(dir, keep_batches).with_context(|| format!("inspect {}", dir.display()))
-}
-
-fn parse_headers(raw: &[String]) -> anyhow::Result<Vec<Header>> {
-    raw.iter()
-        .map(|h| match h.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok(Header {
-                key: k.to_string(),
-                value: Some(Bytes::from(v.to_string())),
-            }),
-            _ => bail!("--header {h:?}: expected NAME=VALUE"),
-        })
-        .collect()
 }
 
 fn offsets(report: &DirReport) -> (i64, i64) {

@@ -3,83 +3,24 @@
 //! of three replicas and check that writes are refused while committed data stays readable;
 //! bring them back and check that they catch up and rejoin the ISR.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use weir_cluster::{Cluster, Spec};
+use common::{ok, partitions, wait_for, weir};
 use weir_proto::v1 as pb;
 
-fn weir_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_weir"))
-}
-
-struct Running(Cluster);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.down(Duration::from_secs(3));
-    }
-}
-
-fn weir(bootstrap: &str, args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(weir_bin())
-        .args(args)
-        .env("WEIR_BOOTSTRAP", bootstrap)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn weir");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("stdin");
-    child.wait_with_output().expect("output")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `(leader, isr)` of partition 0 from `weir topic describe`.
+/// `(leader, isr)` of partition 0.
 fn partition0(bootstrap: &str, topic: &str) -> (u32, String) {
-    let out = ok(weir(bootstrap, &["topic", "describe", topic], ""));
-    let line = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("partition 0"))
-        .expect("partition 0")
-        .to_string();
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let isr_at = words.iter().position(|w| *w == "isr").expect("isr");
-    (words[3].parse().unwrap_or(0), words[isr_at + 1].to_string())
-}
-
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Option<T>,
-) -> (T, Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe() {
-            return (v, start.elapsed());
-        }
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let p = partitions(bootstrap, topic)
+        .into_iter()
+        .next()
+        .expect("partition 0");
+    (p.0, p.2)
 }
 
 /// Produces single-record batches with unique values and acks=all, following leader changes,
@@ -171,19 +112,12 @@ fn produce_steadily(bootstrap: String, stop: Arc<AtomicBool>) -> BTreeMap<u64, i
 #[test]
 fn leader_loss_under_acks_all_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spec = Spec {
-        controllers: 1,
-        brokers: 3,
-        dir: dir.path().to_path_buf(),
-        weir: weir_bin(),
-        broker_lease_ms: 1500,
-    };
-    let mut cluster = Running(Cluster::up(&spec, Duration::from_secs(60)).expect("cluster up"));
+    let mut cluster = common::up(1, 3, 1500, &dir);
     let bootstrap = cluster.0.bootstrap();
     ok(weir(
         &bootstrap,
         &["topic", "create", "steady", "--partitions", "1"],
-        "",
+        None,
     ));
     let (first_leader, isr) = partition0(&bootstrap, "steady");
     assert_eq!(
@@ -232,7 +166,7 @@ fn leader_loss_under_acks_all_loses_no_acknowledged_record() {
             "--format",
             "json",
         ],
-        "",
+        None,
     ));
     let mut seen: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
     for line in out.lines() {
@@ -274,7 +208,7 @@ fn leader_loss_under_acks_all_loses_no_acknowledged_record() {
     let out = weir(
         &bootstrap,
         &["produce", "steady", "--partition", "0"],
-        "refused\n",
+        Some("refused\n"),
     );
     assert!(!out.status.success());
     assert!(
@@ -294,7 +228,7 @@ fn leader_loss_under_acks_all_loses_no_acknowledged_record() {
             "--max-messages",
             &max,
         ],
-        "",
+        None,
     ));
     assert_eq!(
         read.lines().count(),
@@ -319,6 +253,6 @@ fn leader_loss_under_acks_all_loses_no_acknowledged_record() {
     ok(weir(
         &bootstrap,
         &["produce", "steady", "--partition", "0"],
-        "accepted again\n",
+        Some("accepted again\n"),
     ));
 }

@@ -44,6 +44,9 @@ pub enum LogError {
     FlushFailed(String),
     #[error("invalid log config: {0}")]
     Config(String),
+    /// An idempotent producer's batch is out of sequence or from a fenced epoch.
+    #[error(transparent)]
+    Producer(#[from] crate::producer::ProducerError),
 }
 
 impl LogError {
@@ -63,6 +66,12 @@ impl LogError {
             LogError::Corruption { .. } => ErrorCode::CorruptRecord,
             LogError::Io { .. } | LogError::FlushFailed(_) => ErrorCode::StorageError,
             LogError::Config(_) => ErrorCode::InvalidArgument,
+            LogError::Producer(crate::producer::ProducerError::OutOfOrder { .. }) => {
+                ErrorCode::OutOfOrderSequence
+            }
+            LogError::Producer(crate::producer::ProducerError::Fenced { .. }) => {
+                ErrorCode::InvalidProducerEpoch
+            }
         }
     }
 }

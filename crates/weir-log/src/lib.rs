@@ -6,6 +6,7 @@
 //! - [`PartitionLog`] (`partition`): append, read, truncate, roll, retention, recovery.
 //! - [`Flusher`] (`flusher`): group commit — one thread per disk fsyncs all files written
 //!   since its previous round; appends wait for the round that covers them.
+//! - [`producer`]: idempotent-producer state (deduplication by sequence).
 //! - `segment`, `index`: one segment's files, scanning and positioned reads.
 //! - `checkpoint`: atomically replaced small files and the leader-epoch cache.
 //! - [`inspect`]: read-only dumps and verification for `weir log inspect|verify`.
@@ -22,6 +23,7 @@ pub mod flusher;
 pub mod index;
 pub mod inspect;
 pub mod partition;
+pub mod producer;
 pub mod segment;
 
 pub use clock::{Clock, ManualClock, SystemClock};

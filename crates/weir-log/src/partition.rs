@@ -28,6 +28,7 @@ use crate::clock::Clock;
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{LogError, Result};
 use crate::flusher::{DurableMark, Flusher, Ticket};
+use crate::producer::{ProducerTable, Verdict};
 use crate::segment::{self, ScanChecks, Segment};
 
 static NEXT_SEGMENT_ID: AtomicU64 = AtomicU64::new(1);
@@ -42,6 +43,9 @@ pub struct AppendInfo {
     pub base_offset: Offset,
     pub last_offset: Offset,
     pub leader_epoch: LeaderEpoch,
+    /// The batch was a producer's retry of one already in the log: these are the original
+    /// offsets and nothing was appended.
+    pub duplicate: bool,
 }
 
 /// What opening the log found and repaired.
@@ -81,6 +85,7 @@ struct Inner {
     /// Never empty; the last one is the active segment.
     segments: BTreeMap<Offset, Segment>,
     epochs: EpochCache,
+    producers: ProducerTable,
     high_watermark: Offset,
     recovery_point: Offset,
     /// Set when the log can no longer be trusted in memory (failed write or fsync).
@@ -261,6 +266,7 @@ impl PartitionLog {
         let mut inner = Inner {
             segments,
             epochs: EpochCache::default(),
+            producers: ProducerTable::default(),
             high_watermark: Offset::ZERO,
             recovery_point: Offset::ZERO,
             failed: None,
@@ -270,6 +276,7 @@ impl PartitionLog {
             epochs.write(dir)?;
         }
         inner.epochs = epochs;
+        inner.producers = rebuild_producers(&inner.segments)?;
         // What survived a process crash may still be only in the page cache: make it durable
         // before anyone is told it is.
         inner.active().sync()?;
@@ -425,6 +432,31 @@ impl PartitionLog {
             {
                 return Err(LogError::StaleEpoch { epoch, latest });
             }
+            let producer = producer_fields(batch);
+            if let Some((pid, pepoch, first, last)) = producer
+                && expected_base.is_none()
+                && let Verdict::Duplicate {
+                    base,
+                    last: last_offset,
+                } = inner.producers.check(pid, pepoch, first, last)?
+            {
+                // The original may still be waiting for its fsync: wait for a round too.
+                let active = inner.active();
+                let ticket = self.flusher.submit(
+                    active.id,
+                    &active.file,
+                    &self.durable,
+                    last_offset.plus(1),
+                    Duration::ZERO,
+                )?;
+                let info = AppendInfo {
+                    base_offset: base,
+                    last_offset,
+                    leader_epoch: inner.epochs.epoch_at(base).unwrap_or(epoch),
+                    duplicate: true,
+                };
+                return Ok((info, ticket));
+            }
             self.maybe_roll(&mut inner, batch)?;
             if inner.epochs.assign(epoch, base) {
                 inner.epochs.write(&self.dir)?;
@@ -442,7 +474,19 @@ impl PartitionLog {
                 base_offset: base,
                 last_offset: base.plus(i64::from(batch.last_offset_delta())),
                 leader_epoch: epoch,
+                duplicate: false,
             };
+            if let Some((pid, pepoch, first, last)) = producer {
+                inner.producers.record(
+                    pid,
+                    pepoch,
+                    first,
+                    last,
+                    info.base_offset,
+                    info.last_offset,
+                    batch.max_timestamp(),
+                );
+            }
             let delay = match self.config().flush {
                 FlushPolicy::Fsync => Duration::ZERO,
                 FlushPolicy::IntervalAckBeforeFsync { ms } => Duration::from_millis(ms),
@@ -614,10 +658,13 @@ impl PartitionLog {
         };
         segment.truncate_at(position, new_end, interval)?;
         segment.first_append_ms = None;
-        // 4. Epochs that began after the new end are gone.
+        // 4. Epochs and producer batches that began after the new end are gone.
         if inner.epochs.truncate_from(new_end) {
             inner.epochs.write(&self.dir)?;
         }
+        // Rebuilt rather than trimmed: a newer producer epoch that began after the cut
+        // must not outlive its batches.
+        inner.producers = rebuild_producers(&inner.segments)?;
         inner.high_watermark = inner.high_watermark.min(new_end);
         self.durable.reset(new_end);
         Ok(new_end)
@@ -643,6 +690,7 @@ impl PartitionLog {
         inner.segments.insert(offset, segment);
         inner.epochs.clear();
         inner.epochs.write(&self.dir)?;
+        inner.producers = ProducerTable::default();
         inner.recovery_point = offset;
         inner.high_watermark = offset;
         self.write_checkpoint(inner)?;
@@ -802,4 +850,51 @@ fn rebuild_epoch_cache(segments: &BTreeMap<Offset, Segment>) -> Result<EpochCach
         }
     }
     Ok(cache)
+}
+
+/// `(producer id, epoch, first sequence, last sequence)` of an idempotent producer's batch.
+fn producer_fields(
+    batch: &RecordBatch,
+) -> Option<(weir_types::ProducerId, weir_types::ProducerEpoch, i32, i32)> {
+    let pid = batch.producer_id();
+    if pid.0 < 0 || batch.base_sequence().0 < 0 {
+        return None;
+    }
+    let first = batch.base_sequence().0;
+    Some((
+        pid,
+        batch.producer_epoch(),
+        first,
+        crate::producer::last_seq(first, batch.record_count()),
+    ))
+}
+
+/// Producer state rebuilt from the batches on disk (headers only). A log of many small
+/// batches pays for this scan at open; a producer-state snapshot would bound it.
+fn rebuild_producers(segments: &BTreeMap<Offset, Segment>) -> Result<ProducerTable> {
+    let mut table = ProducerTable::default();
+    for segment in segments.values() {
+        let mut scanner = segment::Scanner::open(segment.log_path(), 0, segment.base)?;
+        let checks = ScanChecks {
+            verify_crc: false,
+            epochs: None,
+        };
+        while scanner.position() < segment.size {
+            let Ok(Some((_, batch))) = scanner.next_batch(checks) else {
+                break;
+            };
+            if let Some((pid, epoch, first, last)) = producer_fields(&batch) {
+                table.record(
+                    pid,
+                    epoch,
+                    first,
+                    last,
+                    batch.base_offset(),
+                    batch.last_offset(),
+                    batch.max_timestamp(),
+                );
+            }
+        }
+    }
+    Ok(table)
 }

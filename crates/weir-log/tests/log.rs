@@ -412,3 +412,65 @@ fn new_settings_apply_to_an_open_log() {
     assert_eq!(out.segments_deleted, segments - 1, "all sealed segments go");
     assert_eq!(log.config().retention_bytes, Some(1));
 }
+
+fn idempotent(seq: i32, epoch: i16, count: usize) -> weir_types::RecordBatch {
+    let mut builder = weir_types::BatchBuilder::default().producer(
+        weir_types::ProducerId(42),
+        weir_types::ProducerEpoch(epoch),
+        weir_types::Sequence(seq),
+    );
+    for i in 0..count {
+        builder.push(weir_types::Record {
+            timestamp_ms: 1,
+            value: Some(bytes::Bytes::from(format!("{seq}-{i}"))),
+            ..weir_types::Record::default()
+        });
+    }
+    builder.build().expect("batch")
+}
+
+#[test]
+fn idempotent_retries_get_their_original_offsets_even_after_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(0));
+    let log = open(dir.path(), small_config(), &clock);
+    let first = log.append(&idempotent(0, 0, 3), EPOCH).expect("append");
+    assert!(!first.duplicate);
+    log.append(&batch(9, 1, 10, 0), EPOCH)
+        .expect("someone else's batch");
+    let retry = log.append(&idempotent(0, 0, 3), EPOCH).expect("retry");
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.base_offset, retry.last_offset),
+        (Offset(0), Offset(2))
+    );
+    assert_eq!(log.end_offset(), Offset(4), "the retry appended nothing");
+
+    let gap = log.append(&idempotent(5, 0, 1), EPOCH).expect_err("gap");
+    assert_eq!(gap.code(), weir_types::ErrorCode::OutOfOrderSequence);
+    let second = log.append(&idempotent(3, 0, 2), EPOCH).expect("next");
+    assert_eq!(second.base_offset, Offset(4));
+
+    // state survives a reopen (rebuilt from the batches)
+    log.close().expect("close");
+    let log = open(dir.path(), small_config(), &clock);
+    let retry = log
+        .append(&idempotent(3, 0, 2), EPOCH)
+        .expect("retry after reopen");
+    assert!(retry.duplicate);
+    assert_eq!(retry.base_offset, Offset(4));
+
+    // a new epoch fences the old one
+    log.append(&idempotent(0, 1, 1), EPOCH).expect("new epoch");
+    let fenced = log.append(&idempotent(5, 0, 1), EPOCH).expect_err("fenced");
+    assert_eq!(fenced.code(), weir_types::ErrorCode::InvalidProducerEpoch);
+
+    // truncation forgets what it removes, including the newer epoch: the retry of 3..4 is
+    // appended again, as new
+    log.truncate_to(Offset(4)).expect("truncate");
+    let again = log
+        .append(&idempotent(3, 0, 2), EPOCH)
+        .expect("appended again");
+    assert!(!again.duplicate);
+    assert_eq!(again.base_offset, Offset(4));
+}

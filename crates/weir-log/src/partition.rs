@@ -28,7 +28,7 @@ use crate::clock::Clock;
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{LogError, Result};
 use crate::flusher::{DurableMark, Flusher, Ticket};
-use crate::producer::{ProducerTable, Verdict};
+use crate::producer::{ProducerBatch, ProducerTable, Verdict};
 use crate::segment::{self, ScanChecks, Segment};
 
 static NEXT_SEGMENT_ID: AtomicU64 = AtomicU64::new(1);
@@ -476,12 +476,9 @@ impl PartitionLog {
                 leader_epoch: epoch,
                 duplicate: false,
             };
-            if let Some((pid, pepoch, first, last)) = producer {
+            if let Some(fields) = producer {
                 inner.producers.record(
-                    pid,
-                    pepoch,
-                    first,
-                    last,
+                    fields,
                     info.base_offset,
                     info.last_offset,
                     batch.max_timestamp(),
@@ -852,21 +849,19 @@ fn rebuild_epoch_cache(segments: &BTreeMap<Offset, Segment>) -> Result<EpochCach
     Ok(cache)
 }
 
-/// `(producer id, epoch, first sequence, last sequence)` of an idempotent producer's batch.
-fn producer_fields(
-    batch: &RecordBatch,
-) -> Option<(weir_types::ProducerId, weir_types::ProducerEpoch, i32, i32)> {
-    let pid = batch.producer_id();
-    if pid.0 < 0 || batch.base_sequence().0 < 0 {
+/// The idempotence fields of a batch from an idempotent producer.
+fn producer_fields(batch: &RecordBatch) -> Option<ProducerBatch> {
+    let producer = batch.producer_id();
+    if producer.0 < 0 || batch.base_sequence().0 < 0 {
         return None;
     }
-    let first = batch.base_sequence().0;
-    Some((
-        pid,
-        batch.producer_epoch(),
-        first,
-        crate::producer::last_seq(first, batch.record_count()),
-    ))
+    let first_seq = batch.base_sequence().0;
+    Some(ProducerBatch {
+        producer,
+        epoch: batch.producer_epoch(),
+        first_seq,
+        last_seq: crate::producer::last_seq(first_seq, batch.record_count()),
+    })
 }
 
 /// Producer state rebuilt from the batches on disk (headers only). A log of many small
@@ -883,12 +878,9 @@ fn rebuild_producers(segments: &BTreeMap<Offset, Segment>) -> Result<ProducerTab
             let Ok(Some((_, batch))) = scanner.next_batch(checks) else {
                 break;
             };
-            if let Some((pid, epoch, first, last)) = producer_fields(&batch) {
+            if let Some(fields) = producer_fields(&batch) {
                 table.record(
-                    pid,
-                    epoch,
-                    first,
-                    last,
+                    fields,
                     batch.base_offset(),
                     batch.last_offset(),
                     batch.max_timestamp(),

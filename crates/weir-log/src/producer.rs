@@ -30,6 +30,15 @@ struct Producer {
     last_timestamp: i64,
 }
 
+/// The idempotence fields of one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerBatch {
+    pub producer: ProducerId,
+    pub epoch: ProducerEpoch,
+    pub first_seq: i32,
+    pub last_seq: i32,
+}
+
 /// What appending a producer's batch would mean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -79,13 +88,13 @@ impl ProducerTable {
         self.producers.is_empty()
     }
 
-    pub fn check(
-        &self,
-        producer: ProducerId,
-        epoch: ProducerEpoch,
-        first_seq: i32,
-        last_seq: i32,
-    ) -> Result<Verdict, ProducerError> {
+    pub fn check(&self, batch: ProducerBatch) -> Result<Verdict, ProducerError> {
+        let ProducerBatch {
+            producer,
+            epoch,
+            first_seq,
+            last_seq,
+        } = batch;
         let Some(state) = self.producers.get(&producer) else {
             return if first_seq == 0 {
                 Ok(Verdict::New)
@@ -137,16 +146,13 @@ impl ProducerTable {
     }
 
     /// Records an appended batch (a new epoch forgets the older epoch's batches).
-    pub fn record(
-        &mut self,
-        producer: ProducerId,
-        epoch: ProducerEpoch,
-        first_seq: i32,
-        last_seq: i32,
-        base: Offset,
-        last: Offset,
-        timestamp: i64,
-    ) {
+    pub fn record(&mut self, batch: ProducerBatch, base: Offset, last: Offset, timestamp: i64) {
+        let ProducerBatch {
+            producer,
+            epoch,
+            first_seq,
+            last_seq,
+        } = batch;
         let state = self.producers.entry(producer).or_insert(Producer {
             epoch,
             batches: VecDeque::new(),
@@ -181,6 +187,15 @@ mod tests {
     const P: ProducerId = ProducerId(7);
     const E0: ProducerEpoch = ProducerEpoch(0);
     const E1: ProducerEpoch = ProducerEpoch(1);
+
+    fn pb(epoch: ProducerEpoch, first_seq: i32, last_seq: i32) -> ProducerBatch {
+        ProducerBatch {
+            producer: P,
+            epoch,
+            first_seq,
+            last_seq,
+        }
+    }
 
     #[test]
     fn sequences_dedupe_and_order() {
@@ -218,7 +233,7 @@ mod tests {
         ];
         let mut next = 0i64;
         for (epoch, first, last, expected) in steps {
-            let got = t.check(P, epoch, first, last);
+            let got = t.check(pb(epoch, first, last));
             match (&got, &expected) {
                 (Ok(g), Ok(e)) => assert_eq!(g, e, "{epoch:?} {first}..{last}"),
                 (Err(ProducerError::Fenced { .. }), Err(why)) => assert!(why.contains("fenced")),
@@ -247,7 +262,7 @@ mod tests {
     fn only_the_last_five_batches_are_remembered() {
         let mut t = ProducerTable::default();
         for i in 0..7 {
-            t.record(P, E0, i, i, Offset(i64::from(i)), Offset(i64::from(i)), 0);
+            t.record(pb(E0, i, i), Offset(i64::from(i)), Offset(i64::from(i)), 0);
         }
         assert!(matches!(
             t.check(P, E0, 1, 1),
@@ -260,7 +275,7 @@ mod tests {
                 last: Offset(2)
             })
         );
-        assert_eq!(t.check(P, E0, 7, 7), Ok(Verdict::New));
+        assert_eq!(t.check(pb(E0, 7, 7)), Ok(Verdict::New));
         t.expire_before(1);
         assert!(t.is_empty());
         assert_eq!(last_seq(i32::MAX, 2), 0);

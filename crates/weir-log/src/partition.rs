@@ -433,12 +433,12 @@ impl PartitionLog {
                 return Err(LogError::StaleEpoch { epoch, latest });
             }
             let producer = producer_fields(batch);
-            if let Some((pid, pepoch, first, last)) = producer
+            if let Some(fields) = producer
                 && expected_base.is_none()
                 && let Verdict::Duplicate {
                     base,
                     last: last_offset,
-                } = inner.producers.check(pid, pepoch, first, last)?
+                } = inner.producers.check(fields)?
             {
                 // The original may still be waiting for its fsync: wait for a round too.
                 let active = inner.active();

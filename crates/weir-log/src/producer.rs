@@ -245,10 +245,7 @@ mod tests {
             if got == Ok(Verdict::New) {
                 let count = i64::from(last - first + 1);
                 t.record(
-                    P,
-                    epoch,
-                    first,
-                    last,
+                    pb(epoch, first, last),
                     Offset(next),
                     Offset(next + count - 1),
                     0,
@@ -265,11 +262,11 @@ mod tests {
             t.record(pb(E0, i, i), Offset(i64::from(i)), Offset(i64::from(i)), 0);
         }
         assert!(matches!(
-            t.check(P, E0, 1, 1),
+            t.check(pb(E0, 1, 1)),
             Err(ProducerError::OutOfOrder { .. })
         ));
         assert_eq!(
-            t.check(P, E0, 2, 2),
+            t.check(pb(E0, 2, 2)),
             Ok(Verdict::Duplicate {
                 base: Offset(2),
                 last: Offset(2)

@@ -118,6 +118,8 @@ impl Broker {
         let service = server::BrokerService {
             config: config.clone(),
             registry: Arc::clone(&registry),
+            session: session.clone(),
+            producer_ids: Arc::new(tokio::sync::Mutex::new((0, 0))),
         };
         let mut server_stop = stopped;
         let server = tonic::transport::Server::builder()

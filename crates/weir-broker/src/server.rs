@@ -19,7 +19,13 @@ use crate::replica::{AppendRequest, Replica};
 pub struct BrokerService {
     pub config: BrokerConfig,
     pub registry: Arc<Registry>,
+    pub session: tokio::sync::watch::Receiver<crate::session::SessionState>,
+    /// `[next, end)` of the producer-id block this broker hands out from.
+    pub producer_ids: Arc<tokio::sync::Mutex<(i64, i64)>>,
 }
+
+/// Producer ids reserved from the controller at a time.
+const PRODUCER_ID_BLOCK: u32 = 1000;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -152,6 +158,53 @@ impl Broker for BrokerService {
         result.map(Response::new)
     }
 
+    async fn init_producer_id(
+        &self,
+        _request: Request<pb::InitProducerIdRequest>,
+    ) -> Result<Response<pb::InitProducerIdResponse>, Status> {
+        let mut block = self.producer_ids.lock().await;
+        if block.0 >= block.1 {
+            let Some(incarnation) = self.session.borrow().incarnation else {
+                return Err(status(
+                    ErrorCode::LeaderNotAvailable,
+                    "this broker is not registered yet",
+                ));
+            };
+            let request = pb::AllocateProducerIdsRequest {
+                broker_id: self.config.id.0,
+                incarnation,
+                count: PRODUCER_ID_BLOCK,
+            };
+            let reserved = weir_proto::call::with_controller(
+                &self.config.controllers,
+                std::time::Duration::from_secs(5),
+                |ch| async move {
+                    weir_proto::v1::broker_registry_client::BrokerRegistryClient::new(ch)
+                        .allocate_producer_ids(request)
+                        .await
+                },
+            )
+            .await
+            .map_err(|e| {
+                status(
+                    ErrorCode::NotController,
+                    format!("no producer ids from the controller: {e}"),
+                )
+            })?
+            .into_inner();
+            *block = (
+                reserved.first_id,
+                reserved.first_id + i64::from(reserved.count),
+            );
+        }
+        let id = block.0;
+        block.0 += 1;
+        Ok(Response::new(pb::InitProducerIdResponse {
+            producer_id: id,
+            producer_epoch: 0,
+        }))
+    }
+
     async fn replica_fetch(
         &self,
         request: Request<pb::ReplicaFetchRequest>,
@@ -273,6 +326,7 @@ impl BrokerService {
                 base_offset: -1,
                 last_offset: -1,
                 leader_epoch: lead.leader_epoch.0,
+                duplicate: false,
             });
         }
         let info = rx
@@ -288,6 +342,7 @@ impl BrokerService {
             base_offset: info.base_offset.0,
             last_offset: info.last_offset.0,
             leader_epoch: info.leader_epoch.0,
+            duplicate: info.duplicate,
         })
     }
 

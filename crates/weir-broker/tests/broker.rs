@@ -296,3 +296,79 @@ async fn epochs_are_checked_and_fetch_long_polls() {
     broker.shutdown().await;
     controller.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producers_get_ids_and_retries_are_not_written_twice() {
+    let Setup {
+        controller,
+        broker,
+        mut client,
+        _dir,
+    } = setup("i").await;
+    let a = client
+        .init_producer_id(pb::InitProducerIdRequest {})
+        .await
+        .expect("init")
+        .into_inner();
+    let b = client
+        .init_producer_id(pb::InitProducerIdRequest {})
+        .await
+        .expect("init")
+        .into_inner();
+    assert_ne!(a.producer_id, b.producer_id, "producer ids are unique");
+    let batch = |seq: i32, value: &str| -> pb::RecordBatch {
+        weir_types::BatchBuilder::default()
+            .producer(
+                weir_types::ProducerId(a.producer_id),
+                weir_types::ProducerEpoch(a.producer_epoch as i16),
+                weir_types::Sequence(seq),
+            )
+            .record(weir_types::Record {
+                value: Some(Bytes::from(value.to_string())),
+                timestamp_ms: 1,
+                ..weir_types::Record::default()
+            })
+            .build()
+            .expect("batch")
+            .into()
+    };
+    let send = |b: pb::RecordBatch| pb::ProduceRequest {
+        batch: Some(b),
+        ..produce("i", 0, vec![])
+    };
+    let first = client
+        .produce(send(batch(0, "x")))
+        .await
+        .expect("produce")
+        .into_inner();
+    assert!(!first.duplicate);
+    let again = client
+        .produce(send(batch(0, "x")))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.base_offset, first.base_offset);
+    let (c, _) = code(
+        client
+            .produce(send(batch(5, "gap")))
+            .await
+            .expect_err("gap"),
+    );
+    assert_eq!(c, ErrorCode::OutOfOrderSequence);
+    let next = client
+        .produce(send(batch(1, "y")))
+        .await
+        .expect("next")
+        .into_inner();
+    assert_eq!(next.base_offset, first.base_offset + 1);
+    let got = client
+        .fetch(fetch("i", 0, 0))
+        .await
+        .expect("fetch")
+        .into_inner();
+    assert_eq!(got.records.len(), 2, "the retry was not written twice");
+
+    broker.shutdown().await;
+    controller.shutdown().await;
+}

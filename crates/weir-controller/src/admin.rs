@@ -626,6 +626,28 @@ impl BrokerRegistry for Services {
         }
     }
 
+    async fn allocate_producer_ids(
+        &self,
+        request: Request<pb::AllocateProducerIdsRequest>,
+    ) -> Result<Response<pb::AllocateProducerIdsResponse>, Status> {
+        let req = request.into_inner();
+        match self
+            .propose(Command::AllocateProducerIds {
+                broker: BrokerId(req.broker_id),
+                count: req.count,
+            })
+            .await?
+        {
+            Outcome::ProducerIds { first, count } => {
+                Ok(Response::new(pb::AllocateProducerIdsResponse {
+                    first_id: first,
+                    count,
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn broker_heartbeat(
         &self,
         request: Request<pb::BrokerHeartbeatRequest>,

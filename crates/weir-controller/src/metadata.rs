@@ -145,6 +145,11 @@ pub enum Command {
         name: String,
         change: ConfigChange,
     },
+    /// Reserves `count` producer ids for a broker.
+    AllocateProducerIds {
+        broker: BrokerId,
+        count: u32,
+    },
     /// A partition leader changes its ISR; fenced by incarnation, leader epoch and partition
     /// epoch.
     AlterIsr {
@@ -210,6 +215,10 @@ pub enum Outcome {
     ConfigAltered {
         config: TopicConfig,
     },
+    ProducerIds {
+        first: i64,
+        count: u32,
+    },
     IsrChanged {
         isr: Vec<BrokerId>,
         partition_epoch: i32,
@@ -227,7 +236,13 @@ pub struct Metadata {
     pub brokers: BTreeMap<BrokerId, Broker>,
     pub topics: BTreeMap<String, Topic>,
     next_incarnation: u64,
+    /// The next producer id not yet handed out.
+    #[serde(default)]
+    next_producer_id: i64,
 }
+
+/// The most producer ids one request reserves.
+pub const PRODUCER_ID_BLOCK_MAX: u32 = 10_000;
 
 pub fn validate_topic_name(name: &str) -> Result<(), Rejection> {
     if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
@@ -296,6 +311,20 @@ impl Metadata {
             },
             Command::CreatePartitions { name, total } => self.create_partitions(name, total),
             Command::AlterConfig { name, change } => self.alter_config(name, change),
+            Command::AllocateProducerIds { broker, count } => {
+                if self.brokers.get(&broker).is_none_or(|b| b.fenced) {
+                    Err(Rejection::UnknownBroker(broker))
+                } else if count == 0 || count > PRODUCER_ID_BLOCK_MAX {
+                    Err(invalid(
+                        "count",
+                        format!("must be 1 to {PRODUCER_ID_BLOCK_MAX}"),
+                    ))
+                } else {
+                    let first = self.next_producer_id;
+                    self.next_producer_id += i64::from(count);
+                    Ok(Outcome::ProducerIds { first, count })
+                }
+            }
             Command::AlterIsr {
                 topic,
                 partition,

@@ -254,6 +254,7 @@ fn touched(
         | Command::CreatePartitions { name, .. }
         | Command::AlterConfig { name, .. } => (vec![name.clone()], Vec::new()),
         Command::AlterIsr { topic, .. } => (vec![topic.clone()], Vec::new()),
+        Command::AllocateProducerIds { .. } => (Vec::new(), Vec::new()),
         Command::RegisterBroker { id, .. } | Command::FenceBroker { id, .. } => {
             let topics = metadata
                 .topics

@@ -14,7 +14,7 @@ use weir_proto::status::error_code;
 use weir_proto::v1 as pb;
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
-use weir_types::{BatchBuilder, Header, Record};
+use weir_types::{BatchBuilder, Header, ProducerEpoch, ProducerId, Record, Sequence};
 
 /// Records per produce request.
 const PRODUCE_BATCH_RECORDS_MAX: usize = 500;
@@ -46,6 +46,10 @@ pub struct ProduceArgs {
     /// When the broker answers: none, leader (fsynced on the leader), all (every in-sync replica).
     #[arg(long, value_enum, default_value_t = AcksArg::All)]
     acks: AcksArg,
+    /// Send batches without a producer id: a retried batch could then be written twice, so
+    /// failures that may have been applied are reported instead of retried.
+    #[arg(long)]
+    no_idempotence: bool,
     /// Controller addresses, comma separated.
     #[arg(long, env = "WEIR_BOOTSTRAP", default_value = "127.0.0.1:9093")]
     bootstrap: String,
@@ -136,13 +140,19 @@ impl Route {
     }
 }
 
-/// Safe to send again: retriable, and definitely not applied (a timed-out produce may have
-/// been committed, and sending it again would write it twice).
-fn retriable(e: &CallError) -> bool {
+/// Safe to send again: retriable, and either definitely not applied or sent by an idempotent
+/// producer (whose retry the broker recognises). Without idempotence a timed-out produce may
+/// have been committed, and sending it again would write it twice.
+fn retriable(e: &CallError, idempotent: bool) -> bool {
     match e {
-        CallError::Status(s) => error_code(s).is_some_and(|c| {
-            c.is_retriable() && c.outcome() == weir_types::error::Outcome::Definite
-        }),
+        CallError::Status(s) => match error_code(s) {
+            Some(c) => {
+                c.is_retriable()
+                    && (idempotent || c.outcome() == weir_types::error::Outcome::Definite)
+            }
+            // the connection broke mid-call: the outcome is unknown
+            None => idempotent,
+        },
         CallError::Unavailable(_) => true,
         CallError::Bootstrap(_) => false,
     }
@@ -154,6 +164,7 @@ async fn with_leader<T, F, Fut>(
     topic: &str,
     route: &mut Route,
     partition: u32,
+    idempotent: bool,
     mut call: F,
 ) -> anyhow::Result<T>
 where
@@ -176,7 +187,7 @@ where
         .await;
         match outcome {
             Ok(v) => return Ok(v),
-            Err(e) if retriable(&e) && attempt < ATTEMPTS_MAX => {
+            Err(e) if retriable(&e, idempotent) && attempt < ATTEMPTS_MAX => {
                 tokio::time::sleep(Duration::from_millis(100 * attempt.min(5) as u64)).await;
                 *route = Route::load(bootstrap, topic).await?;
             }
@@ -235,10 +246,45 @@ pub async fn run_produce(args: ProduceArgs) -> anyhow::Result<i32> {
         AcksArg::Leader => pb::Acks::Leader,
         AcksArg::All => pb::Acks::All,
     };
+    let idempotent = !args.no_idempotence;
+    let producer = if idempotent {
+        let first = args.partition.or(keyed).unwrap_or(0);
+        let id =
+            with_leader(
+                &bootstrap,
+                &args.topic,
+                &mut route,
+                first,
+                true,
+                |mut client, _| async move {
+                    client.init_producer_id(pb::InitProducerIdRequest {}).await
+                },
+            )
+            .await?;
+        Some((
+            ProducerId(id.producer_id),
+            ProducerEpoch(id.producer_epoch as i16),
+        ))
+    } else {
+        None
+    };
+    // the next sequence per partition
+    let mut sequences: HashMap<u32, i32> = HashMap::new();
     let mut lines = input.lines();
     let mut total = 0u64;
     loop {
-        let mut builder = BatchBuilder::default();
+        let partition = args.partition.or(keyed).unwrap_or_else(|| {
+            next_partition = (next_partition + 1) % count;
+            next_partition
+        });
+        let mut builder = match producer {
+            Some((id, epoch)) => BatchBuilder::default().producer(
+                id,
+                epoch,
+                Sequence(*sequences.entry(partition).or_insert(0)),
+            ),
+            None => BatchBuilder::default(),
+        };
         for line in lines.by_ref() {
             let line = line.context("read input")?;
             builder.push(Record {
@@ -254,10 +300,6 @@ pub async fn run_produce(args: ProduceArgs) -> anyhow::Result<i32> {
         if builder.is_empty() {
             break;
         }
-        let partition = args.partition.or(keyed).unwrap_or_else(|| {
-            next_partition = (next_partition + 1) % count;
-            next_partition
-        });
         let batch = builder.build()?;
         let n = builder.len() as u64;
         let topic = args.topic.clone();
@@ -266,6 +308,7 @@ pub async fn run_produce(args: ProduceArgs) -> anyhow::Result<i32> {
             &args.topic,
             &mut route,
             partition,
+            idempotent,
             |mut client, epoch| {
                 let request = pb::ProduceRequest {
                     topic: topic.clone(),
@@ -280,6 +323,9 @@ pub async fn run_produce(args: ProduceArgs) -> anyhow::Result<i32> {
         )
         .await?;
         total += n;
+        if let Some(seq) = sequences.get_mut(&partition) {
+            *seq = seq.wrapping_add(n as i32) & i32::MAX;
+        }
         if response.base_offset >= 0 {
             println!(
                 "produced {n} records to {}/{partition} at offsets {}..={}",
@@ -326,15 +372,22 @@ pub async fn run_consume(args: ConsumeArgs) -> anyhow::Result<i32> {
             Some(o) => o,
             None => {
                 let topic = args.topic.clone();
-                with_leader(&bootstrap, &args.topic, &mut route, p, |mut client, _| {
-                    let request = pb::ListOffsetsRequest {
-                        topic: topic.clone(),
-                        partition: p,
-                        spec: spec as i32,
-                        timestamp_ms: 0,
-                    };
-                    async move { client.list_offsets(request).await }
-                })
+                with_leader(
+                    &bootstrap,
+                    &args.topic,
+                    &mut route,
+                    p,
+                    true,
+                    |mut client, _| {
+                        let request = pb::ListOffsetsRequest {
+                            topic: topic.clone(),
+                            partition: p,
+                            spec: spec as i32,
+                            timestamp_ms: 0,
+                        };
+                        async move { client.list_offsets(request).await }
+                    },
+                )
                 .await?
                 .offset
             }
@@ -354,6 +407,7 @@ pub async fn run_consume(args: ConsumeArgs) -> anyhow::Result<i32> {
                 &args.topic,
                 &mut route,
                 partition,
+                true,
                 |mut client, _| {
                     let request = pb::FetchRequest {
                         topic: topic.clone(),

@@ -23,56 +23,70 @@ fn partition0(bootstrap: &str, topic: &str) -> (u32, String) {
     (p.0, p.2)
 }
 
-/// Produces single-record batches with unique values and acks=all, following leader changes,
-/// until `stop`. Returns value -> acknowledged offset. Failures that may have been applied
-/// are never retried with the same value.
-fn produce_steadily(bootstrap: String, stop: Arc<AtomicBool>) -> BTreeMap<u64, i64> {
+/// Produces single-record batches with unique values and acks=all as an idempotent producer,
+/// following leader changes and retrying every failure with the same sequence until it is
+/// acknowledged, until `stop`. Returns value -> acknowledged offset and how many sends were
+/// retries.
+fn produce_steadily(bootstrap: String, stop: Arc<AtomicBool>) -> (BTreeMap<u64, i64>, u64) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async move {
         let bootstrap: Vec<String> = bootstrap.split(',').map(str::to_string).collect();
-        let mut acked = BTreeMap::new();
-        let mut value = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            value += 1;
-            let leader = async {
-                let topic = weir_proto::call::with_controller(
-                    &bootstrap,
-                    Duration::from_secs(5),
-                    |ch| async move {
-                        pb::admin_client::AdminClient::new(ch)
-                            .describe_topic(pb::DescribeTopicRequest {
-                                name: "steady".into(),
-                            })
-                            .await
-                    },
-                )
-                .await
-                .ok()?
-                .into_inner();
-                let cluster = weir_proto::call::with_controller(
-                    &bootstrap,
-                    Duration::from_secs(5),
-                    |ch| async move {
-                        pb::admin_client::AdminClient::new(ch)
-                            .describe_cluster(pb::DescribeClusterRequest {})
-                            .await
-                    },
-                )
-                .await
-                .ok()?
-                .into_inner();
-                let id = topic.partitions.first()?.leader;
-                cluster
-                    .brokers
-                    .into_iter()
-                    .find(|b| b.id == id && !b.fenced)
-                    .map(|b| b.address)
+        let leader_addr = || async {
+            let topic = weir_proto::call::with_controller(
+                &bootstrap,
+                Duration::from_secs(5),
+                |ch| async move {
+                    pb::admin_client::AdminClient::new(ch)
+                        .describe_topic(pb::DescribeTopicRequest {
+                            name: "steady".into(),
+                        })
+                        .await
+                },
+            )
+            .await
+            .ok()?
+            .into_inner();
+            let cluster = weir_proto::call::with_controller(
+                &bootstrap,
+                Duration::from_secs(5),
+                |ch| async move {
+                    pb::admin_client::AdminClient::new(ch)
+                        .describe_cluster(pb::DescribeClusterRequest {})
+                        .await
+                },
+            )
+            .await
+            .ok()?
+            .into_inner();
+            let id = topic.partitions.first()?.leader;
+            cluster
+                .brokers
+                .into_iter()
+                .find(|b| b.id == id && !b.fenced)
+                .map(|b| b.address)
+        };
+        let mut producer = None;
+        while producer.is_none() {
+            if let Some(addr) = leader_addr().await
+                && let Ok(ch) = weir_proto::call::connect(&addr).await
+                && let Ok(r) = pb::broker_client::BrokerClient::new(ch)
+                    .init_producer_id(pb::InitProducerIdRequest {})
+                    .await
+            {
+                producer = Some(r.into_inner());
             }
-            .await;
-            let Some(addr) = leader else {
+        }
+        let producer = producer.expect("producer id");
+        let mut acked = BTreeMap::new();
+        let mut retries = 0u64;
+        let mut value = 1u64;
+        let mut sequence = 0i32;
+        let mut attempt_of_current = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let Some(addr) = leader_addr().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
@@ -81,31 +95,45 @@ fn produce_steadily(bootstrap: String, stop: Arc<AtomicBool>) -> BTreeMap<u64, i
                 continue;
             };
             let mut client = pb::broker_client::BrokerClient::new(channel);
-            // several records per connection until something fails
             while !stop.load(Ordering::Relaxed) {
+                let batch = weir_types::BatchBuilder::default()
+                    .producer(
+                        weir_types::ProducerId(producer.producer_id),
+                        weir_types::ProducerEpoch(producer.producer_epoch as i16),
+                        weir_types::Sequence(sequence),
+                    )
+                    .record(weir_types::Record {
+                        timestamp_ms: 1,
+                        value: Some(Bytes::from(value.to_string())),
+                        ..weir_types::Record::default()
+                    })
+                    .build()
+                    .expect("batch");
                 let request = pb::ProduceRequest {
                     topic: "steady".into(),
                     partition: 0,
                     acks: pb::Acks::All as i32,
                     leader_epoch: None,
-                    batch: None,
-                    records: vec![pb::Record {
-                        key: None,
-                        value: Some(Bytes::from(value.to_string())),
-                        headers: Vec::new(),
-                        timestamp_ms: 0,
-                    }],
+                    batch: Some(batch.into()),
+                    records: Vec::new(),
                 };
+                if attempt_of_current > 0 {
+                    retries += 1;
+                }
+                attempt_of_current += 1;
                 match tokio::time::timeout(Duration::from_secs(5), client.produce(request)).await {
                     Ok(Ok(r)) => {
                         acked.insert(value, r.into_inner().base_offset);
                         value += 1;
+                        sequence += 1;
+                        attempt_of_current = 0;
                     }
-                    _ => break, // unknown or failed: the next record gets a new value
+                    // unknown outcome or not the leader: the same batch is sent again
+                    _ => break,
                 }
             }
         }
-        acked
+        (acked, retries)
     })
 }
 
@@ -145,12 +173,13 @@ fn leader_loss_under_acks_all_loses_no_acknowledged_record() {
     assert!(killed_at.elapsed() < Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
-    let acked = producer.join().expect("producer");
+    let (acked, retries) = producer.join().expect("producer");
     assert!(
         acked.len() > 20,
         "too few acknowledged records: {}",
         acked.len()
     );
+    eprintln!("{retries} sends were retries of a batch whose outcome was unknown");
 
     // every acknowledged value is there, once, at its offset
     let out = ok(weir(
@@ -188,7 +217,10 @@ fn leader_loss_under_acks_all_loses_no_acknowledged_record() {
         );
     }
     let dupes: Vec<_> = seen.iter().filter(|(_, o)| o.len() > 1).collect();
-    assert!(dupes.is_empty(), "values stored twice: {dupes:?}");
+    assert!(
+        dupes.is_empty(),
+        "values stored twice despite idempotence: {dupes:?}"
+    );
     eprintln!("{} acknowledged records, all read back once", acked.len());
 
     // lose a second replica: acks=all is refused, committed data stays readable

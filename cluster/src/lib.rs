@@ -144,6 +144,8 @@ impl Cluster {
                     data_dir.display().to_string(),
                     "--broker-lease-ms".into(),
                     spec.broker_lease_ms.to_string(),
+                    "--preferred-leader-check-ms".into(),
+                    "2000".into(),
                     "--http".into(),
                     format!("{prefix}.{}:{HTTP_PORT}", 10 + i),
                 ],

@@ -75,6 +75,7 @@ pub struct Services {
     pub sm: StateMachine,
     pub leases: Arc<Leases>,
     pub lease: Duration,
+    pub preferred_leader_check: Duration,
 }
 
 fn rejection_status(r: Rejection) -> Status {
@@ -537,6 +538,40 @@ impl Admin for Services {
             .await
             .map_err(|e| status(ErrorCode::NotController, e.to_string()))?;
         Ok(Response::new(self.describe_cluster_now().await))
+    }
+
+    async fn elect_leader(
+        &self,
+        request: Request<pb::ElectLeaderRequest>,
+    ) -> Result<Response<pb::ElectLeaderResponse>, Status> {
+        let req = request.into_inner();
+        if req.unclean {
+            tracing::warn!(topic = %req.topic, partition = req.partition, "unclean leader election requested");
+        }
+        match self
+            .propose(Command::ElectLeader {
+                topic: req.topic.clone(),
+                partition: req.partition,
+                unclean: req.unclean,
+            })
+            .await?
+        {
+            Outcome::LeaderElected {
+                leader,
+                leader_epoch,
+                unclean,
+            } => {
+                if unclean {
+                    tracing::warn!(topic = %req.topic, partition = req.partition, %leader, %leader_epoch, "UNCLEAN leader elected: records only the lost in-sync replicas held are gone");
+                }
+                Ok(Response::new(pb::ElectLeaderResponse {
+                    leader: leader.0,
+                    leader_epoch: leader_epoch.0,
+                    unclean,
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn remove_controller(

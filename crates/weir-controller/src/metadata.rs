@@ -150,6 +150,16 @@ pub enum Command {
         broker: BrokerId,
         count: u32,
     },
+    /// Moves every partition's leadership back to its preferred replica (the first one) where
+    /// that replica is live and in sync.
+    RebalanceLeaders,
+    /// Operator's election for one partition. `unclean` picks a live replica outside the ISR
+    /// when no ISR member is live: records only the lost ISR held are gone.
+    ElectLeader {
+        topic: String,
+        partition: u32,
+        unclean: bool,
+    },
     /// A partition leader changes its ISR; fenced by incarnation, leader epoch and partition
     /// epoch.
     AlterIsr {
@@ -218,6 +228,14 @@ pub enum Outcome {
     ProducerIds {
         first: i64,
         count: u32,
+    },
+    LeadersRebalanced {
+        moved: u32,
+    },
+    LeaderElected {
+        leader: BrokerId,
+        leader_epoch: LeaderEpoch,
+        unclean: bool,
     },
     IsrChanged {
         isr: Vec<BrokerId>,
@@ -325,6 +343,12 @@ impl Metadata {
                     Ok(Outcome::ProducerIds { first, count })
                 }
             }
+            Command::RebalanceLeaders => Ok(self.rebalance_leaders()),
+            Command::ElectLeader {
+                topic,
+                partition,
+                unclean,
+            } => self.elect_leader(&topic, partition, unclean),
             Command::AlterIsr {
                 topic,
                 partition,
@@ -547,6 +571,99 @@ impl Metadata {
             topic.partitions.extend(placed);
         }
         Ok(Outcome::PartitionsCreated { total })
+    }
+
+    /// Partitions whose preferred replica is live, in sync and not leading.
+    pub fn unbalanced_leaders(&self) -> usize {
+        let live: Vec<BrokerId> = self.live_brokers().iter().map(|b| b.id).collect();
+        self.topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| {
+                p.replicas.first().is_some_and(|pref| {
+                    p.leader != Some(*pref) && live.contains(pref) && p.isr.contains(pref)
+                })
+            })
+            .count()
+    }
+
+    fn rebalance_leaders(&mut self) -> Outcome {
+        let live: Vec<BrokerId> = self.live_brokers().iter().map(|b| b.id).collect();
+        let mut moved = 0;
+        for p in self.topics.values_mut().flat_map(|t| &mut t.partitions) {
+            let Some(&pref) = p.replicas.first() else {
+                continue;
+            };
+            if p.leader != Some(pref) && live.contains(&pref) && p.isr.contains(&pref) {
+                p.leader = Some(pref);
+                p.leader_epoch = LeaderEpoch(p.leader_epoch.0 + 1);
+                p.partition_epoch += 1;
+                moved += 1;
+            }
+        }
+        Outcome::LeadersRebalanced { moved }
+    }
+
+    fn elect_leader(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        unclean: bool,
+    ) -> Result<Outcome, Rejection> {
+        let live: Vec<BrokerId> = self.live_brokers().iter().map(|b| b.id).collect();
+        let t = self
+            .topics
+            .get_mut(topic)
+            .ok_or_else(|| Rejection::UnknownTopic(topic.to_string()))?;
+        let p = t
+            .partitions
+            .get_mut(partition as usize)
+            .ok_or_else(|| invalid("partition", format!("{topic} has no partition {partition}")))?;
+        let live_isr: Vec<BrokerId> = p.isr.iter().copied().filter(|b| live.contains(b)).collect();
+        let leader = if unclean {
+            if !live_isr.is_empty() {
+                return Err(invalid(
+                    "unclean",
+                    format!("in-sync replicas {live_isr:?} are alive; elect one of them instead"),
+                ));
+            }
+            let candidate = p
+                .replicas
+                .iter()
+                .copied()
+                .find(|b| live.contains(b))
+                .ok_or_else(|| invalid("partition", "no replica is alive"))?;
+            p.isr = vec![candidate];
+            candidate
+        } else {
+            let preferred = p
+                .replicas
+                .iter()
+                .copied()
+                .find(|b| live_isr.contains(b))
+                .ok_or_else(|| {
+                    invalid(
+                        "partition",
+                        "no in-sync replica is alive (an unclean election may lose data)",
+                    )
+                })?;
+            if p.leader == Some(preferred) {
+                return Ok(Outcome::LeaderElected {
+                    leader: preferred,
+                    leader_epoch: p.leader_epoch,
+                    unclean: false,
+                });
+            }
+            preferred
+        };
+        p.leader = Some(leader);
+        p.leader_epoch = LeaderEpoch(p.leader_epoch.0 + 1);
+        p.partition_epoch += 1;
+        Ok(Outcome::LeaderElected {
+            leader,
+            leader_epoch: p.leader_epoch,
+            unclean,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -863,6 +980,77 @@ mod tests {
             matches!(out, Outcome::Rejected(Rejection::Invalid { .. })),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn preferred_leaders_return_and_unclean_election_is_explicit() {
+        let mut m = Metadata::default();
+        let inc1 = register(&mut m, 1, None);
+        register(&mut m, 2, None);
+        register(&mut m, 3, None);
+        create(&mut m, "t", 3, 3);
+        m.apply(Command::FenceBroker {
+            id: BrokerId(1),
+            incarnation: inc1,
+        });
+        assert_eq!(m.unbalanced_leaders(), 0, "broker 1 is fenced");
+        register(&mut m, 1, None);
+        // back, but not in sync yet: nothing moves
+        assert_eq!(m.unbalanced_leaders(), 0);
+        for p in &mut m.topics.get_mut("t").expect("t").partitions {
+            p.isr.push(BrokerId(1)); // as the leaders' AlterIsr would
+        }
+        assert_eq!(m.unbalanced_leaders(), 1);
+        let before = m.topics["t"].partitions[0].leader_epoch;
+        assert_eq!(
+            m.apply(Command::RebalanceLeaders),
+            Outcome::LeadersRebalanced { moved: 1 }
+        );
+        let p0 = &m.topics["t"].partitions[0];
+        assert_eq!(p0.leader, Some(p0.replicas[0]));
+        assert!(p0.leader_epoch > before);
+        assert_eq!(m.unbalanced_leaders(), 0);
+
+        // unclean election only when no in-sync replica is alive
+        let elect = |unclean| Command::ElectLeader {
+            topic: "t".into(),
+            partition: 0,
+            unclean,
+        };
+        assert!(matches!(
+            m.apply(elect(true)),
+            Outcome::Rejected(Rejection::Invalid { .. })
+        ));
+        let p = m
+            .topics
+            .get_mut("t")
+            .expect("t")
+            .partitions
+            .get_mut(0)
+            .expect("p0");
+        let leader = p.leader.expect("leader");
+        p.isr = vec![leader];
+        let inc = m.brokers[&leader].incarnation;
+        m.apply(Command::FenceBroker {
+            id: leader,
+            incarnation: inc,
+        });
+        assert_eq!(
+            m.topics["t"].partitions[0].leader, None,
+            "offline: its only ISR member is gone"
+        );
+        assert!(matches!(m.apply(elect(false)), Outcome::Rejected(_)));
+        let out = m.apply(elect(true));
+        let Outcome::LeaderElected {
+            leader: new,
+            unclean: true,
+            ..
+        } = out
+        else {
+            panic!("{out:?}")
+        };
+        assert_ne!(new, leader);
+        assert_eq!(m.topics["t"].partitions[0].isr, vec![new]);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct ControllerConfig {
     pub broker_lease_ms: u64,
     /// Build a snapshot (and purge the log before it) after this many new entries.
     pub snapshot_logs_max: u64,
+    /// How often the active controller moves leaderships back to preferred replicas.
+    pub preferred_leader_check_ms: u64,
 }
 
 impl ControllerConfig {
@@ -56,6 +58,7 @@ impl ControllerConfig {
             election_timeout_max_ms: 1200,
             broker_lease_ms: 6000,
             snapshot_logs_max: 5000,
+            preferred_leader_check_ms: 30_000,
         }
     }
 
@@ -90,6 +93,9 @@ impl ControllerConfig {
         }
         if self.snapshot_logs_max == 0 {
             return Err("snapshot_logs_max must be positive".into());
+        }
+        if self.preferred_leader_check_ms < 100 {
+            return Err("preferred_leader_check_ms must be at least 100".into());
         }
         Ok(())
     }
@@ -186,6 +192,7 @@ impl Controller {
             sm: state.clone(),
             leases: Arc::clone(&leases),
             lease: Duration::from_millis(config.broker_lease_ms),
+            preferred_leader_check: Duration::from_millis(config.preferred_leader_check_ms),
         };
         let mut tasks = JoinSet::new();
         let mut server_stop = stopped.clone();
@@ -249,6 +256,7 @@ impl Controller {
 async fn lease_task(services: Services, mut stopped: watch::Receiver<bool>) {
     let tick = (services.lease / 4).max(Duration::from_millis(50));
     let mut was_leader = false;
+    let mut last_rebalance = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
@@ -261,6 +269,19 @@ async fn lease_task(services: Services, mut stopped: watch::Receiver<bool>) {
         was_leader = is_leader;
         if !is_leader {
             continue;
+        }
+        if last_rebalance.elapsed() >= services.preferred_leader_check {
+            last_rebalance = std::time::Instant::now();
+            let unbalanced = services.sm.read().await.metadata.unbalanced_leaders();
+            if unbalanced > 0 {
+                tracing::info!(
+                    partitions = unbalanced,
+                    "moving leaderships back to preferred replicas"
+                );
+                if let Err(e) = services.propose(Command::RebalanceLeaders).await {
+                    tracing::warn!(error = %e, "preferred-leader rebalance failed");
+                }
+            }
         }
         let registered = live_incarnations(&services.sm.read().await.metadata);
         for (id, incarnation) in services.leases.expired(&registered, services.lease) {

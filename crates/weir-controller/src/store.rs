@@ -255,6 +255,8 @@ fn touched(
         | Command::AlterConfig { name, .. } => (vec![name.clone()], Vec::new()),
         Command::AlterIsr { topic, .. } => (vec![topic.clone()], Vec::new()),
         Command::AllocateProducerIds { .. } => (Vec::new(), Vec::new()),
+        Command::ElectLeader { topic, .. } => (vec![topic.clone()], Vec::new()),
+        Command::RebalanceLeaders => (metadata.topics.keys().cloned().collect(), Vec::new()),
         Command::RegisterBroker { id, .. } | Command::FenceBroker { id, .. } => {
             let topics = metadata
                 .topics

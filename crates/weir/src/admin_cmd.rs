@@ -111,6 +111,18 @@ pub enum TopicCommand {
         #[command(flatten)]
         bootstrap: Bootstrap,
     },
+    /// Elect a partition's leader now (the first live in-sync replica). With --unclean, when no
+    /// in-sync replica is alive, elect an out-of-sync one: acknowledged records that only the
+    /// lost replicas held are gone.
+    ElectLeader {
+        name: String,
+        #[arg(long)]
+        partition: u32,
+        #[arg(long)]
+        unclean: bool,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
     /// Grow a topic to a total number of partitions.
     AddPartitions {
         name: String,
@@ -324,6 +336,51 @@ pub async fn run_topic(cmd: TopicCommand) -> anyhow::Result<i32> {
             .await?
             .into_inner();
             print_topic(&topic);
+        }
+        TopicCommand::ElectLeader {
+            name,
+            partition,
+            unclean,
+            bootstrap,
+        } => {
+            let bootstrap = parse_bootstrap(&bootstrap.bootstrap)?;
+            let req = pb::ElectLeaderRequest {
+                topic: name.clone(),
+                partition,
+                unclean,
+            };
+            let elected = with_controller(&bootstrap, |ch| {
+                let req = req.clone();
+                async move { AdminClient::new(ch).elect_leader(req).await }
+            })
+            .await?
+            .into_inner();
+            println!(
+                "{name}/{partition}: leader {} at epoch {}",
+                elected.leader, elected.leader_epoch
+            );
+            if elected.unclean {
+                let topic = with_controller(&bootstrap, |ch| {
+                    let name = name.clone();
+                    async move {
+                        AdminClient::new(ch)
+                            .describe_topic(pb::DescribeTopicRequest { name })
+                            .await
+                    }
+                })
+                .await?
+                .into_inner();
+                let offsets = partition_offsets(&bootstrap, &topic).await?;
+                let end = offsets.get(partition as usize).copied().flatten();
+                match end {
+                    Some((_, end)) => println!(
+                        "WARNING: unclean election. The new leader's log ends at offset {end}; records acknowledged at or above it, which only the lost replicas held, are gone."
+                    ),
+                    None => println!(
+                        "WARNING: unclean election. The new leader's log end is not known yet; records only the lost replicas held are gone."
+                    ),
+                }
+            }
         }
         TopicCommand::AddPartitions {
             name,

@@ -32,6 +32,9 @@ pub struct ControllerArgs {
     /// Fence a broker after this many milliseconds without a heartbeat.
     #[arg(long, default_value_t = 6000)]
     broker_lease_ms: u64,
+    /// How often leaderships move back to preferred replicas that are in sync again.
+    #[arg(long, default_value_t = 30_000)]
+    preferred_leader_check_ms: u64,
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
@@ -72,6 +75,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
         config.voters = parse_voters(raw)?;
     }
     config.join = args.join;
+    config.preferred_leader_check_ms = args.preferred_leader_check_ms;
     config.broker_lease_ms = args.broker_lease_ms;
     config.heartbeat_ms = args.heartbeat_ms;
     config.election_timeout_min_ms = args.heartbeat_ms * 6;

@@ -282,9 +282,75 @@ fn leader_loss_under_acks_all_loses_no_acknowledged_record() {
         (isr.matches(',').count() == 2).then_some(())
     });
     eprintln!("ISR back to three after {took:?}");
+    // the preferred replica (the first leader) leads again once it is back in sync
+    let (_, took) = wait_for(
+        "leadership back on the preferred replica",
+        Duration::from_secs(20),
+        || (partition0(&bootstrap, "steady").0 == first_leader).then_some(()),
+    );
+    eprintln!("preferred leader back after {took:?}");
     ok(weir(
         &bootstrap,
         &["produce", "steady", "--partition", "0"],
         Some("accepted again\n"),
+    ));
+
+    // lose every in-sync replica: the partition is offline until an operator decides
+    let survivor = (1..=3)
+        .find(|b| *b != first_leader)
+        .expect("another broker");
+    cluster.0.kill(&format!("broker-{survivor}")).expect("kill");
+    let last = (1..=3)
+        .find(|b| *b != first_leader && *b != survivor)
+        .expect("third");
+    cluster.0.kill(&format!("broker-{last}")).expect("kill");
+    wait_for(
+        "the ISR to shrink to the leader",
+        Duration::from_secs(15),
+        || (partition0(&bootstrap, "steady").1 == format!("[{first_leader}]")).then_some(()),
+    );
+    cluster
+        .0
+        .kill(&format!("broker-{first_leader}"))
+        .expect("kill the last in-sync replica");
+    wait_for(
+        "the partition to go offline",
+        Duration::from_secs(15),
+        || (partition0(&bootstrap, "steady").0 == 0).then_some(()),
+    );
+    cluster
+        .0
+        .restart(&format!("broker-{survivor}"))
+        .expect("restart an out-of-sync replica");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        partition0(&bootstrap, "steady").0,
+        0,
+        "never elected outside the ISR on its own"
+    );
+    let clean = weir(
+        &bootstrap,
+        &["topic", "elect-leader", "steady", "--partition", "0"],
+        None,
+    );
+    assert!(!clean.status.success(), "a clean election has no candidate");
+    let out = ok(weir(
+        &bootstrap,
+        &[
+            "topic",
+            "elect-leader",
+            "steady",
+            "--partition",
+            "0",
+            "--unclean",
+        ],
+        None,
+    ));
+    assert!(out.contains(&format!("leader {survivor}")), "{out}");
+    assert!(out.contains("WARNING: unclean election"), "{out}");
+    ok(weir(
+        &bootstrap,
+        &["produce", "steady", "--partition", "0", "--acks", "leader"],
+        Some("after unclean\n"),
     ));
 }

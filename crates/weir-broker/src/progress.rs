@@ -122,6 +122,22 @@ impl Progress {
     }
 }
 
+/// Where a follower truncates when the leader answers that its log diverged: the leader said
+/// its largest epoch at or below the follower's last one ends at `leader_end`. `mine` is where
+/// this follower's own largest epoch at or below that one ends (`None`: it has none). Never
+/// the follower's high watermark: that could keep records the leader does not have.
+pub fn truncation_target(
+    leader_end: Offset,
+    mine: Option<(weir_types::LeaderEpoch, Offset)>,
+    log_start: Offset,
+) -> Offset {
+    match mine {
+        Some((_, my_end)) => my_end.min(leader_end),
+        // every batch here comes from a later epoch than any the leader shares: keep nothing
+        None => leader_end.min(log_start),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +182,30 @@ mod tests {
             p.high_watermark(L, &[L], Offset(14), Offset(20)),
             Offset(14)
         );
+    }
+
+    #[test]
+    fn truncation_goes_to_the_last_common_point() {
+        use weir_types::LeaderEpoch as E;
+        // (leader's end of the epoch, follower's own (epoch, end), follower log start, target)
+        let cases = [
+            // the follower has more of the same epoch than the leader: cut to the leader's end
+            (Offset(10), Some((E(3), Offset(15))), Offset(0), Offset(10)),
+            // the follower's copy of that epoch ends earlier: keep only what both have
+            (Offset(10), Some((E(3), Offset(7))), Offset(0), Offset(7)),
+            // the follower has an older epoch only; it ended before the leader's
+            (Offset(10), Some((E(2), Offset(4))), Offset(0), Offset(4)),
+            // the follower shares no epoch with the leader: keep nothing
+            (Offset(10), None, Offset(0), Offset(0)),
+            (Offset(10), None, Offset(6), Offset(6)),
+        ];
+        for (leader_end, mine, start, expected) in cases {
+            assert_eq!(
+                truncation_target(leader_end, mine, start),
+                expected,
+                "{leader_end} {mine:?} {start}"
+            );
+        }
     }
 
     #[test]

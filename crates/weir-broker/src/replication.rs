@@ -301,10 +301,11 @@ async fn apply(replica: &Arc<Replica>, data: pb::ReplicaFetchPartitionData) -> R
     if data.diverged {
         let leader_epoch = LeaderEpoch(data.diverging_epoch);
         let leader_end = Offset(data.diverging_end_offset);
-        let target = match log.end_offset_for_epoch(leader_epoch) {
-            Some((_, mine)) => mine.min(leader_end),
-            None => leader_end.min(log.start_offset()),
-        };
+        let target = crate::progress::truncation_target(
+            leader_end,
+            log.end_offset_for_epoch(leader_epoch),
+            log.start_offset(),
+        );
         tracing::info!(topic = %replica.topic, partition = replica.partition, %target, epoch = %leader_epoch, "log diverged from the leader; truncating");
         tokio::task::spawn_blocking(move || log.truncate_to(target))
             .await

@@ -354,3 +354,69 @@ fn leader_loss_under_acks_all_loses_no_acknowledged_record() {
         Some("after unclean\n"),
     ));
 }
+
+#[test]
+fn a_paused_follower_leaves_the_isr_and_rejoins_after_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = common::up(1, 3, 1500, &dir);
+    let bootstrap = cluster.0.bootstrap();
+    ok(weir(
+        &bootstrap,
+        &["topic", "create", "paused", "--partitions", "1"],
+        None,
+    ));
+    let (leader, _) = partition0(&bootstrap, "paused");
+    let follower = (1..=3).find(|b| *b != leader).expect("a follower");
+    cluster
+        .0
+        .pause(&format!("broker-{follower}"))
+        .expect("SIGSTOP");
+    let (_, took) = wait_for(
+        "the paused follower to leave the ISR",
+        Duration::from_secs(20),
+        || {
+            let (_, isr) = partition0(&bootstrap, "paused");
+            (!isr.contains(&follower.to_string())).then_some(())
+        },
+    );
+    eprintln!("paused follower left the ISR after {took:?}");
+    // writes go on with the two others (min ISR 2)
+    let lines: String = (0..50).map(|i| format!("while-paused-{i}\n")).collect();
+    ok(weir(
+        &bootstrap,
+        &["produce", "paused", "--partition", "0"],
+        Some(&lines),
+    ));
+    cluster
+        .0
+        .resume(&format!("broker-{follower}"))
+        .expect("SIGCONT");
+    let (_, took) = wait_for(
+        "the resumed follower to rejoin the ISR",
+        Duration::from_secs(30),
+        || {
+            let (_, isr) = partition0(&bootstrap, "paused");
+            isr.contains(&follower.to_string()).then_some(())
+        },
+    );
+    eprintln!("resumed follower back in the ISR after {took:?}");
+    let log = dir
+        .path()
+        .join(format!("broker-{follower}"))
+        .join("partitions");
+    let part = std::fs::read_dir(&log)
+        .expect("partitions")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("paused-0-"))
+        .expect("partition dir")
+        .path();
+    let verify = ok(weir(
+        &bootstrap,
+        &["log", "verify", part.to_str().expect("utf-8")],
+        None,
+    ));
+    assert!(
+        verify.contains("offsets [0, 50)"),
+        "the follower caught up: {verify}"
+    );
+}

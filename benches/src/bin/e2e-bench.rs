@@ -164,6 +164,13 @@ async fn controller_bench(bootstrap: &[String], ops: u64) -> anyhow::Result<()> 
     Ok(())
 }
 
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -242,18 +249,25 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let mut builder = BatchBuilder::default();
     let value = Bytes::from(vec![b'x'; args.record_bytes]);
-    for _ in 0..args.batch_records {
-        builder.push(Record {
-            timestamp_ms: 0,
-            key: None,
-            value: Some(value.clone()),
-            headers: Vec::new(),
-        });
-    }
-    let batch: pb::RecordBatch = builder.build()?.into();
-    let batch_bytes = batch.data.len() as u64;
+    // The first record's key carries the send time, so consumers measure end-to-end latency.
+    let make_batch = {
+        let value = value.clone();
+        let count = args.batch_records;
+        move || -> anyhow::Result<pb::RecordBatch> {
+            let mut builder = BatchBuilder::default();
+            for i in 0..count {
+                builder.push(Record {
+                    timestamp_ms: 0,
+                    key: (i == 0).then(|| Bytes::copy_from_slice(&now_nanos().to_be_bytes())),
+                    value: Some(value.clone()),
+                    headers: Vec::new(),
+                });
+            }
+            Ok(builder.build()?.into())
+        }
+    };
+    let batch_bytes = make_batch()?.data.len() as u64;
     let acks = match args.acks {
         Acks::None => pb::Acks::None,
         Acks::Leader => pb::Acks::Leader,
@@ -273,11 +287,13 @@ async fn main() -> anyhow::Result<()> {
 
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let consumed = Arc::new(AtomicU64::new(0));
+    let end_to_end = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3)?));
     let mut consumers = Vec::new();
     if args.consume {
         for (p, client) in leaders.iter().enumerate() {
             let mut client = client.clone();
             let (topic, consumed) = (topic.clone(), Arc::clone(&consumed));
+            let end_to_end = Arc::clone(&end_to_end);
             consumers.push(tokio::spawn(async move {
                 let mut offset = client
                     .list_offsets(pb::ListOffsetsRequest {
@@ -305,12 +321,25 @@ async fn main() -> anyhow::Result<()> {
                     else {
                         break;
                     };
+                    let received = now_nanos();
                     for b in r.into_inner().batches {
                         let Ok(batch) = weir_types::RecordBatch::try_from(b) else {
                             continue;
                         };
                         offset = batch.next_offset().0;
                         consumed.fetch_add(batch.size_bytes() as u64, Ordering::Relaxed);
+                        let sent = batch
+                            .records()
+                            .ok()
+                            .and_then(|r| r.into_iter().next())
+                            .and_then(|(_, rec)| rec.key)
+                            .and_then(|k| <[u8; 8]>::try_from(&k[..]).ok())
+                            .map(u64::from_be_bytes);
+                        if let Some(sent) = sent
+                            && let Ok(mut h) = end_to_end.lock()
+                        {
+                            let _ = h.record(received.saturating_sub(sent) / 1000);
+                        }
                     }
                 }
             }));
@@ -320,7 +349,7 @@ async fn main() -> anyhow::Result<()> {
     let mut producers = Vec::new();
     for i in 0..args.producers {
         let leaders = leaders.clone();
-        let (topic, batch) = (topic.clone(), batch.clone());
+        let (topic, make_batch) = (topic.clone(), make_batch.clone());
         let partitions = args.partitions;
         producers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3)?;
@@ -335,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
                         partition: p,
                         acks,
                         leader_epoch: None,
-                        batch: Some(batch.clone()),
+                        batch: Some(make_batch()?),
                         records: Vec::new(),
                     })
                     .await
@@ -374,6 +403,9 @@ async fn main() -> anyhow::Result<()> {
             got >> 20,
             bytes >> 20
         );
+        if let Ok(h) = end_to_end.lock() {
+            println!("end-to-end latency (send to fetched)  {}", percentiles(&h));
+        }
     }
     Ok(())
 }

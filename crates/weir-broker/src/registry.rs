@@ -43,6 +43,7 @@ fn leadership(p: &pb::PartitionDescription, min_isr: u32) -> Leadership {
         replicas: p.replicas.iter().map(|b| BrokerId(*b)).collect(),
         min_insync_replicas: min_isr,
         partition_epoch: p.partition_epoch,
+        catch_up_bytes_per_s: p.reassign_throttle_bytes_per_s,
     }
 }
 

@@ -28,6 +28,9 @@ pub struct Leadership {
     pub min_insync_replicas: u32,
     /// Fences ISR changes: the controller accepts one only for the current partition epoch.
     pub partition_epoch: i32,
+    /// While a reassignment runs: how fast a replica outside the ISR may catch up (0: no
+    /// limit).
+    pub catch_up_bytes_per_s: u64,
 }
 
 pub struct AppendRequest {

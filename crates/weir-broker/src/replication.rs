@@ -313,6 +313,7 @@ async fn apply(replica: &Arc<Replica>, data: pb::ReplicaFetchPartitionData) -> R
             .map_err(|e| e.to_string())?;
         return Ok(());
     }
+    let copied: usize = data.batches.iter().map(|b| b.data.len()).sum();
     let batches: Vec<RecordBatch> = data
         .batches
         .into_iter()
@@ -341,6 +342,12 @@ async fn apply(replica: &Arc<Replica>, data: pb::ReplicaFetchPartitionData) -> R
         .map_err(|e| e.to_string())??;
     }
     replica.set_follower_high_watermark(Offset(data.high_watermark));
+    // A reassignment's throttle: a replica still catching up copies at most this rate.
+    let lead = replica.leadership();
+    if lead.catch_up_bytes_per_s > 0 && !lead.isr.contains(&replica.me) && copied > 0 {
+        let pause = Duration::from_secs_f64(copied as f64 / lead.catch_up_bytes_per_s as f64);
+        tokio::time::sleep(pause.min(Duration::from_secs(10))).await;
+    }
     Ok(())
 }
 

@@ -251,6 +251,8 @@ pub fn describe_topic(topic: &Topic) -> pb::TopicDescription {
                 replicas: p.replicas.iter().map(|b| b.0).collect(),
                 isr: p.isr.iter().map(|b| b.0).collect(),
                 partition_epoch: p.partition_epoch,
+                reassigning_to: p.reassigning_to.iter().flatten().map(|b| b.0).collect(),
+                reassign_throttle_bytes_per_s: p.reassign_throttle_bytes_per_s,
             })
             .collect(),
     }
@@ -538,6 +540,27 @@ impl Admin for Services {
             .await
             .map_err(|e| status(ErrorCode::NotController, e.to_string()))?;
         Ok(Response::new(self.describe_cluster_now().await))
+    }
+
+    async fn reassign_partition(
+        &self,
+        request: Request<pb::ReassignPartitionRequest>,
+    ) -> Result<Response<pb::TopicDescription>, Status> {
+        let req = request.into_inner();
+        match self
+            .propose(Command::Reassign {
+                topic: req.topic.clone(),
+                partition: req.partition,
+                replicas: req.replicas.into_iter().map(BrokerId).collect(),
+                throttle_bytes_per_s: req.throttle_bytes_per_s,
+            })
+            .await?
+        {
+            Outcome::ReassignmentStarted { .. } => Ok(Response::new(describe_topic(
+                &self.topic(&req.topic).await?,
+            ))),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn elect_leader(

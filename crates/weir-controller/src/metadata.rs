@@ -102,6 +102,13 @@ pub struct Partition {
     pub isr: Vec<BrokerId>,
     /// Bumped on every change to this partition (leader or ISR); fences stale ISR updates.
     pub partition_epoch: i32,
+    /// An ongoing reassignment: `replicas` holds the old and the new replicas until every
+    /// target replica is in sync, then it becomes exactly this.
+    #[serde(default)]
+    pub reassigning_to: Option<Vec<BrokerId>>,
+    /// Bytes per second a replica catching up for the reassignment may copy (0: unlimited).
+    #[serde(default)]
+    pub reassign_throttle_bytes_per_s: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +160,16 @@ pub enum Command {
     /// Moves every partition's leadership back to its preferred replica (the first one) where
     /// that replica is live and in sync.
     RebalanceLeaders,
+    /// Starts moving a partition to `replicas`: they are added to the current ones and catch
+    /// up (at most `throttle_bytes_per_s` each, 0 for no limit).
+    Reassign {
+        topic: String,
+        partition: u32,
+        replicas: Vec<BrokerId>,
+        throttle_bytes_per_s: u64,
+    },
+    /// Finishes every reassignment whose target replicas are all in sync.
+    CompleteReassignments,
     /// Operator's election for one partition. `unclean` picks a live replica outside the ISR
     /// when no ISR member is live: records only the lost ISR held are gone.
     ElectLeader {
@@ -231,6 +248,12 @@ pub enum Outcome {
     },
     LeadersRebalanced {
         moved: u32,
+    },
+    ReassignmentStarted {
+        replicas: Vec<BrokerId>,
+    },
+    ReassignmentsCompleted {
+        completed: u32,
     },
     LeaderElected {
         leader: BrokerId,
@@ -344,6 +367,13 @@ impl Metadata {
                 }
             }
             Command::RebalanceLeaders => Ok(self.rebalance_leaders()),
+            Command::Reassign {
+                topic,
+                partition,
+                replicas,
+                throttle_bytes_per_s,
+            } => self.reassign(&topic, partition, replicas, throttle_bytes_per_s),
+            Command::CompleteReassignments => Ok(self.complete_reassignments()),
             Command::ElectLeader {
                 topic,
                 partition,
@@ -512,6 +542,8 @@ impl Metadata {
                 isr: replicas.clone(),
                 replicas,
                 partition_epoch: 0,
+                reassigning_to: None,
+                reassign_throttle_bytes_per_s: 0,
             });
         }
         Ok(out)
@@ -571,6 +603,102 @@ impl Metadata {
             topic.partitions.extend(placed);
         }
         Ok(Outcome::PartitionsCreated { total })
+    }
+
+    fn reassign(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        target: Vec<BrokerId>,
+        throttle_bytes_per_s: u64,
+    ) -> Result<Outcome, Rejection> {
+        let live: Vec<BrokerId> = self.live_brokers().iter().map(|b| b.id).collect();
+        if target.is_empty() {
+            return Err(invalid("replicas", "must name at least one broker"));
+        }
+        let mut sorted = target.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != target.len() {
+            return Err(invalid("replicas", "lists a broker twice"));
+        }
+        if let Some(b) = target.iter().find(|b| !live.contains(b)) {
+            return Err(invalid(
+                "replicas",
+                format!("broker {b} is not a live broker"),
+            ));
+        }
+        let t = self
+            .topics
+            .get_mut(topic)
+            .ok_or_else(|| Rejection::UnknownTopic(topic.to_string()))?;
+        let min_isr = t.config.min_insync_replicas;
+        if (target.len() as u32) < min_isr {
+            return Err(invalid(
+                "replicas",
+                format!(
+                    "{} replicas cannot satisfy min_insync_replicas {min_isr}",
+                    target.len()
+                ),
+            ));
+        }
+        let p = t
+            .partitions
+            .get_mut(partition as usize)
+            .ok_or_else(|| invalid("partition", format!("{topic} has no partition {partition}")))?;
+        if p.reassigning_to.is_some() {
+            return Err(invalid(
+                "partition",
+                "a reassignment is already in progress",
+            ));
+        }
+        for b in &target {
+            if !p.replicas.contains(b) {
+                p.replicas.push(*b);
+            }
+        }
+        p.reassigning_to = Some(target.clone());
+        p.reassign_throttle_bytes_per_s = throttle_bytes_per_s;
+        p.partition_epoch += 1;
+        Ok(Outcome::ReassignmentStarted {
+            replicas: p.replicas.clone(),
+        })
+    }
+
+    /// Partitions whose reassignment can finish: every target replica is in sync.
+    pub fn completable_reassignments(&self) -> usize {
+        self.topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| {
+                p.reassigning_to
+                    .as_ref()
+                    .is_some_and(|target| target.iter().all(|b| p.isr.contains(b)))
+            })
+            .count()
+    }
+
+    fn complete_reassignments(&mut self) -> Outcome {
+        let mut completed = 0;
+        for p in self.topics.values_mut().flat_map(|t| &mut t.partitions) {
+            let Some(target) = p.reassigning_to.clone() else {
+                continue;
+            };
+            if !target.iter().all(|b| p.isr.contains(b)) {
+                continue;
+            }
+            p.replicas = target.clone();
+            p.isr.retain(|b| target.contains(b));
+            if !p.leader.is_some_and(|l| target.contains(&l)) {
+                p.leader = target.iter().copied().find(|b| p.isr.contains(b));
+                p.leader_epoch = LeaderEpoch(p.leader_epoch.0 + 1);
+            }
+            p.reassigning_to = None;
+            p.reassign_throttle_bytes_per_s = 0;
+            p.partition_epoch += 1;
+            completed += 1;
+        }
+        Outcome::ReassignmentsCompleted { completed }
     }
 
     /// Partitions whose preferred replica is live, in sync and not leading.
@@ -1051,6 +1179,67 @@ mod tests {
         };
         assert_ne!(new, leader);
         assert_eq!(m.topics["t"].partitions[0].isr, vec![new]);
+    }
+
+    #[test]
+    fn reassignment_adds_catches_up_then_switches() {
+        let mut m = Metadata::default();
+        for id in 1..=4 {
+            register(&mut m, id, None);
+        }
+        create(&mut m, "t", 1, 3);
+        let before = m.topics["t"].partitions[0].clone();
+        let leaving = before.replicas[0];
+        let joining = BrokerId(4);
+        let target: Vec<BrokerId> = before.replicas[1..]
+            .iter()
+            .copied()
+            .chain([joining])
+            .collect();
+        let reassign = |replicas: Vec<BrokerId>| Command::Reassign {
+            topic: "t".into(),
+            partition: 0,
+            replicas,
+            throttle_bytes_per_s: 1000,
+        };
+        for bad in [vec![], vec![joining, joining], vec![BrokerId(9)]] {
+            assert!(matches!(
+                m.apply(reassign(bad)),
+                Outcome::Rejected(Rejection::Invalid { .. })
+            ));
+        }
+        assert!(matches!(
+            m.apply(reassign(target.clone())),
+            Outcome::ReassignmentStarted { .. }
+        ));
+        let p = &m.topics["t"].partitions[0];
+        assert_eq!(p.replicas.len(), 4, "old and new replicas together: {p:?}");
+        assert_eq!(p.reassign_throttle_bytes_per_s, 1000);
+        assert!(
+            matches!(m.apply(reassign(target.clone())), Outcome::Rejected(_)),
+            "one at a time"
+        );
+        // not in sync yet: nothing completes
+        assert_eq!(m.completable_reassignments(), 0);
+        assert_eq!(
+            m.apply(Command::CompleteReassignments),
+            Outcome::ReassignmentsCompleted { completed: 0 }
+        );
+        // the new replica catches up (as the leader's AlterIsr would record)
+        m.topics.get_mut("t").expect("t").partitions[0]
+            .isr
+            .push(joining);
+        assert_eq!(m.completable_reassignments(), 1);
+        m.apply(Command::CompleteReassignments);
+        let p = &m.topics["t"].partitions[0];
+        assert_eq!(p.replicas, target);
+        assert!(!p.isr.contains(&leaving));
+        assert!(
+            p.leader.is_some_and(|l| target.contains(&l)),
+            "the leader moved off the leaving replica"
+        );
+        assert!(p.leader_epoch > before.leader_epoch);
+        assert_eq!(p.reassigning_to, None);
     }
 
     #[test]

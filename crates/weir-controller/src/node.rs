@@ -270,6 +270,18 @@ async fn lease_task(services: Services, mut stopped: watch::Receiver<bool>) {
         if !is_leader {
             continue;
         }
+        let completable = services
+            .sm
+            .read()
+            .await
+            .metadata
+            .completable_reassignments();
+        if completable > 0 {
+            tracing::info!(partitions = completable, "completing reassignments");
+            if let Err(e) = services.propose(Command::CompleteReassignments).await {
+                tracing::warn!(error = %e, "completing reassignments failed");
+            }
+        }
         if last_rebalance.elapsed() >= services.preferred_leader_check {
             last_rebalance = std::time::Instant::now();
             let unbalanced = services.sm.read().await.metadata.unbalanced_leaders();

@@ -256,7 +256,10 @@ fn touched(
         Command::AlterIsr { topic, .. } => (vec![topic.clone()], Vec::new()),
         Command::AllocateProducerIds { .. } => (Vec::new(), Vec::new()),
         Command::ElectLeader { topic, .. } => (vec![topic.clone()], Vec::new()),
-        Command::RebalanceLeaders => (metadata.topics.keys().cloned().collect(), Vec::new()),
+        Command::RebalanceLeaders | Command::CompleteReassignments => {
+            (metadata.topics.keys().cloned().collect(), Vec::new())
+        }
+        Command::Reassign { topic, .. } => (vec![topic.clone()], Vec::new()),
         Command::RegisterBroker { id, .. } | Command::FenceBroker { id, .. } => {
             let topics = metadata
                 .topics

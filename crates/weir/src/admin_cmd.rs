@@ -123,6 +123,20 @@ pub enum TopicCommand {
         #[command(flatten)]
         bootstrap: Bootstrap,
     },
+    /// Move a partition to other brokers: the new replicas are added and catch up (at most
+    /// --throttle-bytes-per-s each), then the partition keeps exactly --replicas.
+    Reassign {
+        name: String,
+        #[arg(long)]
+        partition: u32,
+        /// Broker ids, comma separated; the first is the preferred leader.
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<u32>,
+        #[arg(long, default_value_t = 0)]
+        throttle_bytes_per_s: u64,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
     /// Grow a topic to a total number of partitions.
     AddPartitions {
         name: String,
@@ -236,13 +250,18 @@ fn print_topic_with_offsets(t: &pb::TopicDescription, offsets: &[Option<(i64, i6
             p.leader.to_string()
         };
         let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let moving = if p.reassigning_to.is_empty() {
+            String::new()
+        } else {
+            format!("  reassigning to [{}]", list(&p.reassigning_to))
+        };
         let range = match offsets.get(p.partition as usize) {
             Some(Some((start, end))) => format!("  offsets [{start}, {end})"),
             Some(None) => "  offsets unavailable".to_string(),
             None => String::new(),
         };
         println!(
-            "  partition {:<4} leader {leader:<4} epoch {:<4} replicas [{}]  isr [{}]{range}",
+            "  partition {:<4} leader {leader:<4} epoch {:<4} replicas [{}]  isr [{}]{range}{moving}",
             p.partition,
             p.leader_epoch,
             list(&p.replicas),
@@ -332,6 +351,27 @@ pub async fn run_topic(cmd: TopicCommand) -> anyhow::Result<i32> {
             let topic = with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| {
                 let req = req.clone();
                 async move { AdminClient::new(ch).alter_topic_config(req).await }
+            })
+            .await?
+            .into_inner();
+            print_topic(&topic);
+        }
+        TopicCommand::Reassign {
+            name,
+            partition,
+            replicas,
+            throttle_bytes_per_s,
+            bootstrap,
+        } => {
+            let req = pb::ReassignPartitionRequest {
+                topic: name,
+                partition,
+                replicas,
+                throttle_bytes_per_s,
+            };
+            let topic = with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| {
+                let req = req.clone();
+                async move { AdminClient::new(ch).reassign_partition(req).await }
             })
             .await?
             .into_inner();

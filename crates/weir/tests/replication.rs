@@ -420,3 +420,135 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_after_resume() {
         "the follower caught up: {verify}"
     );
 }
+
+#[test]
+fn a_partition_moves_to_new_replicas_with_its_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = common::up(1, 4, 1500, &dir);
+    let bootstrap = cluster.0.bootstrap();
+    ok(weir(
+        &bootstrap,
+        &[
+            "topic",
+            "create",
+            "moving",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    ));
+    let describe = ok(weir(&bootstrap, &["topic", "describe", "moving"], None));
+    let line = describe
+        .lines()
+        .find(|l| l.contains("partition 0"))
+        .expect("partition 0")
+        .to_string();
+    let replicas: Vec<u32> = line
+        .split("replicas [")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .expect("replicas")
+        .split(',')
+        .map(|b| b.parse().expect("id"))
+        .collect();
+    let (leader, _) = partition0(&bootstrap, "moving");
+    let joining = (1..=4)
+        .find(|b| !replicas.contains(b))
+        .expect("a fourth broker");
+    let target: Vec<u32> = replicas
+        .iter()
+        .copied()
+        .filter(|b| *b != leader)
+        .chain([joining])
+        .collect();
+    let lines: String = (0..300)
+        .map(|i| format!("record-{i:04}-{}\n", "x".repeat(200)))
+        .collect();
+    ok(weir(
+        &bootstrap,
+        &["produce", "moving", "--partition", "0"],
+        Some(&lines),
+    ));
+
+    let list = target
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = ok(weir(
+        &bootstrap,
+        &[
+            "topic",
+            "reassign",
+            "moving",
+            "--partition",
+            "0",
+            "--replicas",
+            &list,
+            "--throttle-bytes-per-s",
+            "100000",
+        ],
+        None,
+    ));
+    assert!(out.contains("reassigning to"), "{out}");
+    let (_, took) = wait_for(
+        "the reassignment to finish",
+        Duration::from_secs(30),
+        || {
+            let d = ok(weir(&bootstrap, &["topic", "describe", "moving"], None));
+            let l = d.lines().find(|l| l.contains("partition 0"))?.to_string();
+            (!l.contains("reassigning") && l.contains(&format!("replicas [{list}]"))).then_some(l)
+        },
+    );
+    eprintln!("reassignment finished after {took:?}");
+    // throttled at 100 KB/s, ~70 KB of batches take a while to copy
+    assert!(
+        took >= Duration::from_millis(300),
+        "the throttle did not slow the copy: {took:?}"
+    );
+    let (new_leader, isr) = partition0(&bootstrap, "moving");
+    assert!(
+        target.contains(&new_leader),
+        "leader {new_leader} is not a target replica"
+    );
+    assert_eq!(isr.matches(',').count(), 2, "{isr}");
+    let read = ok(weir(
+        &bootstrap,
+        &[
+            "consume",
+            "moving",
+            "--partition",
+            "0",
+            "--from-beginning",
+            "--max-messages",
+            "300",
+        ],
+        None,
+    ));
+    assert_eq!(read, lines, "the moved partition lost or changed data");
+    // the replica that left deletes its copy
+    let gone = dir
+        .path()
+        .join(format!("broker-{leader}"))
+        .join("partitions");
+    wait_for(
+        "the old replica's directory to go",
+        Duration::from_secs(10),
+        || {
+            let left = std::fs::read_dir(&gone)
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with("moving-0-"))
+                })
+                .unwrap_or(false);
+            (!left).then_some(())
+        },
+    );
+    ok(weir(
+        &bootstrap,
+        &["produce", "moving", "--partition", "0"],
+        Some("after the move\n"),
+    ));
+}

@@ -250,7 +250,7 @@ impl BrokerService {
             }
             if !replica.is_leader() {
                 return Err(status(
-                    ErrorCode::NotLeader,
+                    ErrorCode::LeaderChangedAfterAppend,
                     "leadership moved before the batch was replicated; it may or may not be committed",
                 ));
             }
@@ -361,17 +361,24 @@ impl BrokerService {
         let mut durable = replica.subscribe_high_watermark();
         let batches = loop {
             let (start, hw) = (replica.log.start_offset(), replica.high_watermark());
-            if from < start || from > hw {
+            // Above the high watermark but within the log (a new leader's high watermark can
+            // trail its predecessor's for a moment): nothing to read yet, not an error.
+            if from < start || from > hw.max(replica.log.end_offset()) {
                 return Err(status(
                     ErrorCode::OffsetOutOfRange,
                     format!("offset {from} is outside [{start}, {hw}]"),
                 ));
             }
             let log = Arc::clone(&replica.log);
-            let batches = tokio::task::spawn_blocking(move || log.read(from, max_bytes, Some(hw)))
-                .await
-                .map_err(|e| status(ErrorCode::Unknown, e.to_string()))?
-                .map_err(|e| log_status(&e))?;
+            let batches = tokio::task::spawn_blocking(move || {
+                if from >= hw {
+                    return Ok(Vec::new());
+                }
+                log.read(from, max_bytes, Some(hw))
+            })
+            .await
+            .map_err(|e| status(ErrorCode::Unknown, e.to_string()))?
+            .map_err(|e| log_status(&e))?;
             let bytes: usize = batches.iter().map(RecordBatch::size_bytes).sum();
             let enough = bytes >= (req.min_bytes as usize).max(1);
             if enough || tokio::time::Instant::now() >= deadline {
@@ -384,10 +391,15 @@ impl BrokerService {
                 // timed out: answer with what there is
                 let log = Arc::clone(&replica.log);
                 let hw = replica.high_watermark();
-                break tokio::task::spawn_blocking(move || log.read(from, max_bytes, Some(hw)))
-                    .await
-                    .map_err(|e| status(ErrorCode::Unknown, e.to_string()))?
-                    .map_err(|e| log_status(&e))?;
+                break tokio::task::spawn_blocking(move || {
+                    if from >= hw {
+                        return Ok(Vec::new());
+                    }
+                    log.read(from, max_bytes, Some(hw))
+                })
+                .await
+                .map_err(|e| status(ErrorCode::Unknown, e.to_string()))?
+                .map_err(|e| log_status(&e))?;
             }
         };
         let mut records = Vec::new();

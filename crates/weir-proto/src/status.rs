@@ -34,6 +34,7 @@ pub fn status(code: ErrorCode, message: impl Into<String>) -> tonic::Status {
         | ErrorCode::UnknownMemberId
         | ErrorCode::FencedBroker
         | ErrorCode::NotEnoughReplicasAfterAppend => tonic::Code::FailedPrecondition,
+        ErrorCode::LeaderChangedAfterAppend => tonic::Code::Unavailable,
         ErrorCode::CorruptRecord => tonic::Code::DataLoss,
         ErrorCode::Unknown => tonic::Code::Unknown,
     };

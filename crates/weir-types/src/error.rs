@@ -111,6 +111,9 @@ error_codes! {
     StorageError = 23, "STORAGE_ERROR", retriable: true, outcome: Indeterminate;
     /// A broker used an incarnation the controller has fenced; it must register again.
     FencedBroker = 24, "FENCED_BROKER", retriable: false, outcome: Definite;
+    /// Leadership moved after the batch was appended and before it was replicated: it may or
+    /// may not be committed. Retry only as an idempotent producer.
+    LeaderChangedAfterAppend = 25, "LEADER_CHANGED_AFTER_APPEND", retriable: true, outcome: Indeterminate;
 }
 
 impl fmt::Display for ErrorCode {

@@ -268,7 +268,14 @@ impl Registry {
         }
         let dir = replica.dir.clone();
         tracing::info!(topic = %key.0, partition = key.1, dir = %dir.display(), "partition deleted");
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        let shown = dir.display().to_string();
+        match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(dir = %shown, error = %e, "could not delete a removed partition")
+            }
+            Err(e) => tracing::warn!(dir = %shown, error = %e, "partition deletion task failed"),
+        }
     }
 
     /// Deletes partition directories left from topics deleted while this broker was down.
@@ -287,7 +294,9 @@ impl Registry {
             let name = entry.file_name().to_string_lossy().into_owned();
             if entry.path().is_dir() && !keep.contains(&name) {
                 tracing::info!(dir = %name, "deleting partition of a topic that no longer exists");
-                let _ = std::fs::remove_dir_all(entry.path());
+                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(dir = %name, error = %e, "could not delete a stray partition");
+                }
             }
         }
     }

@@ -412,7 +412,9 @@ pub async fn run_isr_manager(
             last_checkpoint = Instant::now();
             for replica in registry.all() {
                 let log = Arc::clone(&replica.log);
-                let _ = tokio::task::spawn_blocking(move || log.checkpoint()).await;
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || log.checkpoint()).await {
+                    tracing::warn!(topic = %replica.topic, partition = replica.partition, error = %e, "high-watermark checkpoint failed");
+                }
             }
         }
     }

@@ -239,7 +239,14 @@ fn leader_loss_under_acks_all_loses_no_acknowledged_record() {
     );
     let out = weir(
         &bootstrap,
-        &["produce", "steady", "--partition", "0"],
+        &[
+            "produce",
+            "steady",
+            "--partition",
+            "0",
+            "--delivery-timeout-ms",
+            "2000",
+        ],
         Some("refused\n"),
     );
     assert!(!out.status.success());

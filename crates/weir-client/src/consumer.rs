@@ -1,0 +1,274 @@
+//! The consumer (manual assignment): one background fetch loop per assigned partition keeps
+//! up to `prefetch_max` fetched chunks ready; `poll` returns what is ready.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use weir_proto::v1 as pb;
+use weir_types::{Header, Offset};
+
+use crate::error::ClientError;
+use crate::metadata::Metadata;
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub bootstrap: Vec<String>,
+    /// Bytes one fetch returns at most.
+    pub fetch_bytes_max: u32,
+    /// How long a fetch waits at the broker for data.
+    pub fetch_wait_ms: u32,
+    /// Fetched chunks buffered per partition ahead of `poll`.
+    pub prefetch_max: usize,
+}
+
+impl ConsumerConfig {
+    pub fn new(bootstrap: Vec<String>) -> ConsumerConfig {
+        ConsumerConfig {
+            bootstrap,
+            fetch_bytes_max: 1 << 20,
+            fetch_wait_ms: 500,
+            prefetch_max: 4,
+        }
+    }
+}
+
+/// Where to start (or move) reading a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    Beginning,
+    End,
+    Offset(i64),
+    /// The first record at or after this time (ms since the epoch).
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: Offset,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+}
+
+struct Fetcher {
+    task: JoinHandle<()>,
+    ready: mpsc::Receiver<Result<Vec<ConsumerRecord>, ClientError>>,
+}
+
+pub struct Consumer {
+    config: ConsumerConfig,
+    metadata: Arc<Metadata>,
+    fetchers: HashMap<(String, u32), Fetcher>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        for f in self.fetchers.values() {
+            f.task.abort();
+        }
+    }
+}
+
+impl Consumer {
+    pub fn new(config: ConsumerConfig) -> Result<Consumer, ClientError> {
+        if config.bootstrap.is_empty() {
+            return Err(ClientError::Invalid {
+                field: "bootstrap".into(),
+                reason: "no address given".into(),
+            });
+        }
+        Ok(Consumer {
+            metadata: Arc::new(Metadata::new(config.bootstrap.clone())),
+            config,
+            fetchers: HashMap::new(),
+        })
+    }
+
+    /// The number of partitions of `topic`.
+    pub async fn partitions(&self, topic: &str) -> Result<u32, ClientError> {
+        Ok(self.metadata.route(topic, false).await?.leaders.len() as u32)
+    }
+
+    /// Starts reading `partition` of `topic` from `start` (replacing any earlier position).
+    pub async fn seek(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        start: SeekTo,
+    ) -> Result<(), ClientError> {
+        let offset = self.resolve(topic, partition, start).await?;
+        if let Some(old) = self.fetchers.remove(&(topic.to_string(), partition)) {
+            old.task.abort();
+        }
+        let (tx, ready) = mpsc::channel(self.config.prefetch_max.max(1));
+        let task = tokio::spawn(fetch_loop(
+            Arc::clone(&self.metadata),
+            self.config.clone(),
+            topic.to_string(),
+            partition,
+            offset,
+            tx,
+        ));
+        self.fetchers
+            .insert((topic.to_string(), partition), Fetcher { task, ready });
+        Ok(())
+    }
+
+    /// Assigns every given partition, each starting at `start`.
+    pub async fn assign(
+        &mut self,
+        topic: &str,
+        partitions: &[u32],
+        start: SeekTo,
+    ) -> Result<(), ClientError> {
+        for p in partitions {
+            self.seek(topic, *p, start).await?;
+        }
+        Ok(())
+    }
+
+    async fn resolve(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: SeekTo,
+    ) -> Result<i64, ClientError> {
+        let (spec, ts) = match start {
+            SeekTo::Offset(o) if o < 0 => {
+                return Err(ClientError::Invalid {
+                    field: "offset".into(),
+                    reason: "must not be negative".into(),
+                });
+            }
+            SeekTo::Offset(o) => return Ok(o),
+            SeekTo::Beginning => (pb::OffsetSpec::Earliest, 0),
+            SeekTo::End => (pb::OffsetSpec::Latest, 0),
+            SeekTo::Timestamp(t) => (pb::OffsetSpec::Timestamp, t),
+        };
+        let mut refresh = false;
+        for _ in 0..20 {
+            let attempt = async {
+                let mut client = self.metadata.leader(topic, partition, refresh).await?;
+                client
+                    .list_offsets(pb::ListOffsetsRequest {
+                        topic: topic.to_string(),
+                        partition,
+                        spec: spec as i32,
+                        timestamp_ms: ts,
+                    })
+                    .await
+                    .map(|r| r.into_inner().offset)
+                    .map_err(|s| ClientError::from_status(&s))
+            }
+            .await;
+            match attempt {
+                Ok(o) => return Ok(o),
+                Err(e) if e.retriable(true) => {
+                    refresh = true;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Unavailable(format!(
+            "{topic}/{partition}: no leader answered"
+        )))
+    }
+
+    /// Records ready now, waiting up to `max_wait` for the first.
+    pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            let mut out = Vec::new();
+            for fetcher in self.fetchers.values_mut() {
+                while let Ok(chunk) = fetcher.ready.try_recv() {
+                    out.extend(chunk?);
+                }
+            }
+            if !out.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+async fn fetch_loop(
+    metadata: Arc<Metadata>,
+    config: ConsumerConfig,
+    topic: String,
+    partition: u32,
+    mut offset: i64,
+    ready: mpsc::Sender<Result<Vec<ConsumerRecord>, ClientError>>,
+) {
+    let mut refresh = false;
+    loop {
+        let attempt = async {
+            let mut client = metadata.leader(&topic, partition, refresh).await?;
+            client
+                .fetch(pb::FetchRequest {
+                    topic: topic.clone(),
+                    partition,
+                    offset,
+                    max_bytes: config.fetch_bytes_max,
+                    max_wait_ms: config.fetch_wait_ms,
+                    min_bytes: 1,
+                    leader_epoch: None,
+                    decode: true,
+                })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| ClientError::from_status(&s))
+        }
+        .await;
+        match attempt {
+            Ok(r) => {
+                refresh = false;
+                let records: Vec<ConsumerRecord> = r
+                    .records
+                    .into_iter()
+                    .filter_map(|s| {
+                        let rec = s.record?;
+                        Some(ConsumerRecord {
+                            topic: topic.clone(),
+                            partition,
+                            offset: Offset(s.offset),
+                            timestamp_ms: rec.timestamp_ms,
+                            key: rec.key,
+                            value: rec.value,
+                            headers: rec
+                                .headers
+                                .into_iter()
+                                .map(|h| Header {
+                                    key: h.key,
+                                    value: h.value,
+                                })
+                                .collect(),
+                        })
+                    })
+                    .collect();
+                if let Some(last) = records.last() {
+                    offset = last.offset.0 + 1;
+                    if ready.send(Ok(records)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) if e.retriable(true) => {
+                refresh = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Weir's Rust client.
+//!
+//! - [`Producer`]: per-partition batching (`linger_ms`, `batch_bytes_max`), compression, a
+//!   stable key partitioner and sticky partitioning for keyless records, idempotence on by
+//!   default (a retried batch is never written twice), retries driven by the error
+//!   classification with metadata refresh, and a future per record with its offset. One
+//!   request in flight per partition keeps records in order.
+//! - [`Consumer`]: manual assignment, a background fetch loop per partition with bounded
+//!   prefetch, seek to an offset, the beginning, the end or a timestamp.
+//! - `metadata`: topic routes (partition leaders) from the controllers, refreshed on demand.
+
+mod consumer;
+mod error;
+mod metadata;
+mod producer;
+
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, SeekTo};
+pub use error::ClientError;
+pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, RecordMetadata};

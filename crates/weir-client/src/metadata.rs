@@ -1,0 +1,116 @@
+//! Topic routes: which broker leads each partition, asked of the controllers and cached.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+use weir_proto::v1 as pb;
+use weir_proto::v1::admin_client::AdminClient;
+use weir_proto::v1::broker_client::BrokerClient;
+
+use crate::error::ClientError;
+
+/// Where each partition of a topic is led.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    /// Per partition: the leader's address (none while offline).
+    pub leaders: Vec<Option<String>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Metadata {
+    bootstrap: Vec<String>,
+    routes: Mutex<HashMap<String, Arc<Route>>>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+const PATIENCE: Duration = Duration::from_secs(5);
+
+impl Metadata {
+    pub fn new(bootstrap: Vec<String>) -> Metadata {
+        Metadata {
+            bootstrap,
+            routes: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn route(&self, topic: &str, refresh: bool) -> Result<Arc<Route>, ClientError> {
+        if !refresh && let Some(route) = self.routes.lock().await.get(topic) {
+            return Ok(Arc::clone(route));
+        }
+        let name = topic.to_string();
+        let t = weir_proto::call::with_controller(&self.bootstrap, PATIENCE, |ch| {
+            let name = name.clone();
+            async move {
+                AdminClient::new(ch)
+                    .describe_topic(pb::DescribeTopicRequest { name })
+                    .await
+            }
+        })
+        .await?
+        .into_inner();
+        let cluster =
+            weir_proto::call::with_controller(&self.bootstrap, PATIENCE, |ch| async move {
+                AdminClient::new(ch)
+                    .describe_cluster(pb::DescribeClusterRequest {})
+                    .await
+            })
+            .await?
+            .into_inner();
+        let leaders = t
+            .partitions
+            .iter()
+            .map(|p| {
+                cluster
+                    .brokers
+                    .iter()
+                    .find(|b| b.id == p.leader && !b.fenced)
+                    .map(|b| b.address.clone())
+            })
+            .collect();
+        let route = Arc::new(Route { leaders });
+        self.routes
+            .lock()
+            .await
+            .insert(topic.to_string(), Arc::clone(&route));
+        Ok(route)
+    }
+
+    /// A client for the leader of `partition` (connections are shared per address).
+    pub async fn leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        refresh: bool,
+    ) -> Result<BrokerClient<Channel>, ClientError> {
+        let route = self.route(topic, refresh).await?;
+        let addr = route
+            .leaders
+            .get(partition as usize)
+            .ok_or_else(|| ClientError::Invalid {
+                field: "partition".into(),
+                reason: format!("{topic} has {} partitions", route.leaders.len()),
+            })?
+            .clone()
+            .ok_or_else(|| {
+                ClientError::Unavailable(format!("{topic}/{partition} has no leader"))
+            })?;
+        let mut channels = self.channels.lock().await;
+        let channel = match channels.get(&addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = weir_proto::call::connect(&addr).await?;
+                channels.insert(addr, c.clone());
+                c
+            }
+        };
+        Ok(BrokerClient::new(channel))
+    }
+
+    pub async fn forget_channels(&self) {
+        self.channels.lock().await.clear();
+    }
+}

@@ -1,0 +1,418 @@
+//! The producer: records are routed to a partition, gathered per partition into batches
+//! (sent when `batch_bytes_max` is reached or `linger_ms` passed), and sent by one task per
+//! partition with one request in flight, so records of a partition keep their order. With
+//! idempotence (the default) every batch carries the producer id and sequence, and any
+//! retriable failure — even one whose outcome is unknown — is retried with the same sequence
+//! until `delivery_timeout` passes: the broker answers a retry with the original offsets.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+use weir_proto::v1 as pb;
+use weir_types::{BatchBuilder, Compression, Offset, ProducerEpoch, ProducerId, Record, Sequence};
+
+use crate::error::ClientError;
+use crate::metadata::Metadata;
+
+/// Records queued per partition before `send` waits.
+const QUEUE_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    None,
+    Leader,
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub bootstrap: Vec<String>,
+    /// How long a partition's batch waits for more records.
+    pub linger_ms: u64,
+    /// A batch is sent once its records reach this size.
+    pub batch_bytes_max: usize,
+    pub compression: Compression,
+    pub acks: Acks,
+    pub idempotence: bool,
+    /// How long a record may take, retries included.
+    pub delivery_timeout: Duration,
+}
+
+impl ProducerConfig {
+    pub fn new(bootstrap: Vec<String>) -> ProducerConfig {
+        ProducerConfig {
+            bootstrap,
+            linger_ms: 5,
+            batch_bytes_max: 256 * 1024,
+            compression: Compression::None,
+            acks: Acks::All,
+            idempotence: true,
+            delivery_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub partition: u32,
+    /// `None` with `Acks::None`.
+    pub offset: Option<Offset>,
+}
+
+/// Resolves when the record is acknowledged (or failed for good).
+pub struct DeliveryFuture(oneshot::Receiver<Result<RecordMetadata, ClientError>>);
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata, ClientError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+enum Item {
+    Record(Record, oneshot::Sender<Result<RecordMetadata, ClientError>>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The queue of each (topic, partition) this producer has sent to.
+type PartitionQueues = HashMap<(String, u32), mpsc::Sender<Item>>;
+
+struct Shared {
+    config: ProducerConfig,
+    metadata: Metadata,
+}
+
+/// A batching, idempotent producer. Cheap to clone; all clones share partitions and batches.
+#[derive(Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+    partitions: Arc<Mutex<PartitionQueues>>,
+    sticky: Arc<Mutex<HashMap<String, (u32, usize)>>>,
+}
+
+impl Producer {
+    pub fn new(config: ProducerConfig) -> Result<Producer, ClientError> {
+        if config.bootstrap.is_empty() {
+            return Err(ClientError::Invalid {
+                field: "bootstrap".into(),
+                reason: "no address given".into(),
+            });
+        }
+        if config.batch_bytes_max == 0 {
+            return Err(ClientError::Invalid {
+                field: "batch_bytes_max".into(),
+                reason: "must be positive".into(),
+            });
+        }
+        Ok(Producer {
+            shared: Arc::new(Shared {
+                metadata: Metadata::new(config.bootstrap.clone()),
+                config,
+            }),
+            partitions: Arc::new(Mutex::new(HashMap::new())),
+            sticky: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// Queues `record` for `topic`; a keyed record always goes to the same partition
+    /// (`partition` overrides). The returned future resolves with its offset.
+    pub async fn send(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        record: Record,
+    ) -> Result<DeliveryFuture, ClientError> {
+        let count = self
+            .shared
+            .metadata
+            .route(topic, false)
+            .await?
+            .leaders
+            .len() as u32;
+        if count == 0 {
+            return Err(ClientError::Invalid {
+                field: "topic".into(),
+                reason: format!("{topic} has no partitions"),
+            });
+        }
+        let partition = match (partition, &record.key) {
+            (Some(p), _) if p >= count => {
+                return Err(ClientError::Invalid {
+                    field: "partition".into(),
+                    reason: format!("{topic} has {count} partitions"),
+                });
+            }
+            (Some(p), _) => p,
+            (None, Some(key)) => crc32c::crc32c(key) % count,
+            (None, None) => {
+                self.sticky_partition(topic, count, record_size(&record))
+                    .await
+            }
+        };
+        let sender = self.partition_sender(topic, partition).await;
+        let (tx, rx) = oneshot::channel();
+        sender
+            .send(Item::Record(record, tx))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(DeliveryFuture(rx))
+    }
+
+    /// Sends every queued batch now and waits until they are answered.
+    pub async fn flush(&self) {
+        let senders: Vec<mpsc::Sender<Item>> =
+            self.partitions.lock().await.values().cloned().collect();
+        for sender in senders {
+            let (tx, rx) = oneshot::channel();
+            if sender.send(Item::Flush(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+    }
+
+    /// Keyless records stick to one partition until a batch's worth went there.
+    async fn sticky_partition(&self, topic: &str, count: u32, size: usize) -> u32 {
+        let mut sticky = self.sticky.lock().await;
+        let seed = (std::process::id() + topic.len() as u32) % count;
+        let entry = sticky.entry(topic.to_string()).or_insert((seed, 0));
+        if entry.1 >= self.shared.config.batch_bytes_max {
+            *entry = ((entry.0 + 1) % count, 0);
+        }
+        entry.1 += size;
+        entry.0
+    }
+
+    async fn partition_sender(&self, topic: &str, partition: u32) -> mpsc::Sender<Item> {
+        let mut partitions = self.partitions.lock().await;
+        partitions
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(QUEUE_MAX);
+                tokio::spawn(run_partition(
+                    Arc::clone(&self.shared),
+                    topic.to_string(),
+                    partition,
+                    rx,
+                ));
+                tx
+            })
+            .clone()
+    }
+}
+
+fn record_size(r: &Record) -> usize {
+    16 + r.key.as_ref().map_or(0, |k| k.len())
+        + r.value.as_ref().map_or(0, |v| v.len())
+        + r.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
+            .sum::<usize>()
+}
+
+type Waiter = oneshot::Sender<Result<RecordMetadata, ClientError>>;
+
+/// What one partition collected for its next batch.
+#[derive(Default)]
+struct Gathered {
+    records: Vec<Record>,
+    waiters: Vec<Waiter>,
+    flushes: Vec<oneshot::Sender<()>>,
+    bytes: usize,
+}
+
+impl Gathered {
+    fn push(&mut self, item: Item) {
+        match item {
+            Item::Record(r, w) => {
+                self.bytes += record_size(&r);
+                self.records.push(r);
+                self.waiters.push(w);
+            }
+            Item::Flush(f) => self.flushes.push(f),
+        }
+    }
+}
+
+/// One partition: gather, send with retries, answer, in order.
+async fn run_partition(
+    shared: Arc<Shared>,
+    topic: String,
+    partition: u32,
+    mut rx: mpsc::Receiver<Item>,
+) {
+    let linger = Duration::from_millis(shared.config.linger_ms);
+    let mut producer: Option<(ProducerId, ProducerEpoch)> = None;
+    let mut sequence: i32 = 0;
+    while let Some(first) = rx.recv().await {
+        let mut gathered = Gathered::default();
+        gathered.push(first);
+        let deadline = tokio::time::Instant::now() + linger;
+        while gathered.bytes < shared.config.batch_bytes_max && gathered.flushes.is_empty() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(item)) => gathered.push(item),
+                _ => break,
+            }
+        }
+        let Gathered {
+            records,
+            waiters,
+            flushes,
+            ..
+        } = gathered;
+        if !records.is_empty() {
+            if shared.config.idempotence && producer.is_none() {
+                match init_producer(&shared, &topic, partition).await {
+                    Ok(p) => {
+                        producer = Some(p);
+                        sequence = 0;
+                    }
+                    Err(e) => {
+                        for w in waiters {
+                            let _ = w.send(Err(e.clone()));
+                        }
+                        for f in flushes {
+                            let _ = f.send(());
+                        }
+                        continue;
+                    }
+                }
+            }
+            let count = records.len() as i32;
+            let result = send_batch(&shared, &topic, partition, records, producer, sequence).await;
+            match result {
+                Ok(base) => {
+                    sequence = sequence.wrapping_add(count) & i32::MAX;
+                    for (i, w) in waiters.into_iter().enumerate() {
+                        let _ = w.send(Ok(RecordMetadata {
+                            partition,
+                            offset: base.map(|b| b.plus(i as i64)),
+                        }));
+                    }
+                }
+                Err(e) => {
+                    // The batch's fate may be unknown: a new producer id keeps later batches
+                    // from being mistaken for it.
+                    producer = None;
+                    for w in waiters {
+                        let _ = w.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        for f in flushes {
+            let _ = f.send(());
+        }
+    }
+}
+
+async fn init_producer(
+    shared: &Shared,
+    topic: &str,
+    partition: u32,
+) -> Result<(ProducerId, ProducerEpoch), ClientError> {
+    let deadline = tokio::time::Instant::now() + shared.config.delivery_timeout;
+    let mut refresh = false;
+    loop {
+        let attempt = async {
+            let mut client = shared.metadata.leader(topic, partition, refresh).await?;
+            client
+                .init_producer_id(pb::InitProducerIdRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| ClientError::from_status(&s))
+        }
+        .await;
+        match attempt {
+            Ok(r) => {
+                return Ok((
+                    ProducerId(r.producer_id),
+                    ProducerEpoch(r.producer_epoch as i16),
+                ));
+            }
+            Err(e) if e.retriable(true) && tokio::time::Instant::now() < deadline => {
+                refresh = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends one batch until it is acknowledged, a final error, or the delivery timeout.
+async fn send_batch(
+    shared: &Shared,
+    topic: &str,
+    partition: u32,
+    records: Vec<Record>,
+    producer: Option<(ProducerId, ProducerEpoch)>,
+    sequence: i32,
+) -> Result<Option<Offset>, ClientError> {
+    let mut builder = BatchBuilder::new(shared.config.compression);
+    if let Some((id, epoch)) = producer {
+        builder = builder.producer(id, epoch, Sequence(sequence));
+    }
+    for r in records {
+        builder.push(r);
+    }
+    let batch: pb::RecordBatch = builder
+        .build()
+        .map_err(|e| ClientError::Invalid {
+            field: "records".into(),
+            reason: e.to_string(),
+        })?
+        .into();
+    let acks = match shared.config.acks {
+        Acks::None => pb::Acks::None,
+        Acks::Leader => pb::Acks::Leader,
+        Acks::All => pb::Acks::All,
+    };
+    let idempotent = producer.is_some();
+    let deadline = tokio::time::Instant::now() + shared.config.delivery_timeout;
+    let mut attempts = 0u32;
+    let mut refresh = false;
+    loop {
+        attempts += 1;
+        let attempt = async {
+            let mut client = shared.metadata.leader(topic, partition, refresh).await?;
+            client
+                .produce(pb::ProduceRequest {
+                    topic: topic.to_string(),
+                    partition,
+                    acks: acks as i32,
+                    leader_epoch: None,
+                    batch: Some(batch.clone()),
+                    records: Vec::new(),
+                })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| ClientError::from_status(&s))
+        }
+        .await;
+        match attempt {
+            Ok(r) => return Ok((r.base_offset >= 0).then_some(Offset(r.base_offset))),
+            Err(e) if e.retriable(idempotent) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ClientError::Exhausted {
+                        attempts,
+                        last: e.to_string(),
+                    });
+                }
+                tracing::debug!(%topic, partition, error = %e, "retrying a batch");
+                refresh = true;
+                if matches!(e, ClientError::Unavailable(_)) {
+                    shared.metadata.forget_channels().await;
+                }
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempts.min(10)))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The client against a real controller and broker in this process.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use weir_broker::{Broker, BrokerConfig};
+use weir_client::{Consumer, ConsumerConfig, Producer, ProducerConfig, SeekTo};
+use weir_controller::{Controller, ControllerConfig};
+use weir_proto::v1 as pb;
+use weir_types::{BrokerId, Compression, Offset, Record};
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_batches_and_consumer_reads_everything_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let caddr = free_addr();
+    let controller = Controller::start(ControllerConfig::new(1, caddr, dir.path().join("c")))
+        .await
+        .expect("controller");
+    let broker = Broker::start(BrokerConfig::new(
+        BrokerId(1),
+        free_addr(),
+        dir.path().join("b"),
+        vec![caddr.to_string()],
+    ))
+    .await
+    .expect("broker");
+    while !broker.is_ready() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bootstrap = vec![caddr.to_string()];
+    let mut admin = pb::admin_client::AdminClient::new(
+        weir_proto::call::connect(&caddr.to_string())
+            .await
+            .expect("connect"),
+    );
+    admin
+        .create_topic(pb::CreateTopicRequest {
+            name: "c".into(),
+            partitions: 4,
+            replication_factor: 1,
+            config: None,
+        })
+        .await
+        .expect("create");
+    while (0..4).any(|p| broker.registry.get("c", p).is_none()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut config = ProducerConfig::new(bootstrap.clone());
+    config.compression = Compression::Lz4;
+    config.linger_ms = 20;
+    let producer = Producer::new(config).expect("producer");
+    let mut futures = Vec::new();
+    for i in 0..3000u32 {
+        let key = (i % 3 == 0).then(|| Bytes::from(format!("key-{}", i % 10)));
+        let record = Record {
+            timestamp_ms: 1_000 + i64::from(i),
+            key: key.clone(),
+            value: Some(Bytes::from(format!("value-{i}"))),
+            headers: Vec::new(),
+        };
+        futures.push((
+            i,
+            key,
+            producer.send("c", None, record).await.expect("send"),
+        ));
+    }
+    producer.flush().await;
+    let mut placed: BTreeMap<(u32, i64), String> = BTreeMap::new();
+    let mut key_partition: BTreeMap<Bytes, u32> = BTreeMap::new();
+    for (i, key, future) in futures {
+        let meta = future.await.expect("delivered");
+        let offset = meta.offset.expect("acks=all gives offsets");
+        assert!(
+            placed
+                .insert((meta.partition, offset.0), format!("value-{i}"))
+                .is_none(),
+            "two records at {}/{offset}",
+            meta.partition
+        );
+        if let Some(key) = key {
+            let p = *key_partition.entry(key).or_insert(meta.partition);
+            assert_eq!(p, meta.partition, "a key moved partitions");
+        }
+    }
+    // records were batched: far fewer batches than records
+    let mut batches = 0;
+    for p in 0..4 {
+        let log = &broker.registry.get("c", p).expect("partition").log;
+        batches += log
+            .read(Offset(0), usize::MAX / 2, None)
+            .expect("read")
+            .len();
+    }
+    assert!(
+        batches < 300,
+        "{batches} batches for 3000 records: no batching"
+    );
+
+    let mut consumer = Consumer::new(ConsumerConfig::new(bootstrap)).expect("consumer");
+    assert_eq!(consumer.partitions("c").await.expect("partitions"), 4);
+    consumer
+        .assign("c", &[0, 1, 2, 3], SeekTo::Beginning)
+        .await
+        .expect("assign");
+    let mut read: BTreeMap<(u32, i64), String> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while read.len() < 3000 && tokio::time::Instant::now() < deadline {
+        for r in consumer
+            .poll(Duration::from_millis(200))
+            .await
+            .expect("poll")
+        {
+            let value = String::from_utf8_lossy(&r.value.expect("value")).into_owned();
+            read.insert((r.partition, r.offset.0), value);
+        }
+    }
+    assert_eq!(
+        read, placed,
+        "the consumer did not read back exactly what was acknowledged"
+    );
+
+    // seeks: to the end (nothing old), then by time
+    consumer.seek("c", 0, SeekTo::End).await.expect("seek end");
+    assert!(
+        consumer
+            .poll(Duration::from_millis(300))
+            .await
+            .expect("poll")
+            .iter()
+            .all(|r| r.partition != 0)
+    );
+    let target = placed
+        .iter()
+        .filter(|((p, _), _)| *p == 1)
+        .nth(10)
+        .map(|((_, o), _)| *o)
+        .expect("records on partition 1");
+    consumer
+        .seek("c", 1, SeekTo::Offset(target))
+        .await
+        .expect("seek offset");
+    let got = consumer.poll(Duration::from_secs(2)).await.expect("poll");
+    let first = got
+        .iter()
+        .find(|r| r.partition == 1)
+        .expect("partition 1 records");
+    assert_eq!(first.offset.0, target);
+    let seen: HashSet<u32> = got.iter().map(|r| r.partition).collect();
+    assert!(!seen.contains(&0));
+    consumer
+        .seek("c", 2, SeekTo::Timestamp(i64::MAX / 2))
+        .await
+        .expect("seek time");
+    assert!(matches!(
+        consumer.seek("c", 2, SeekTo::Offset(-1)).await,
+        Err(weir_client::ClientError::Invalid { .. })
+    ));
+
+    drop(consumer);
+    broker.shutdown().await;
+    controller.shutdown().await;
+}

@@ -146,6 +146,17 @@ impl Services {
         }
     }
 
+    /// The current voters of the controller quorum.
+    fn voters(&self) -> BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     fn leader_only(&self) -> Result<(), Status> {
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.current_leader == Some(self.id) {
@@ -526,14 +537,7 @@ impl Admin for Services {
             .add_learner(req.id, node, true)
             .await
             .map_err(|e| status(ErrorCode::NotController, e.to_string()))?;
-        let mut voters: BTreeSet<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let mut voters = self.voters();
         voters.insert(req.id);
         self.raft
             .change_membership(voters, false)
@@ -603,14 +607,7 @@ impl Admin for Services {
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
         let id = request.into_inner().id;
         self.leader_only()?;
-        let mut voters: BTreeSet<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let mut voters = self.voters();
         if !voters.remove(&id) {
             return Err(invalid("id", &format!("controller {id} is not a voter")));
         }

@@ -172,6 +172,21 @@ pub enum ClusterCommand {
     },
 }
 
+/// A topic's description from the active controller.
+async fn describe(bootstrap: &[String], name: &str) -> anyhow::Result<pb::TopicDescription> {
+    let name = name.to_string();
+    Ok(with_controller(bootstrap, |ch| {
+        let name = name.clone();
+        async move {
+            AdminClient::new(ch)
+                .describe_topic(pb::DescribeTopicRequest { name })
+                .await
+        }
+    })
+    .await?
+    .into_inner())
+}
+
 /// `(log start, high watermark)` of each partition, asked of its leader; `None` where the
 /// leader is offline or unreachable.
 async fn partition_offsets(
@@ -313,16 +328,7 @@ pub async fn run_topic(cmd: TopicCommand) -> anyhow::Result<i32> {
         }
         TopicCommand::Describe { name, bootstrap } => {
             let bootstrap = parse_bootstrap(&bootstrap.bootstrap)?;
-            let topic = with_controller(&bootstrap, |ch| {
-                let name = name.clone();
-                async move {
-                    AdminClient::new(ch)
-                        .describe_topic(pb::DescribeTopicRequest { name })
-                        .await
-                }
-            })
-            .await?
-            .into_inner();
+            let topic = describe(&bootstrap, &name).await?;
             let offsets = partition_offsets(&bootstrap, &topic).await?;
             print_topic_with_offsets(&topic, &offsets);
         }
@@ -400,16 +406,7 @@ pub async fn run_topic(cmd: TopicCommand) -> anyhow::Result<i32> {
                 elected.leader, elected.leader_epoch
             );
             if elected.unclean {
-                let topic = with_controller(&bootstrap, |ch| {
-                    let name = name.clone();
-                    async move {
-                        AdminClient::new(ch)
-                            .describe_topic(pb::DescribeTopicRequest { name })
-                            .await
-                    }
-                })
-                .await?
-                .into_inner();
+                let topic = describe(&bootstrap, &name).await?;
                 let offsets = partition_offsets(&bootstrap, &topic).await?;
                 let end = offsets.get(partition as usize).copied().flatten();
                 match end {

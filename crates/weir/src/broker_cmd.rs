@@ -15,25 +15,84 @@ use crate::logging::{self, LogFormat};
 
 #[derive(Debug, Args)]
 pub struct BrokerArgs {
+    /// A TOML file with a [broker] section (see deploy/weir.example.toml); flags override it.
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
     /// This broker's id (positive, unique among brokers).
     #[arg(long)]
-    id: u32,
-    /// Address for producers and consumers; also advertised to the controller.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    listen: SocketAddr,
-    /// Controller addresses (`host:port` or `id=host:port`), comma separated.
-    #[arg(long, env = "WEIR_CONTROLLERS", default_value = "127.0.0.1:9093")]
-    controllers: String,
+    id: Option<u32>,
+    /// Address for producers and consumers; also advertised to the controller
+    /// [default: 127.0.0.1:9092].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Controller addresses (`host:port` or `id=host:port`), comma separated
+    /// [default: 127.0.0.1:9093].
+    #[arg(long, env = "WEIR_CONTROLLERS")]
+    controllers: Option<String>,
     /// Rack (or zone) name; replicas of a partition are spread across racks.
     #[arg(long)]
     rack: Option<String>,
-    #[arg(long, default_value = "./weir-data/broker")]
-    data_dir: PathBuf,
+    /// Where partitions are stored [default: ./weir-data/broker].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long)]
     http: Option<SocketAddr>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// The broker's settings: flags over the `--config` file over defaults.
+fn resolve(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, Option<SocketAddr>)> {
+    let file = crate::file_config::load(args.config.as_deref())?.broker;
+    let id = args
+        .id
+        .or(file.id)
+        .context("--id (or broker.id in --config) is required")?;
+    anyhow::ensure!(id > 0, "--id must be positive");
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092)));
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./weir-data/broker"));
+    let controllers = args
+        .controllers
+        .clone()
+        .or(file.controllers)
+        .unwrap_or_else(|| "127.0.0.1:9093".to_string());
+    let mut config = BrokerConfig::new(
+        BrokerId(id),
+        listen,
+        data_dir,
+        controller_addresses(&controllers)?,
+    );
+    config.rack = args.rack.clone().or(file.rack);
+    if let Some(v) = file.replica_lag_ms_max {
+        config.replica_lag_ms_max = v;
+    }
+    if let Some(v) = file.produce_timeout_ms {
+        config.produce_timeout_ms = v;
+    }
+    if let Some(v) = file.fetch_wait_ms_max {
+        config.fetch_wait_ms_max = v;
+    }
+    if let Some(v) = file.fetch_bytes_max {
+        config.fetch_bytes_max = v;
+    }
+    if let Some(v) = file.batch_bytes_max {
+        config.batch_bytes_max = v;
+    }
+    if let Some(v) = file.retention_check_ms {
+        config.retention_check_ms = v;
+    }
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("broker settings: {e}"))?;
+    Ok((config, args.http.or(file.http)))
 }
 
 /// Accepts `a:1,b:2` and `1=a:1,2=b:2`.
@@ -54,22 +113,16 @@ pub fn controller_addresses(raw: &str) -> anyhow::Result<Vec<String>> {
 
 pub async fn run_broker(args: BrokerArgs) -> anyhow::Result<i32> {
     logging::init(args.log_format);
-    anyhow::ensure!(args.id > 0, "--id must be positive");
-    let mut config = BrokerConfig::new(
-        BrokerId(args.id),
-        args.listen,
-        args.data_dir,
-        controller_addresses(&args.controllers)?,
-    );
-    config.rack = args.rack;
+    let (config, http) = resolve(&args)?;
+    let id = config.id;
     crate::http::metrics_handle()?;
     let broker = Broker::start(config).await?;
-    println!("broker {} listening on {}", args.id, broker.local_addr);
+    println!("broker {id} listening on {}", broker.local_addr);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    if let Some(addr) = args.http {
+    if let Some(addr) = http {
         let bound =
             crate::http::serve(addr, std::sync::Arc::new(broker.readiness()), stopped).await?;
-        println!("broker {} http endpoints on {bound}", args.id);
+        println!("broker {id} http endpoints on {bound}");
     }
     wait_for_signal().await?;
     tracing::info!("shutting down");

@@ -12,12 +12,16 @@ use crate::logging::{self, LogFormat};
 
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
+    /// A TOML file with a [controller] section (see deploy/weir.example.toml); flags
+    /// override it.
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
     /// This controller's id (positive, unique).
     #[arg(long)]
-    id: u64,
-    /// Address to listen on for Raft, admin and broker traffic.
-    #[arg(long, default_value = "127.0.0.1:9093")]
-    listen: SocketAddr,
+    id: Option<u64>,
+    /// Address to listen on for Raft, admin and broker traffic [default: 127.0.0.1:9093].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// The initial voters, `id=host:port,...`, including this controller. Used only to
     /// bootstrap an empty cluster; restarts keep the membership they have.
     #[arg(long, env = "WEIR_CONTROLLERS")]
@@ -26,23 +30,68 @@ pub struct ControllerArgs {
     /// `weir cluster add-controller` to add this node.
     #[arg(long, conflicts_with = "controllers")]
     join: bool,
-    /// Where the Raft log and state live.
-    #[arg(long, default_value = "./weir-data/controller")]
-    data_dir: PathBuf,
-    /// Fence a broker after this many milliseconds without a heartbeat.
-    #[arg(long, default_value_t = 6000)]
-    broker_lease_ms: u64,
-    /// How often leaderships move back to preferred replicas that are in sync again.
-    #[arg(long, default_value_t = 30_000)]
-    preferred_leader_check_ms: u64,
-    /// Raft heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 100)]
-    heartbeat_ms: u64,
+    /// Where the Raft log and state live [default: ./weir-data/controller].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Fence a broker after this many milliseconds without a heartbeat [default: 6000].
+    #[arg(long)]
+    broker_lease_ms: Option<u64>,
+    /// How often leaderships move back to preferred replicas that are in sync again
+    /// [default: 30000].
+    #[arg(long)]
+    preferred_leader_check_ms: Option<u64>,
+    /// Raft heartbeat interval in milliseconds [default: 100].
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long)]
     http: Option<SocketAddr>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// The controller's settings: flags over the `--config` file over defaults.
+fn resolve(args: &ControllerArgs) -> anyhow::Result<(ControllerConfig, Option<SocketAddr>)> {
+    let file = crate::file_config::load(args.config.as_deref())?.controller;
+    let id = args
+        .id
+        .or(file.id)
+        .context("--id (or controller.id in --config) is required")?;
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9093)));
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./weir-data/controller"));
+    let mut config = ControllerConfig::new(id, listen, data_dir);
+    if let Some(raw) = args.controllers.as_ref().or(file.controllers.as_ref()) {
+        config.voters = parse_voters(raw)?;
+    }
+    config.join = args.join || file.join.unwrap_or(false);
+    if let Some(v) = args.broker_lease_ms.or(file.broker_lease_ms) {
+        config.broker_lease_ms = v;
+    }
+    if let Some(v) = args
+        .preferred_leader_check_ms
+        .or(file.preferred_leader_check_ms)
+    {
+        config.preferred_leader_check_ms = v;
+    }
+    if let Some(v) = file.snapshot_logs_max {
+        config.snapshot_logs_max = v;
+    }
+    if let Some(v) = args.heartbeat_ms.or(file.heartbeat_ms) {
+        config.heartbeat_ms = v;
+        config.election_timeout_min_ms = v * 6;
+        config.election_timeout_max_ms = v * 12;
+    }
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("controller settings: {e}"))?;
+    Ok((config, args.http.or(file.http)))
 }
 
 /// Parses `1=127.0.0.1:9093,2=127.0.0.2:9093`.
@@ -70,29 +119,18 @@ pub fn parse_voters(raw: &str) -> anyhow::Result<BTreeMap<u64, String>> {
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     logging::init(args.log_format);
-    let mut config = ControllerConfig::new(args.id, args.listen, args.data_dir.clone());
-    if let Some(raw) = &args.controllers {
-        config.voters = parse_voters(raw)?;
-    }
-    config.join = args.join;
-    config.preferred_leader_check_ms = args.preferred_leader_check_ms;
-    config.broker_lease_ms = args.broker_lease_ms;
-    config.heartbeat_ms = args.heartbeat_ms;
-    config.election_timeout_min_ms = args.heartbeat_ms * 6;
-    config.election_timeout_max_ms = args.heartbeat_ms * 12;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+    let (config, http) = resolve(&args)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("--data-dir {}", config.data_dir.display()))?;
+    let id = config.id;
     crate::http::metrics_handle()?;
     let controller = Controller::start(config).await?;
-    println!(
-        "controller {} listening on {}",
-        args.id, controller.local_addr
-    );
+    println!("controller {id} listening on {}", controller.local_addr);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    if let Some(addr) = args.http {
+    if let Some(addr) = http {
         let ready = std::sync::Arc::new(controller.readiness());
         let bound = crate::http::serve(addr, ready, stopped).await?;
-        println!("controller {} http endpoints on {bound}", args.id);
+        println!("controller {id} http endpoints on {bound}");
     }
     wait_for_signal().await?;
     tracing::info!("shutting down");

@@ -4,6 +4,7 @@ mod admin_cmd;
 mod broker_cmd;
 mod controller_cmd;
 mod data_cmd;
+mod file_config;
 mod http;
 mod log_cmd;
 mod logging;

@@ -701,6 +701,15 @@ impl Metadata {
         Outcome::ReassignmentsCompleted { completed }
     }
 
+    fn partition_mut(&mut self, topic: &str, partition: u32) -> Result<&mut Partition, Rejection> {
+        self.topics
+            .get_mut(topic)
+            .ok_or_else(|| Rejection::UnknownTopic(topic.to_string()))?
+            .partitions
+            .get_mut(partition as usize)
+            .ok_or_else(|| invalid("partition", format!("{topic} has no partition {partition}")))
+    }
+
     /// Partitions whose preferred replica is live, in sync and not leading.
     pub fn unbalanced_leaders(&self) -> usize {
         let live: Vec<BrokerId> = self.live_brokers().iter().map(|b| b.id).collect();
@@ -739,14 +748,7 @@ impl Metadata {
         unclean: bool,
     ) -> Result<Outcome, Rejection> {
         let live: Vec<BrokerId> = self.live_brokers().iter().map(|b| b.id).collect();
-        let t = self
-            .topics
-            .get_mut(topic)
-            .ok_or_else(|| Rejection::UnknownTopic(topic.to_string()))?;
-        let p = t
-            .partitions
-            .get_mut(partition as usize)
-            .ok_or_else(|| invalid("partition", format!("{topic} has no partition {partition}")))?;
+        let p = self.partition_mut(topic, partition)?;
         let live_isr: Vec<BrokerId> = p.isr.iter().copied().filter(|b| live.contains(b)).collect();
         let leader = if unclean {
             if !live_isr.is_empty() {
@@ -817,14 +819,7 @@ impl Metadata {
             });
         }
         let live: Vec<BrokerId> = self.live_brokers().iter().map(|b| b.id).collect();
-        let t = self
-            .topics
-            .get_mut(topic)
-            .ok_or_else(|| Rejection::UnknownTopic(topic.to_string()))?;
-        let p = t
-            .partitions
-            .get_mut(partition as usize)
-            .ok_or_else(|| invalid("partition", format!("{topic} has no partition {partition}")))?;
+        let p = self.partition_mut(topic, partition)?;
         if p.leader != Some(leader) || p.leader_epoch != leader_epoch {
             return Err(Rejection::Stale(format!(
                 "broker {leader} at epoch {leader_epoch} does not lead {topic}/{partition} (leader {:?}, epoch {})",

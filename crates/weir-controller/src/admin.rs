@@ -272,7 +272,12 @@ pub fn describe_topic(topic: &Topic) -> pb::TopicDescription {
 fn cleanup_policy(raw: &str) -> Result<CleanupPolicy, Status> {
     match raw {
         "delete" => Ok(CleanupPolicy::Delete),
-        "compact" => Ok(CleanupPolicy::Compact),
+        // Refused rather than stored: no broker compacts logs yet, and a setting that does
+        // nothing would mislead.
+        "compact" => Err(invalid(
+            "config.cleanup_policy",
+            "\"compact\" is not supported yet (log compaction is not implemented); use \"delete\"",
+        )),
         other => Err(invalid(
             "config.cleanup_policy",
             &format!("{other:?} is not \"delete\" or \"compact\""),

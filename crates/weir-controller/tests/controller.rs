@@ -43,6 +43,24 @@ async fn snapshots_bound_the_log_and_restart_restores_the_metadata() {
         .await
         .expect("register");
     let mut admin = AdminClient::new(channel);
+    let refused = admin
+        .create_topic(pb::CreateTopicRequest {
+            name: "compacted".into(),
+            partitions: 1,
+            replication_factor: 1,
+            config: Some(pb::TopicConfig {
+                cleanup_policy: Some("compact".into()),
+                ..pb::TopicConfig::default()
+            }),
+        })
+        .await
+        .expect_err("compaction is not implemented");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("config.cleanup_policy"),
+        "{}",
+        refused.message()
+    );
     for i in 0..60 {
         admin
             .create_topic(pb::CreateTopicRequest {

@@ -49,7 +49,7 @@ pub struct ConfigArgs {
     /// Roll a segment at this size.
     #[arg(long)]
     segment_bytes: Option<u64>,
-    /// `delete` or `compact`.
+    /// `delete` (log compaction is not implemented yet).
     #[arg(long)]
     cleanup_policy: Option<String>,
     /// Replicas that must hold a write before acks=all succeeds.

@@ -14,6 +14,11 @@ use weir_types::{Header, Offset};
 use crate::error::ClientError;
 use crate::metadata::Metadata;
 
+/// How long resolving a seek may retry.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a partition may be without a reachable leader before `poll` reports it.
+const LEADER_OUTAGE_MAX: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
     pub bootstrap: Vec<String>,
@@ -152,34 +157,19 @@ impl Consumer {
             SeekTo::End => (pb::OffsetSpec::Latest, 0),
             SeekTo::Timestamp(t) => (pb::OffsetSpec::Timestamp, t),
         };
-        let mut refresh = false;
-        for _ in 0..20 {
-            let attempt = async {
-                let mut client = self.metadata.leader(topic, partition, refresh).await?;
-                client
-                    .list_offsets(pb::ListOffsetsRequest {
-                        topic: topic.to_string(),
-                        partition,
-                        spec: spec as i32,
-                        timestamp_ms: ts,
-                    })
-                    .await
-                    .map(|r| r.into_inner().offset)
-                    .map_err(|s| ClientError::from_status(&s))
-            }
-            .await;
-            match attempt {
-                Ok(o) => return Ok(o),
-                Err(e) if e.retriable(true) => {
-                    refresh = true;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(ClientError::Unavailable(format!(
-            "{topic}/{partition}: no leader answered"
-        )))
+        let deadline = tokio::time::Instant::now() + RESOLVE_TIMEOUT;
+        self.metadata
+            .call_leader(topic, partition, true, deadline, |mut client| {
+                let request = pb::ListOffsetsRequest {
+                    topic: topic.to_string(),
+                    partition,
+                    spec: spec as i32,
+                    timestamp_ms: ts,
+                };
+                async move { client.list_offsets(request).await }
+            })
+            .await
+            .map(|r| r.offset)
     }
 
     /// Records ready now, waiting up to `max_wait` for the first.
@@ -208,12 +198,11 @@ async fn fetch_loop(
     mut offset: i64,
     ready: mpsc::Sender<Result<Vec<ConsumerRecord>, ClientError>>,
 ) {
-    let mut refresh = false;
     loop {
-        let attempt = async {
-            let mut client = metadata.leader(&topic, partition, refresh).await?;
-            client
-                .fetch(pb::FetchRequest {
+        let deadline = tokio::time::Instant::now() + LEADER_OUTAGE_MAX;
+        let attempt = metadata
+            .call_leader(&topic, partition, true, deadline, |mut client| {
+                let request = pb::FetchRequest {
                     topic: topic.clone(),
                     partition,
                     offset,
@@ -222,15 +211,12 @@ async fn fetch_loop(
                     min_bytes: 1,
                     leader_epoch: None,
                     decode: true,
-                })
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| ClientError::from_status(&s))
-        }
-        .await;
+                };
+                async move { client.fetch(request).await }
+            })
+            .await;
         match attempt {
             Ok(r) => {
-                refresh = false;
                 let records: Vec<ConsumerRecord> = r
                     .records
                     .into_iter()
@@ -260,10 +246,6 @@ async fn fetch_loop(
                         return;
                     }
                 }
-            }
-            Err(e) if e.retriable(true) => {
-                refresh = true;
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => {
                 let _ = ready.send(Err(e)).await;

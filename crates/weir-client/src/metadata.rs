@@ -113,4 +113,52 @@ impl Metadata {
     pub async fn forget_channels(&self) {
         self.channels.lock().await.clear();
     }
+
+    /// Calls the leader of `partition` until it answers, a final error comes back, or
+    /// `deadline` passes; each retriable failure (for an `idempotent` caller, also failures
+    /// that may have been applied) refreshes the route and backs off.
+    pub async fn call_leader<T, F, Fut>(
+        &self,
+        topic: &str,
+        partition: u32,
+        idempotent: bool,
+        deadline: tokio::time::Instant,
+        mut call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(BrokerClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut attempts = 0u32;
+        let mut refresh = false;
+        loop {
+            attempts += 1;
+            let attempt = match self.leader(topic, partition, refresh).await {
+                Ok(client) => call(client)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| ClientError::from_status(&s)),
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(v) => return Ok(v),
+                Err(e) if e.retriable(idempotent) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ClientError::Exhausted {
+                            attempts,
+                            last: e.to_string(),
+                        });
+                    }
+                    tracing::debug!(%topic, partition, error = %e, "retrying");
+                    refresh = true;
+                    if matches!(e, ClientError::Unavailable(_)) {
+                        self.forget_channels().await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempts.min(10))))
+                        .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }

@@ -319,31 +319,16 @@ async fn init_producer(
     partition: u32,
 ) -> Result<(ProducerId, ProducerEpoch), ClientError> {
     let deadline = tokio::time::Instant::now() + shared.config.delivery_timeout;
-    let mut refresh = false;
-    loop {
-        let attempt = async {
-            let mut client = shared.metadata.leader(topic, partition, refresh).await?;
-            client
-                .init_producer_id(pb::InitProducerIdRequest {})
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| ClientError::from_status(&s))
-        }
-        .await;
-        match attempt {
-            Ok(r) => {
-                return Ok((
-                    ProducerId(r.producer_id),
-                    ProducerEpoch(r.producer_epoch as i16),
-                ));
-            }
-            Err(e) if e.retriable(true) && tokio::time::Instant::now() < deadline => {
-                refresh = true;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let r = shared
+        .metadata
+        .call_leader(topic, partition, true, deadline, |mut client| async move {
+            client.init_producer_id(pb::InitProducerIdRequest {}).await
+        })
+        .await?;
+    Ok((
+        ProducerId(r.producer_id),
+        ProducerEpoch(r.producer_epoch as i16),
+    ))
 }
 
 /// Sends one batch until it is acknowledged, a final error, or the delivery timeout.
@@ -374,45 +359,26 @@ async fn send_batch(
         Acks::Leader => pb::Acks::Leader,
         Acks::All => pb::Acks::All,
     };
-    let idempotent = producer.is_some();
     let deadline = tokio::time::Instant::now() + shared.config.delivery_timeout;
-    let mut attempts = 0u32;
-    let mut refresh = false;
-    loop {
-        attempts += 1;
-        let attempt = async {
-            let mut client = shared.metadata.leader(topic, partition, refresh).await?;
-            client
-                .produce(pb::ProduceRequest {
+    let r = shared
+        .metadata
+        .call_leader(
+            topic,
+            partition,
+            producer.is_some(),
+            deadline,
+            |mut client| {
+                let request = pb::ProduceRequest {
                     topic: topic.to_string(),
                     partition,
                     acks: acks as i32,
                     leader_epoch: None,
                     batch: Some(batch.clone()),
                     records: Vec::new(),
-                })
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| ClientError::from_status(&s))
-        }
-        .await;
-        match attempt {
-            Ok(r) => return Ok((r.base_offset >= 0).then_some(Offset(r.base_offset))),
-            Err(e) if e.retriable(idempotent) => {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(ClientError::Exhausted {
-                        attempts,
-                        last: e.to_string(),
-                    });
-                }
-                tracing::debug!(%topic, partition, error = %e, "retrying a batch");
-                refresh = true;
-                if matches!(e, ClientError::Unavailable(_)) {
-                    shared.metadata.forget_channels().await;
-                }
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempts.min(10)))).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+                };
+                async move { client.produce(request).await }
+            },
+        )
+        .await?;
+    Ok((r.base_offset >= 0).then_some(Offset(r.base_offset)))
 }

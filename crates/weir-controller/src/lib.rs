@@ -10,6 +10,7 @@
 //! - [`node`]: a running controller — bootstrap, server, broker lease task, shutdown.
 
 pub mod admin;
+pub mod group;
 pub mod metadata;
 pub mod node;
 pub mod raft;

@@ -131,7 +131,7 @@ impl Services {
 
     /// Confirms this node is the active controller with a quorum round trip, so a read
     /// that follows reflects every write acknowledged before it.
-    async fn linearizable(&self) -> Result<(), Status> {
+    pub(crate) async fn linearizable(&self) -> Result<(), Status> {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -157,7 +157,7 @@ impl Services {
             .collect()
     }
 
-    fn leader_only(&self) -> Result<(), Status> {
+    pub(crate) fn leader_only(&self) -> Result<(), Status> {
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.current_leader == Some(self.id) {
             return Ok(());

@@ -7,9 +7,14 @@
 //! - [`raft`]: the openraft type configuration and the gRPC transport between controllers.
 //! - [`admin`]: the `Admin` and `BrokerRegistry` gRPC services; writes go through Raft on the
 //!   active controller, followers redirect with NOT_CONTROLLER and the leader's address.
+//! - [`group`]: consumer groups as a pure state machine — membership, assignors,
+//!   incremental reconciliation, fencing, committed offsets.
+//! - [`coordinator`]: the `GroupCoordinator` gRPC service — heartbeats written to Raft only
+//!   when they change something, coalesced offset commits, session expiry.
 //! - [`node`]: a running controller — bootstrap, server, broker lease task, shutdown.
 
 pub mod admin;
+pub mod coordinator;
 pub mod group;
 pub mod metadata;
 pub mod node;

@@ -188,6 +188,8 @@ pub enum Command {
         partition_epoch: i32,
         isr: Vec<BrokerId>,
     },
+    /// A consumer-group change, applied by [`crate::group::Groups`].
+    Group(crate::group::GroupCommand),
 }
 
 /// Why a command was rejected. Rejections change nothing.
@@ -264,6 +266,7 @@ pub enum Outcome {
         isr: Vec<BrokerId>,
         partition_epoch: i32,
     },
+    Group(crate::group::GroupOutcome),
     Rejected(Rejection),
 }
 
@@ -396,8 +399,20 @@ impl Metadata {
                 partition_epoch,
                 isr,
             ),
+            Command::Group(_) => Err(invalid(
+                "command",
+                "group commands are applied to the groups, not the metadata",
+            )),
         };
         result.unwrap_or_else(Outcome::Rejected)
+    }
+
+    /// Topic name → partition count.
+    pub fn partition_counts(&self) -> BTreeMap<String, u32> {
+        self.topics
+            .iter()
+            .map(|(n, t)| (n.clone(), t.partitions.len() as u32))
+            .collect()
     }
 
     pub fn live_brokers(&self) -> Vec<&Broker> {

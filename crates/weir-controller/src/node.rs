@@ -16,9 +16,13 @@ use weir_proto::v1::broker_registry_server::BrokerRegistryServer;
 use weir_proto::v1::controller_raft_server::ControllerRaftServer;
 
 use crate::admin::{Leases, Services, live_incarnations};
+use crate::coordinator::{
+    Coordinator, GroupSettings, SESSION_TIMEOUT_MAX_MS, SESSION_TIMEOUT_MIN_MS,
+};
 use crate::metadata::Command;
 use crate::raft::{Network, NodeId, Raft, RaftService};
 use crate::store::{self, LogStore, StateMachine};
+use weir_proto::v1::group_coordinator_server::GroupCoordinatorServer;
 
 /// Settings of one controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +47,10 @@ pub struct ControllerConfig {
     pub snapshot_logs_max: u64,
     /// How often the active controller moves leaderships back to preferred replicas.
     pub preferred_leader_check_ms: u64,
+    /// How often consumer-group members are asked to heartbeat.
+    pub group_heartbeat_interval_ms: u32,
+    /// Session timeout for members that do not ask for their own.
+    pub group_session_timeout_ms: u32,
 }
 
 impl ControllerConfig {
@@ -59,6 +67,8 @@ impl ControllerConfig {
             broker_lease_ms: 6000,
             snapshot_logs_max: 5000,
             preferred_leader_check_ms: 30_000,
+            group_heartbeat_interval_ms: 1000,
+            group_session_timeout_ms: 10_000,
         }
     }
 
@@ -96,6 +106,21 @@ impl ControllerConfig {
         }
         if self.preferred_leader_check_ms < 100 {
             return Err("preferred_leader_check_ms must be at least 100".into());
+        }
+        if !(SESSION_TIMEOUT_MIN_MS..=SESSION_TIMEOUT_MAX_MS)
+            .contains(&self.group_session_timeout_ms)
+        {
+            return Err(format!(
+                "group_session_timeout_ms must be {SESSION_TIMEOUT_MIN_MS} to {SESSION_TIMEOUT_MAX_MS}"
+            ));
+        }
+        if self.group_heartbeat_interval_ms < 50
+            || self.group_heartbeat_interval_ms >= self.group_session_timeout_ms
+        {
+            return Err(
+                "group_heartbeat_interval_ms must be at least 50 and below group_session_timeout_ms"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -195,6 +220,15 @@ impl Controller {
             preferred_leader_check: Duration::from_millis(config.preferred_leader_check_ms),
         };
         let mut tasks = JoinSet::new();
+        let coordinator = Coordinator::start(
+            services.clone(),
+            GroupSettings {
+                heartbeat_interval_ms: config.group_heartbeat_interval_ms,
+                session_timeout_ms: config.group_session_timeout_ms,
+            },
+            stopped.clone(),
+            &mut tasks,
+        );
         let mut server_stop = stopped.clone();
         let server = tonic::transport::Server::builder()
             .add_service(ControllerRaftServer::new(RaftService {
@@ -202,6 +236,7 @@ impl Controller {
             }))
             .add_service(AdminServer::new(services.clone()))
             .add_service(BrokerRegistryServer::new(services.clone()))
+            .add_service(GroupCoordinatorServer::new(coordinator))
             .serve_with_incoming_shutdown(weir_proto::call::incoming(listener), async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             });

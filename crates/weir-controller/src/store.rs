@@ -4,10 +4,14 @@
 //! Layout (one sled database per controller):
 //! - tree `log`: big-endian index → JSON entry;
 //! - tree `raft`: `vote`, `committed`, `last_purged`;
-//! - tree `sm`: `applied`, `membership`, `metadata` (written together in one batch);
+//! - tree `sm`: `applied`, `membership`, `metadata` (the topics and brokers, rewritten only
+//!   when they change);
+//! - tree `groups`: group name → the group (members, epochs, target assignment);
+//! - tree `offsets`: `group \0 topic \0 partition (u32 BE)` → committed offset;
 //! - tree `snapshot`: `meta`, `data` (the last built or installed snapshot).
 //!
-//! Every append, vote, truncation and purge is flushed to disk before it is acknowledged.
+//! Every append, vote, truncation and purge is flushed to disk before it is acknowledged. An
+//! apply writes only the keys it changed, all trees in one flush.
 
 // openraft's traits fix the error type (`StorageError`, ~224 bytes); helpers share it.
 #![allow(clippy::result_large_err)]
@@ -26,7 +30,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, watch};
 
-use crate::metadata::{Metadata, Outcome};
+use crate::group::{Groups, TopicPartition};
+use crate::metadata::{Command, Metadata, Outcome};
 use crate::raft::{NodeId, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -208,6 +213,11 @@ pub struct Applied {
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, openraft::BasicNode>,
     pub metadata: Metadata,
+    #[serde(default)]
+    pub groups: Groups,
+    /// The metadata changed since it was last persisted.
+    #[serde(skip)]
+    metadata_dirty: bool,
     /// Changes after `changes_from`, oldest first, at most [`CHANGES_MAX`].
     #[serde(skip)]
     pub changes: std::collections::VecDeque<Change>,
@@ -230,6 +240,36 @@ impl Applied {
             brokers.extend(change.brokers.iter().copied());
         }
         Some((topics.into_iter().collect(), brokers.into_iter().collect()))
+    }
+
+    /// Applies one command to the metadata or the groups.
+    pub fn apply(&mut self, command: Command, version: u64) -> Outcome {
+        match command {
+            Command::Group(gc) => {
+                let topics = match &gc {
+                    crate::group::GroupCommand::Heartbeat(_) => self.metadata.partition_counts(),
+                    _ => Default::default(),
+                };
+                Outcome::Group(self.groups.apply(gc, &topics))
+            }
+            command => {
+                let outcome = self.metadata.apply(command.clone());
+                if matches!(outcome, Outcome::Rejected(_)) {
+                    return outcome;
+                }
+                if let Command::DeleteTopic { name } = &command {
+                    self.groups.topic_deleted(name);
+                }
+                self.metadata_dirty = true;
+                let (topics, brokers) = touched(&command, &self.metadata);
+                self.record(Change {
+                    version,
+                    topics,
+                    brokers,
+                });
+                outcome
+            }
+        }
     }
 
     fn record(&mut self, change: Change) {
@@ -260,6 +300,7 @@ fn touched(
             (metadata.topics.keys().cloned().collect(), Vec::new())
         }
         Command::Reassign { topic, .. } => (vec![topic.clone()], Vec::new()),
+        Command::Group(_) => (Vec::new(), Vec::new()),
         Command::RegisterBroker { id, .. } | Command::FenceBroker { id, .. } => {
             let topics = metadata
                 .topics
@@ -285,6 +326,8 @@ impl Applied {
 pub struct StateMachine {
     db: sled::Db,
     sm: sled::Tree,
+    groups: sled::Tree,
+    offsets: sled::Tree,
     snapshot: sled::Tree,
     state: Arc<RwLock<Applied>>,
     versions: Arc<watch::Sender<u64>>,
@@ -294,10 +337,13 @@ impl StateMachine {
     pub fn open(db: &sled::Db) -> StorageResult<StateMachine> {
         let sm = db.open_tree("sm").map_err(read_err)?;
         let snapshot = db.open_tree("snapshot").map_err(read_err)?;
+        let groups_tree = db.open_tree("groups").map_err(read_err)?;
+        let offsets_tree = db.open_tree("offsets").map_err(read_err)?;
         let mut applied = Applied {
             last_applied: get_json::<Option<LogId<NodeId>>>(&sm, "applied")?.flatten(),
             membership: get_json(&sm, "membership")?.unwrap_or_default(),
             metadata: get_json(&sm, "metadata")?.unwrap_or_default(),
+            groups: load_groups(&groups_tree, &offsets_tree)?,
             ..Applied::default()
         };
         applied.changes_from = applied.version();
@@ -305,32 +351,129 @@ impl StateMachine {
         Ok(StateMachine {
             db: db.clone(),
             sm,
+            groups: groups_tree,
+            offsets: offsets_tree,
             snapshot,
             state: Arc::new(RwLock::new(applied)),
             versions: Arc::new(versions),
         })
     }
 
-    /// A consistent copy of the applied state.
-    pub async fn read(&self) -> Applied {
-        self.state.read().await.clone()
+    /// The applied state, read-locked: applies wait while the guard lives, so do not hold it
+    /// across an await.
+    pub async fn read(&self) -> tokio::sync::RwLockReadGuard<'_, Applied> {
+        self.state.read().await
     }
 
-    /// Notified with the version after every apply or snapshot install.
+    /// Notified with the version after every apply that changed topics or brokers, and
+    /// after a snapshot install (group changes do not wake metadata watchers).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.versions.subscribe()
     }
 
-    async fn persist(&self, state: &Applied) -> StorageResult<()> {
+    /// Writes what changed since the last persist and flushes. `everything` rewrites every
+    /// group and offset (after a snapshot install).
+    async fn persist(&self, state: &mut Applied, everything: bool) -> StorageResult<()> {
         let mut batch = sled::Batch::default();
         batch.insert("applied", json(&state.last_applied)?);
         batch.insert("membership", json(&state.membership)?);
-        batch.insert("metadata", json(&state.metadata)?);
+        if state.metadata_dirty || everything {
+            batch.insert("metadata", json(&state.metadata)?);
+            state.metadata_dirty = false;
+        }
         self.sm.apply_batch(batch).map_err(write_err)?;
+        let dirty = std::mem::take(&mut state.groups.dirty);
+        if everything {
+            self.groups.clear().map_err(write_err)?;
+            self.offsets.clear().map_err(write_err)?;
+        }
+        let mut groups = sled::Batch::default();
+        let names: Vec<&String> = if everything {
+            state.groups.groups.keys().collect()
+        } else {
+            dirty.groups.iter().collect()
+        };
+        for name in names {
+            match state.groups.groups.get(name) {
+                Some(g) => groups.insert(name.as_bytes(), json(g)?),
+                None => groups.remove(name.as_bytes()),
+            }
+        }
+        self.groups.apply_batch(groups).map_err(write_err)?;
+        let mut offsets = sled::Batch::default();
+        let keys: Vec<(String, TopicPartition)> = if everything {
+            state
+                .groups
+                .offsets
+                .iter()
+                .flat_map(|(g, topics)| {
+                    topics.iter().flat_map(move |(t, parts)| {
+                        parts
+                            .keys()
+                            .map(move |p| (g.clone(), TopicPartition::new(t.clone(), *p)))
+                    })
+                })
+                .collect()
+        } else {
+            dirty.offsets.into_iter().collect()
+        };
+        for (group, tp) in keys {
+            let key = offset_key(&group, &tp);
+            match state.groups.committed(&group, &tp) {
+                Some(c) => offsets.insert(key, json(c)?),
+                None => offsets.remove(key),
+            }
+        }
+        self.offsets.apply_batch(offsets).map_err(write_err)?;
         self.db.flush_async().await.map_err(write_err)?;
         Ok(())
     }
 }
+
+fn offset_key(group: &str, tp: &TopicPartition) -> Vec<u8> {
+    let mut key = Vec::with_capacity(group.len() + tp.topic.len() + 6);
+    key.extend_from_slice(group.as_bytes());
+    key.push(0);
+    key.extend_from_slice(tp.topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&tp.partition.to_be_bytes());
+    key
+}
+
+fn parse_offset_key(key: &[u8]) -> Option<(String, TopicPartition)> {
+    let (rest, partition) = key.split_at_checked(key.len().checked_sub(4)?)?;
+    let partition = u32::from_be_bytes(partition.try_into().ok()?);
+    let rest = rest.strip_suffix(&[0])?;
+    let split = rest.iter().position(|b| *b == 0)?;
+    let group = String::from_utf8(rest[..split].to_vec()).ok()?;
+    let topic = String::from_utf8(rest[split + 1..].to_vec()).ok()?;
+    Some((group, TopicPartition::new(topic, partition)))
+}
+
+fn load_groups(groups: &sled::Tree, offsets: &sled::Tree) -> StorageResult<Groups> {
+    let mut out = Groups::default();
+    for item in groups.iter() {
+        let (key, value) = item.map_err(read_err)?;
+        let group: crate::group::Group = serde_json::from_slice(&value).map_err(read_err)?;
+        out.groups
+            .insert(String::from_utf8_lossy(&key).into_owned(), group);
+    }
+    for item in offsets.iter() {
+        let (key, value) = item.map_err(read_err)?;
+        let (group, tp) = parse_offset_key(&key)
+            .ok_or_else(|| read_err(std::io::Error::other("malformed offset key")))?;
+        let committed = serde_json::from_slice(&value).map_err(read_err)?;
+        out.offsets
+            .entry(group)
+            .or_default()
+            .entry(tp.topic)
+            .or_default()
+            .insert(tp.partition, committed);
+    }
+    Ok(out)
+}
+
+impl StateMachine {}
 
 /// A snapshot as stored: its metadata and the serialized [`Applied`] state.
 #[derive(Debug, Serialize, Deserialize)]
@@ -341,15 +484,17 @@ struct StoredSnapshot {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let state = self.state.read().await.clone();
-        let data = json(&state)?;
-        let snapshot_id = match state.last_applied {
+        let state = self.state.read().await;
+        let data = json(&*state)?;
+        let (last_applied, membership) = (state.last_applied, state.membership.clone());
+        drop(state);
+        let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}", l.leader_id, l.index),
             None => "empty".to_string(),
         };
         let meta = SnapshotMeta {
-            last_log_id: state.last_applied,
-            last_membership: state.membership.clone(),
+            last_log_id: last_applied,
+            last_membership: membership,
             snapshot_id,
         };
         let stored = StoredSnapshot {
@@ -387,21 +532,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut state = self.state.write().await;
         let mut outcomes = Vec::new();
+        let changes_before = state.changes.back().map(|c| c.version);
         for entry in entries {
             state.last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => outcomes.push(None),
                 EntryPayload::Normal(command) => {
-                    let outcome = state.metadata.apply(command.clone());
-                    if !matches!(outcome, Outcome::Rejected(_)) {
-                        let (topics, brokers) = touched(&command, &state.metadata);
-                        state.record(Change {
-                            version: entry.log_id.index,
-                            topics,
-                            brokers,
-                        });
-                    }
-                    outcomes.push(Some(outcome));
+                    outcomes.push(Some(state.apply(command, entry.log_id.index)));
                 }
                 EntryPayload::Membership(membership) => {
                     state.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -409,10 +546,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
-        self.persist(&state).await?;
+        self.persist(&mut state, false).await?;
         let version = state.version();
+        let metadata_changed = state.changes.back().map(|c| c.version) != changes_before;
         drop(state);
-        self.versions.send_replace(version);
+        if metadata_changed {
+            self.versions.send_replace(version);
+        }
         Ok(outcomes)
     }
 
@@ -436,6 +576,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             metadata: installed.metadata,
+            groups: installed.groups,
+            metadata_dirty: true,
             changes: Default::default(),
             // history before an installed snapshot is unknown: watchers resync
             changes_from: version,
@@ -449,7 +591,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(write_err)?;
         let mut state = self.state.write().await;
         *state = new_state;
-        self.persist(&state).await?;
+        self.persist(&mut state, true).await?;
         let version = state.version();
         drop(state);
         self.versions.send_replace(version);

@@ -33,7 +33,9 @@ pub fn status(code: ErrorCode, message: impl Into<String>) -> tonic::Status {
         | ErrorCode::FencedMemberEpoch
         | ErrorCode::UnknownMemberId
         | ErrorCode::FencedBroker
+        | ErrorCode::GroupNotEmpty
         | ErrorCode::NotEnoughReplicasAfterAppend => tonic::Code::FailedPrecondition,
+        ErrorCode::GroupIdNotFound => tonic::Code::NotFound,
         ErrorCode::LeaderChangedAfterAppend => tonic::Code::Unavailable,
         ErrorCode::CorruptRecord => tonic::Code::DataLoss,
         ErrorCode::Unknown => tonic::Code::Unknown,

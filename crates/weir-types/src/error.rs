@@ -114,6 +114,10 @@ error_codes! {
     /// Leadership moved after the batch was appended and before it was replicated: it may or
     /// may not be committed. Retry only as an idempotent producer.
     LeaderChangedAfterAppend = 25, "LEADER_CHANGED_AFTER_APPEND", retriable: true, outcome: Indeterminate;
+    /// The consumer group has active members; the operation needs an empty group.
+    GroupNotEmpty = 26, "GROUP_NOT_EMPTY", retriable: false, outcome: Definite;
+    /// The consumer group does not exist.
+    GroupIdNotFound = 27, "GROUP_ID_NOT_FOUND", retriable: false, outcome: Definite;
 }
 
 impl fmt::Display for ErrorCode {

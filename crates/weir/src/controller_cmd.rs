@@ -40,6 +40,12 @@ pub struct ControllerArgs {
     /// [default: 30000].
     #[arg(long)]
     preferred_leader_check_ms: Option<u64>,
+    /// How often consumer-group members heartbeat, in milliseconds [default: 1000].
+    #[arg(long)]
+    group_heartbeat_interval_ms: Option<u32>,
+    /// Session timeout of group members that do not ask for their own [default: 10000].
+    #[arg(long)]
+    group_session_timeout_ms: Option<u32>,
     /// Raft heartbeat interval in milliseconds [default: 100].
     #[arg(long)]
     heartbeat_ms: Option<u64>,
@@ -79,6 +85,18 @@ fn resolve(args: &ControllerArgs) -> anyhow::Result<(ControllerConfig, Option<So
         .or(file.preferred_leader_check_ms)
     {
         config.preferred_leader_check_ms = v;
+    }
+    if let Some(v) = args
+        .group_heartbeat_interval_ms
+        .or(file.group_heartbeat_interval_ms)
+    {
+        config.group_heartbeat_interval_ms = v;
+    }
+    if let Some(v) = args
+        .group_session_timeout_ms
+        .or(file.group_session_timeout_ms)
+    {
+        config.group_session_timeout_ms = v;
     }
     if let Some(v) = file.snapshot_logs_max {
         config.snapshot_logs_max = v;

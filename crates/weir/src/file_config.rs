@@ -31,6 +31,8 @@ pub struct ControllerFile {
     pub heartbeat_ms: Option<u64>,
     pub preferred_leader_check_ms: Option<u64>,
     pub snapshot_logs_max: Option<u64>,
+    pub group_heartbeat_interval_ms: Option<u32>,
+    pub group_session_timeout_ms: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -101,13 +101,14 @@ impl Consumer {
         Ok(self.metadata.route(topic, false).await?.leaders.len() as u32)
     }
 
-    /// Starts reading `partition` of `topic` from `start` (replacing any earlier position).
+    /// Starts reading `partition` of `topic` from `start` (replacing any earlier position);
+    /// returns the offset reading starts at.
     pub async fn seek(
         &mut self,
         topic: &str,
         partition: u32,
         start: SeekTo,
-    ) -> Result<(), ClientError> {
+    ) -> Result<i64, ClientError> {
         let offset = self.resolve(topic, partition, start).await?;
         if let Some(old) = self.fetchers.remove(&(topic.to_string(), partition)) {
             old.task.abort();
@@ -123,7 +124,14 @@ impl Consumer {
         ));
         self.fetchers
             .insert((topic.to_string(), partition), Fetcher { task, ready });
-        Ok(())
+        Ok(offset)
+    }
+
+    /// Stops reading `partition` of `topic` and drops what was prefetched for it.
+    pub fn unassign(&mut self, topic: &str, partition: u32) {
+        if let Some(old) = self.fetchers.remove(&(topic.to_string(), partition)) {
+            old.task.abort();
+        }
     }
 
     /// Assigns every given partition, each starting at `start`.
@@ -139,7 +147,8 @@ impl Consumer {
         Ok(())
     }
 
-    async fn resolve(
+    /// The offset `start` refers to in `partition` of `topic`, asked of its leader.
+    pub async fn resolve(
         &self,
         topic: &str,
         partition: u32,

@@ -7,13 +7,22 @@
 //!   request in flight per partition keeps records in order.
 //! - [`Consumer`]: manual assignment, a background fetch loop per partition with bounded
 //!   prefetch, seek to an offset, the beginning, the end or a timestamp.
+//! - [`GroupConsumer`]: consumer-group membership through the active controller —
+//!   subscribe to topics or a regex, partitions assigned and revoked by the controller,
+//!   rebalance callbacks, auto-commit on an interval and on revoke, manual commits (sync and
+//!   async), resume from committed offsets or the reset policy, static membership.
 //! - `metadata`: topic routes (partition leaders) from the controllers, refreshed on demand.
 
 mod consumer;
+mod controllers;
 mod error;
+mod group;
 mod metadata;
 mod producer;
 
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, SeekTo};
 pub use error::ClientError;
+pub use group::{
+    GroupConsumer, GroupConsumerConfig, OffsetReset, RebalanceListener, TopicPartition,
+};
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, RecordMetadata};

@@ -12,7 +12,10 @@ use weir_proto::call::{CallError, parse_bootstrap};
 /// How long the CLI keeps trying while no controller is active.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-async fn with_controller<T, F, Fut>(bootstrap: &[String], call: F) -> Result<T, CallError>
+pub(crate) async fn with_controller<T, F, Fut>(
+    bootstrap: &[String],
+    call: F,
+) -> Result<T, CallError>
 where
     F: FnMut(tonic::transport::Channel) -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -29,7 +32,7 @@ pub struct Bootstrap {
         default_value = "127.0.0.1:9093",
         global = true
     )]
-    bootstrap: String,
+    pub(crate) bootstrap: String,
 }
 
 #[derive(Debug, Args, Default)]
@@ -173,7 +176,10 @@ pub enum ClusterCommand {
 }
 
 /// A topic's description from the active controller.
-async fn describe(bootstrap: &[String], name: &str) -> anyhow::Result<pb::TopicDescription> {
+pub(crate) async fn describe(
+    bootstrap: &[String],
+    name: &str,
+) -> anyhow::Result<pb::TopicDescription> {
     let name = name.to_string();
     Ok(with_controller(bootstrap, |ch| {
         let name = name.clone();
@@ -189,7 +195,7 @@ async fn describe(bootstrap: &[String], name: &str) -> anyhow::Result<pb::TopicD
 
 /// `(log start, high watermark)` of each partition, asked of its leader; `None` where the
 /// leader is offline or unreachable.
-async fn partition_offsets(
+pub(crate) async fn partition_offsets(
     bootstrap: &[String],
     t: &pb::TopicDescription,
 ) -> anyhow::Result<Vec<Option<(i64, i64)>>> {

@@ -9,7 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use weir_client::{Acks, Consumer, ConsumerConfig, Producer, ProducerConfig, SeekTo};
+use weir_client::{
+    Acks, Consumer, ConsumerConfig, ConsumerRecord, GroupConsumer, GroupConsumerConfig,
+    OffsetReset, Producer, ProducerConfig, RebalanceListener, SeekTo, TopicPartition,
+};
 use weir_proto::call::parse_bootstrap;
 use weir_types::{Header, Record};
 
@@ -60,13 +63,28 @@ pub enum Format {
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
+    /// Topic to read; with --group, several may be given, comma separated.
     topic: String,
     /// Read only this partition (default: all).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     partition: Option<u32>,
-    /// Start at the first retained record (default: only records produced from now on).
+    /// Start at the first retained record (default: only records produced from now on). With
+    /// --group: where partitions the group never committed start.
     #[arg(long, conflicts_with = "offset")]
     from_beginning: bool,
+    /// Read as a member of this consumer group: the group shares the topic's partitions among
+    /// its members and resumes from committed offsets.
+    #[arg(long)]
+    group: Option<String>,
+    /// With --group: a static member id that survives restarts (no rebalance on restart).
+    #[arg(long, requires = "group")]
+    instance_id: Option<String>,
+    /// With --group: leave the group if no heartbeat reaches the controller for this long.
+    #[arg(long, requires = "group", default_value_t = 10_000)]
+    session_timeout_ms: u64,
+    /// With --group: commit positions this often (and on every revocation and at exit).
+    #[arg(long, requires = "group", default_value_t = 5_000)]
+    auto_commit_ms: u64,
     /// Start at this offset (with --partition).
     #[arg(long, requires = "partition")]
     offset: Option<i64>,
@@ -170,7 +188,114 @@ fn text(b: &Option<Bytes>) -> serde_json::Value {
     }
 }
 
+fn print_record(out: &mut impl Write, format: Format, r: &ConsumerRecord) -> std::io::Result<()> {
+    match format {
+        Format::Value => {
+            out.write_all(r.value.as_deref().unwrap_or_default())?;
+            out.write_all(b"\n")
+        }
+        Format::Json => {
+            let headers: serde_json::Map<String, serde_json::Value> = r
+                .headers
+                .iter()
+                .map(|h| (h.key.clone(), text(&h.value)))
+                .collect();
+            let line = serde_json::json!({
+                "topic": r.topic,
+                "partition": r.partition,
+                "offset": r.offset.0,
+                "timestamp": r.timestamp_ms,
+                "key": text(&r.key),
+                "value": text(&r.value),
+                "headers": headers,
+            });
+            writeln!(out, "{line}")
+        }
+    }
+}
+
+/// Reports assignment changes on stderr.
+struct PrintRebalances;
+
+impl RebalanceListener for PrintRebalances {
+    fn on_assigned(&mut self, partitions: &[TopicPartition]) {
+        eprintln!("assigned {}", list(partitions));
+    }
+    fn on_revoked(&mut self, partitions: &[TopicPartition]) {
+        eprintln!("revoked {}", list(partitions));
+    }
+    fn on_lost(&mut self, partitions: &[TopicPartition]) {
+        eprintln!("lost {}", list(partitions));
+    }
+}
+
+fn list(partitions: &[TopicPartition]) -> String {
+    partitions
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn run_group_consume(args: ConsumeArgs, group: String) -> anyhow::Result<i32> {
+    let bootstrap = parse_bootstrap(&args.bootstrap)?;
+    let topics: Vec<&str> = args
+        .topic
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    let mut config = GroupConsumerConfig::new(bootstrap, &group, &topics);
+    config.instance_id = args.instance_id.clone();
+    config.client_id = "weir-cli".into();
+    config.session_timeout = Duration::from_millis(args.session_timeout_ms);
+    config.auto_commit = Some(Duration::from_millis(args.auto_commit_ms.max(1)));
+    config.offset_reset = if args.from_beginning {
+        OffsetReset::Earliest
+    } else {
+        OffsetReset::Latest
+    };
+    let mut consumer = GroupConsumer::new(config)?;
+    consumer.set_listener(Box::new(PrintRebalances));
+    let mut printed = 0u64;
+    let mut last_data = tokio::time::Instant::now();
+    let mut out = std::io::stdout().lock();
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        let records = tokio::select! {
+            r = consumer.poll(Duration::from_millis(200)) => r?,
+            _ = &mut stop => break,
+        };
+        if !records.is_empty() {
+            last_data = tokio::time::Instant::now();
+        }
+        let mut done = false;
+        for r in &records {
+            print_record(&mut out, args.format, r)?;
+            printed += 1;
+            if args.max_messages.is_some_and(|m| printed >= m) {
+                done = true;
+                break;
+            }
+        }
+        out.flush()?;
+        if done
+            || args
+                .idle_exit_ms
+                .is_some_and(|idle| last_data.elapsed() >= Duration::from_millis(idle))
+        {
+            break;
+        }
+    }
+    consumer.close().await?;
+    Ok(0)
+}
+
 pub async fn run_consume(args: ConsumeArgs) -> anyhow::Result<i32> {
+    if let Some(group) = args.group.clone() {
+        return run_group_consume(args, group).await;
+    }
     let bootstrap = parse_bootstrap(&args.bootstrap)?;
     if args.offset.is_some_and(|o| o < 0) {
         bail!("--offset must not be negative");
@@ -197,28 +322,7 @@ pub async fn run_consume(args: ConsumeArgs) -> anyhow::Result<i32> {
             last_data = tokio::time::Instant::now();
         }
         for r in records {
-            match args.format {
-                Format::Value => {
-                    out.write_all(r.value.as_deref().unwrap_or_default())?;
-                    out.write_all(b"\n")?;
-                }
-                Format::Json => {
-                    let headers: serde_json::Map<String, serde_json::Value> = r
-                        .headers
-                        .iter()
-                        .map(|h| (h.key.clone(), text(&h.value)))
-                        .collect();
-                    let line = serde_json::json!({
-                        "partition": r.partition,
-                        "offset": r.offset.0,
-                        "timestamp": r.timestamp_ms,
-                        "key": text(&r.key),
-                        "value": text(&r.value),
-                        "headers": headers,
-                    });
-                    writeln!(out, "{line}")?;
-                }
-            }
+            print_record(&mut out, args.format, &r)?;
             printed += 1;
             if args.max_messages.is_some_and(|m| printed >= m) {
                 out.flush()?;

@@ -5,6 +5,7 @@ mod broker_cmd;
 mod controller_cmd;
 mod data_cmd;
 mod file_config;
+mod group_cmd;
 mod http;
 mod log_cmd;
 mod logging;
@@ -32,6 +33,9 @@ enum Command {
     /// Inspect and change the cluster (controllers, brokers).
     #[command(subcommand)]
     Cluster(admin_cmd::ClusterCommand),
+    /// List, describe (with lag), reset offsets of and delete consumer groups.
+    #[command(subcommand)]
+    Group(group_cmd::GroupCommand),
     /// Send lines as records to a topic.
     Produce(data_cmd::ProduceArgs),
     /// Print records from a topic.
@@ -53,6 +57,7 @@ fn main() {
             runtime().and_then(|rt| rt.block_on(controller_cmd::run(args)))
         }
         Command::Topic(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_topic(cmd))),
+        Command::Group(cmd) => runtime().and_then(|rt| rt.block_on(group_cmd::run(cmd))),
         Command::Cluster(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_cluster(cmd))),
     };
     match result {

@@ -17,7 +17,11 @@ use crate::error::ClientError;
 pub(crate) struct Route {
     /// Per partition: the leader's address (none while offline).
     pub leaders: Vec<Option<String>>,
+    fetched: std::time::Instant,
 }
+
+/// A cached route older than this is fetched again (new partitions show up).
+const ROUTE_AGE_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub(crate) struct Metadata {
@@ -38,7 +42,10 @@ impl Metadata {
     }
 
     pub async fn route(&self, topic: &str, refresh: bool) -> Result<Arc<Route>, ClientError> {
-        if !refresh && let Some(route) = self.routes.lock().await.get(topic) {
+        if !refresh
+            && let Some(route) = self.routes.lock().await.get(topic)
+            && route.fetched.elapsed() < ROUTE_AGE_MAX
+        {
             return Ok(Arc::clone(route));
         }
         let name = topic.to_string();
@@ -71,7 +78,10 @@ impl Metadata {
                     .map(|b| b.address.clone())
             })
             .collect();
-        let route = Arc::new(Route { leaders });
+        let route = Arc::new(Route {
+            leaders,
+            fetched: std::time::Instant::now(),
+        });
         self.routes
             .lock()
             .await
@@ -86,7 +96,11 @@ impl Metadata {
         partition: u32,
         refresh: bool,
     ) -> Result<BrokerClient<Channel>, ClientError> {
-        let route = self.route(topic, refresh).await?;
+        let mut route = self.route(topic, refresh).await?;
+        if !refresh && partition as usize >= route.leaders.len() {
+            // partitions may have been added since the route was cached
+            route = self.route(topic, true).await?;
+        }
         let addr = route
             .leaders
             .get(partition as usize)

@@ -130,13 +130,12 @@ impl Producer {
         partition: Option<u32>,
         record: Record,
     ) -> Result<DeliveryFuture, ClientError> {
-        let count = self
-            .shared
-            .metadata
-            .route(topic, false)
-            .await?
-            .leaders
-            .len() as u32;
+        let metadata = &self.shared.metadata;
+        let mut count = metadata.route(topic, false).await?.leaders.len() as u32;
+        if partition.is_some_and(|p| p >= count) {
+            // partitions may have been added since the route was cached
+            count = metadata.route(topic, true).await?.leaders.len() as u32;
+        }
         if count == 0 {
             return Err(ClientError::Invalid {
                 field: "topic".into(),

@@ -80,7 +80,12 @@ fn counts(a: &BTreeMap<String, BTreeSet<TopicPartition>>) -> Vec<usize> {
 fn uniform_assignor_table() {
     let parts = |t: &str, n: u32| (0..n).map(|p| tp(t, p)).collect::<Vec<_>>();
     // (partitions, members, expected counts)
-    let cases: Vec<(Vec<TopicPartition>, Vec<(&str, &[&str])>, Vec<usize>)> = vec![
+    type Case<'a> = (
+        Vec<TopicPartition>,
+        Vec<(&'a str, &'a [&'a str])>,
+        Vec<usize>,
+    );
+    let cases: Vec<Case> = vec![
         (
             parts("t", 6),
             vec![("a", &["t"]), ("b", &["t"]), ("c", &["t"])],
@@ -538,9 +543,9 @@ proptest! {
             match e {
                 Event::Join(i) => {
                     let id = format!("m{i}");
-                    if !clients.contains_key(&id) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = clients.entry(id.clone()) {
                         let r = g.heartbeat(&join("g", &id, &["t", "u"]), &t).expect("join");
-                        clients.insert(id, Client { epoch: r.member_epoch, owned: r.assignment });
+                        slot.insert(Client { epoch: r.member_epoch, owned: r.assignment });
                     }
                 }
                 Event::Leave(i) => {

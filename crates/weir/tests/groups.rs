@@ -197,22 +197,13 @@ fn spawn_producer(
     })
 }
 
-/// Every partition's records, over all members, cover 0..end without a gap, and each
-/// member's records of a partition are consecutive from where it started.
+/// Every partition's records, over all members, cover 0..end without a gap (a member may
+/// jump forward when it gets a partition back that another member read meanwhile).
 fn check_coverage(outputs: &[Vec<(u32, i64)>], ends: &BTreeMap<u32, i64>) {
     for (p, end) in ends {
         let mut seen = BTreeSet::new();
         for out in outputs {
-            let mine: Vec<i64> = out.iter().filter(|r| r.0 == *p).map(|r| r.1).collect();
-            for w in mine.windows(2) {
-                assert!(
-                    w[1] == w[0] + 1 || w[1] <= w[0],
-                    "partition {p}: a member skipped from {} to {}",
-                    w[0],
-                    w[1]
-                );
-            }
-            seen.extend(mine);
+            seen.extend(out.iter().filter(|r| r.0 == *p).map(|r| r.1));
         }
         let missing: Vec<i64> = (0..*end).filter(|o| !seen.contains(o)).collect();
         assert!(missing.is_empty(), "partition {p}: never read {missing:?}");

@@ -264,8 +264,11 @@ fn controllers_are_added_and_removed_through_the_admin_api() {
         None,
     ));
     assert!(!out.contains("controller 4 "), "{out}");
-    let d = cluster.0.describe().expect("describe");
-    assert_eq!(voters(&d), vec![1, 2, 3]);
+    // every controller answers from its own view: wait until the answering one applied it
+    wait_for("voters back to 1, 2, 3", Duration::from_secs(10), || {
+        let d = cluster.0.describe().ok()?;
+        (voters(&d) == vec![1, 2, 3]).then_some(())
+    });
     let _ = fourth.kill();
     let _ = fourth.wait();
 

@@ -158,7 +158,8 @@ impl Services {
     }
 
     pub(crate) fn leader_only(&self) -> Result<(), Status> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
         if metrics.current_leader == Some(self.id) {
             return Ok(());
         }

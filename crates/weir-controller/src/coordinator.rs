@@ -31,7 +31,7 @@ use crate::metadata::{Command, Outcome};
 /// Commits one Raft entry carries at most.
 const COMMITS_PER_ENTRY_MAX: usize = 2000;
 /// Commit entries in flight at once.
-const COMMIT_ENTRIES_IN_FLIGHT: usize = 4;
+const COMMIT_ENTRIES_IN_FLIGHT: usize = 1;
 /// Commits queued before callers wait.
 const COMMIT_QUEUE: usize = 16_384;
 pub const SESSION_TIMEOUT_MIN_MS: u32 = 1000;
@@ -348,15 +348,8 @@ impl GroupCoordinator for Coordinator {
             member_epoch: r.member_epoch,
             offsets: offsets_from(r.offsets)?,
         };
-        // Refuse what is already known to be fenced without a Raft round; the apply checks
-        // again against the state at its place in the log.
-        self.services
-            .sm
-            .read()
-            .await
-            .groups
-            .check_commit(&commit)
-            .map_err(group_status)?;
+        // Fencing is checked when the commit is applied, against the group at that point
+        // of the log (a check here as well would cost every commit a state lock).
         let (tx, rx) = oneshot::channel();
         self.commits
             .send((commit, tx))

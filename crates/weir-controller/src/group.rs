@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 /// One partition of one topic.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TopicPartition {
+    // short names: commits are most of the Raft log, and every byte is written three times
+    #[serde(rename = "t")]
     pub topic: String,
+    #[serde(rename = "p")]
     pub partition: u32,
 }
 
@@ -191,18 +194,25 @@ fn invalid(field: &str, reason: impl Into<String>) -> GroupError {
 /// One offset in a commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffsetCommit {
+    #[serde(rename = "tp")]
     pub partition: TopicPartition,
+    #[serde(rename = "o")]
     pub offset: i64,
+    #[serde(rename = "m", default, skip_serializing_if = "String::is_empty")]
     pub metadata: String,
 }
 
 /// One client's commit request (a Raft entry carries many).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitRequest {
+    #[serde(rename = "g")]
     pub group: String,
     /// Empty for a commit outside group membership (only while the group has no members).
+    #[serde(rename = "m")]
     pub member_id: String,
+    #[serde(rename = "e")]
     pub member_epoch: i32,
+    #[serde(rename = "o")]
     pub offsets: Vec<OffsetCommit>,
 }
 
@@ -742,20 +752,11 @@ pub enum GroupOutcome {
 /// Group name → topic → partition → committed offset.
 pub type Offsets = BTreeMap<String, BTreeMap<String, BTreeMap<u32, Committed>>>;
 
-/// Keys changed since the last persist.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Dirty {
-    pub groups: BTreeSet<String>,
-    pub offsets: BTreeSet<(String, TopicPartition)>,
-}
-
 /// Every group and its committed offsets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Groups {
     pub groups: BTreeMap<String, Group>,
     pub offsets: Offsets,
-    #[serde(skip)]
-    pub dirty: Dirty,
 }
 
 impl Groups {
@@ -801,7 +802,6 @@ impl Groups {
 
     fn put(&mut self, group: Group) {
         if self.groups.get(&group.name) != Some(&group) {
-            self.dirty.groups.insert(group.name.clone());
             self.groups.insert(group.name.clone(), group);
         }
     }
@@ -820,7 +820,6 @@ impl Groups {
                     commit_time_ms: time_ms,
                 },
             );
-        self.dirty.offsets.insert((group.to_string(), o.partition));
     }
 
     /// Validates a commit request as a whole, then stores every offset in it.
@@ -890,29 +889,14 @@ impl Groups {
             });
         }
         self.groups.remove(group);
-        self.dirty.groups.insert(group.to_string());
-        if let Some(topics) = self.offsets.remove(group) {
-            for (topic, parts) in topics {
-                for p in parts.keys() {
-                    self.dirty
-                        .offsets
-                        .insert((group.to_string(), TopicPartition::new(topic.clone(), *p)));
-                }
-            }
-        }
+        self.offsets.remove(group);
         Ok(())
     }
 
     /// Drops every group's committed offsets for a deleted topic.
     pub fn topic_deleted(&mut self, topic: &str) {
-        for (group, topics) in &mut self.offsets {
-            if let Some(parts) = topics.remove(topic) {
-                for p in parts.keys() {
-                    self.dirty
-                        .offsets
-                        .insert((group.clone(), TopicPartition::new(topic, *p)));
-                }
-            }
+        for topics in self.offsets.values_mut() {
+            topics.remove(topic);
         }
         self.offsets.retain(|_, t| !t.is_empty());
     }

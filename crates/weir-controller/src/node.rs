@@ -153,10 +153,12 @@ pub struct Controller {
 impl Controller {
     pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let db = store::open_db(&config.data_dir).map_err(|source| StartError::Storage {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        let db = store::open_db(&config.data_dir)
+            .await
+            .map_err(|source| StartError::Storage {
+                path: config.data_dir.clone(),
+                source,
+            })?;
         let log = LogStore::open(&db).map_err(|source| StartError::Storage {
             path: config.data_dir.clone(),
             source,

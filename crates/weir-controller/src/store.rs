@@ -4,14 +4,11 @@
 //! Layout (one sled database per controller):
 //! - tree `log`: big-endian index → JSON entry;
 //! - tree `raft`: `vote`, `committed`, `last_purged`;
-//! - tree `sm`: `applied`, `membership`, `metadata` (the topics and brokers, rewritten only
-//!   when they change);
-//! - tree `groups`: group name → the group (members, epochs, target assignment);
-//! - tree `offsets`: `group \0 topic \0 partition (u32 BE)` → committed offset;
-//! - tree `snapshot`: `meta`, `data` (the last built or installed snapshot).
+//! - tree `snapshot`: `current` (the last built or installed snapshot: its meta and the
+//!   whole applied state — metadata, groups, committed offsets).
 //!
-//! Every append, vote, truncation and purge is flushed to disk before it is acknowledged. An
-//! apply writes only the keys it changed, all trees in one flush.
+//! Every append, vote, truncation and purge is flushed to disk before it is acknowledged. The
+//! state machine itself lives in memory (see [`StateMachine`]).
 
 // openraft's traits fix the error type (`StorageError`, ~224 bytes); helpers share it.
 #![allow(clippy::result_large_err)]
@@ -30,7 +27,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, watch};
 
-use crate::group::{Groups, TopicPartition};
+use crate::group::Groups;
 use crate::metadata::{Command, Metadata, Outcome};
 use crate::raft::{NodeId, TypeConfig};
 
@@ -58,12 +55,27 @@ fn json<T: Serialize>(value: &T) -> StorageResult<Vec<u8>> {
     serde_json::to_vec(value).map_err(write_err)
 }
 
-/// Opens (or creates) the controller's sled database.
-pub fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
-    sled::Config::new()
-        .path(dir)
-        .mode(sled::Mode::HighThroughput)
-        .open()
+/// Opens (or creates) the controller's sled database. A controller restarted in the same
+/// process may find the previous instance's file lock still held for a moment while its last
+/// tasks finish: that is retried for up to three seconds.
+pub async fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::Other
+                    && e.to_string().contains("could not acquire lock")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The Raft log and vote.
@@ -215,9 +227,6 @@ pub struct Applied {
     pub metadata: Metadata,
     #[serde(default)]
     pub groups: Groups,
-    /// The metadata changed since it was last persisted.
-    #[serde(skip)]
-    metadata_dirty: bool,
     /// Changes after `changes_from`, oldest first, at most [`CHANGES_MAX`].
     #[serde(skip)]
     pub changes: std::collections::VecDeque<Change>,
@@ -260,7 +269,6 @@ impl Applied {
                 if let Command::DeleteTopic { name } = &command {
                     self.groups.topic_deleted(name);
                 }
-                self.metadata_dirty = true;
                 let (topics, brokers) = touched(&command, &self.metadata);
                 self.record(Change {
                     version,
@@ -320,14 +328,16 @@ impl Applied {
     }
 }
 
-/// The state machine: metadata plus Raft's bookkeeping, and a watch channel that announces
-/// every newly applied version.
+/// The state machine: metadata and groups plus Raft's bookkeeping, in memory, and a watch
+/// channel that announces newly applied metadata versions.
+///
+/// Durability comes from the Raft log and snapshots: applying an entry writes nothing (so it
+/// never waits for a disk), every `snapshot_logs_max` entries a snapshot of the whole state is
+/// written and flushed, and at start the state is the last snapshot with the log after it
+/// replayed by openraft. The log is purged only up to a snapshot, so nothing is lost between.
 #[derive(Debug, Clone)]
 pub struct StateMachine {
     db: sled::Db,
-    sm: sled::Tree,
-    groups: sled::Tree,
-    offsets: sled::Tree,
     snapshot: sled::Tree,
     state: Arc<RwLock<Applied>>,
     versions: Arc<watch::Sender<u64>>,
@@ -335,24 +345,15 @@ pub struct StateMachine {
 
 impl StateMachine {
     pub fn open(db: &sled::Db) -> StorageResult<StateMachine> {
-        let sm = db.open_tree("sm").map_err(read_err)?;
         let snapshot = db.open_tree("snapshot").map_err(read_err)?;
-        let groups_tree = db.open_tree("groups").map_err(read_err)?;
-        let offsets_tree = db.open_tree("offsets").map_err(read_err)?;
-        let mut applied = Applied {
-            last_applied: get_json::<Option<LogId<NodeId>>>(&sm, "applied")?.flatten(),
-            membership: get_json(&sm, "membership")?.unwrap_or_default(),
-            metadata: get_json(&sm, "metadata")?.unwrap_or_default(),
-            groups: load_groups(&groups_tree, &offsets_tree)?,
-            ..Applied::default()
+        let mut applied = match get_json::<StoredSnapshot>(&snapshot, "current")? {
+            Some(stored) => Applied::from_snapshot(&stored.meta, &stored.data)?,
+            None => Applied::default(),
         };
         applied.changes_from = applied.version();
         let (versions, _) = watch::channel(applied.version());
         Ok(StateMachine {
             db: db.clone(),
-            sm,
-            groups: groups_tree,
-            offsets: offsets_tree,
             snapshot,
             state: Arc::new(RwLock::new(applied)),
             versions: Arc::new(versions),
@@ -370,110 +371,26 @@ impl StateMachine {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.versions.subscribe()
     }
+}
 
-    /// Writes what changed since the last persist and flushes. `everything` rewrites every
-    /// group and offset (after a snapshot install).
-    async fn persist(&self, state: &mut Applied, everything: bool) -> StorageResult<()> {
-        let mut batch = sled::Batch::default();
-        batch.insert("applied", json(&state.last_applied)?);
-        batch.insert("membership", json(&state.membership)?);
-        if state.metadata_dirty || everything {
-            batch.insert("metadata", json(&state.metadata)?);
-            state.metadata_dirty = false;
-        }
-        self.sm.apply_batch(batch).map_err(write_err)?;
-        let dirty = std::mem::take(&mut state.groups.dirty);
-        if everything {
-            self.groups.clear().map_err(write_err)?;
-            self.offsets.clear().map_err(write_err)?;
-        }
-        let mut groups = sled::Batch::default();
-        let names: Vec<&String> = if everything {
-            state.groups.groups.keys().collect()
-        } else {
-            dirty.groups.iter().collect()
-        };
-        for name in names {
-            match state.groups.groups.get(name) {
-                Some(g) => groups.insert(name.as_bytes(), json(g)?),
-                None => groups.remove(name.as_bytes()),
-            }
-        }
-        self.groups.apply_batch(groups).map_err(write_err)?;
-        let mut offsets = sled::Batch::default();
-        let keys: Vec<(String, TopicPartition)> = if everything {
-            state
-                .groups
-                .offsets
-                .iter()
-                .flat_map(|(g, topics)| {
-                    topics.iter().flat_map(move |(t, parts)| {
-                        parts
-                            .keys()
-                            .map(move |p| (g.clone(), TopicPartition::new(t.clone(), *p)))
-                    })
-                })
-                .collect()
-        } else {
-            dirty.offsets.into_iter().collect()
-        };
-        for (group, tp) in keys {
-            let key = offset_key(&group, &tp);
-            match state.groups.committed(&group, &tp) {
-                Some(c) => offsets.insert(key, json(c)?),
-                None => offsets.remove(key),
-            }
-        }
-        self.offsets.apply_batch(offsets).map_err(write_err)?;
-        self.db.flush_async().await.map_err(write_err)?;
-        Ok(())
+impl Applied {
+    fn from_snapshot(
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        data: &[u8],
+    ) -> StorageResult<Applied> {
+        let installed: Applied = serde_json::from_slice(data).map_err(read_err)?;
+        let version = meta.last_log_id.map_or(0, |l| l.index);
+        Ok(Applied {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            metadata: installed.metadata,
+            groups: installed.groups,
+            changes: Default::default(),
+            // history before a snapshot is unknown: watchers resync
+            changes_from: version,
+        })
     }
 }
-
-fn offset_key(group: &str, tp: &TopicPartition) -> Vec<u8> {
-    let mut key = Vec::with_capacity(group.len() + tp.topic.len() + 6);
-    key.extend_from_slice(group.as_bytes());
-    key.push(0);
-    key.extend_from_slice(tp.topic.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&tp.partition.to_be_bytes());
-    key
-}
-
-fn parse_offset_key(key: &[u8]) -> Option<(String, TopicPartition)> {
-    let (rest, partition) = key.split_at_checked(key.len().checked_sub(4)?)?;
-    let partition = u32::from_be_bytes(partition.try_into().ok()?);
-    let rest = rest.strip_suffix(&[0])?;
-    let split = rest.iter().position(|b| *b == 0)?;
-    let group = String::from_utf8(rest[..split].to_vec()).ok()?;
-    let topic = String::from_utf8(rest[split + 1..].to_vec()).ok()?;
-    Some((group, TopicPartition::new(topic, partition)))
-}
-
-fn load_groups(groups: &sled::Tree, offsets: &sled::Tree) -> StorageResult<Groups> {
-    let mut out = Groups::default();
-    for item in groups.iter() {
-        let (key, value) = item.map_err(read_err)?;
-        let group: crate::group::Group = serde_json::from_slice(&value).map_err(read_err)?;
-        out.groups
-            .insert(String::from_utf8_lossy(&key).into_owned(), group);
-    }
-    for item in offsets.iter() {
-        let (key, value) = item.map_err(read_err)?;
-        let (group, tp) = parse_offset_key(&key)
-            .ok_or_else(|| read_err(std::io::Error::other("malformed offset key")))?;
-        let committed = serde_json::from_slice(&value).map_err(read_err)?;
-        out.offsets
-            .entry(group)
-            .or_default()
-            .entry(tp.topic)
-            .or_default()
-            .insert(tp.partition, committed);
-    }
-    Ok(out)
-}
-
-impl StateMachine {}
 
 /// A snapshot as stored: its metadata and the serialized [`Applied`] state.
 #[derive(Debug, Serialize, Deserialize)]
@@ -546,7 +463,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
-        self.persist(&mut state, false).await?;
         let version = state.version();
         let metadata_changed = state.changes.back().map(|c| c.version) != changes_before;
         drop(state);
@@ -570,18 +486,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
-        let installed: Applied = serde_json::from_slice(&data).map_err(read_err)?;
-        let version = meta.last_log_id.map_or(0, |l| l.index);
-        let new_state = Applied {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-            metadata: installed.metadata,
-            groups: installed.groups,
-            metadata_dirty: true,
-            changes: Default::default(),
-            // history before an installed snapshot is unknown: watchers resync
-            changes_from: version,
-        };
+        let new_state = Applied::from_snapshot(meta, &data)?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
@@ -589,11 +494,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.snapshot
             .insert("current", json(&stored)?)
             .map_err(write_err)?;
-        let mut state = self.state.write().await;
-        *state = new_state;
-        self.persist(&mut state, true).await?;
-        let version = state.version();
-        drop(state);
+        self.db.flush_async().await.map_err(write_err)?;
+        let version = new_state.version();
+        *self.state.write().await = new_state;
         self.versions.send_replace(version);
         Ok(())
     }

@@ -16,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Sle
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().map_err(io)?;
-        let db = store::open_db(dir.path()).map_err(io)?;
+        let db = store::open_db(dir.path()).await.map_err(io)?;
         let log = LogStore::open(&db).map_err(io)?;
         let sm = StateMachine::open(&db)?;
         Ok((dir, log, sm))

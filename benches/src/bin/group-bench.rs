@@ -245,8 +245,8 @@ async fn commits(args: &Args, bootstrap: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls every consumer until the union of their assignments is all `partitions` and no two
-/// overlap; returns how long it took.
+/// Polls every consumer until the union of their assignments is all `partitions`, no two
+/// overlap, and the counts differ by at most one; returns how long it took.
 async fn settle(consumers: &mut [GroupConsumer], partitions: u32) -> anyhow::Result<Duration> {
     let started = Instant::now();
     loop {
@@ -255,12 +255,15 @@ async fn settle(consumers: &mut [GroupConsumer], partitions: u32) -> anyhow::Res
         }
         let mut all = BTreeSet::new();
         let mut count = 0;
+        let (mut lo, mut hi) = (usize::MAX, 0);
         for c in consumers.iter() {
             let a = c.assignment();
             count += a.len();
+            lo = lo.min(a.len());
+            hi = hi.max(a.len());
             all.extend(a);
         }
-        if all.len() == partitions as usize && count == all.len() {
+        if all.len() == partitions as usize && count == all.len() && hi - lo <= 1 {
             return Ok(started.elapsed());
         }
         if started.elapsed() > Duration::from_secs(60) {
@@ -293,8 +296,8 @@ async fn rebalance(args: &Args, bootstrap: &[String]) -> anyhow::Result<()> {
         args.partitions,
         first.as_secs_f64() * 1000.0
     );
-    let mut samples = Vec::new();
-    for round in 0..3 {
+    let (mut leaves, mut joins) = (Vec::new(), Vec::new());
+    for round in 0..5 {
         let leaving = consumers.pop().context("a member")?;
         let t = Instant::now();
         leaving.close().await?;
@@ -308,8 +311,19 @@ async fn rebalance(args: &Args, bootstrap: &[String]) -> anyhow::Result<()> {
             leave.as_secs_f64() * 1000.0,
             join.as_secs_f64() * 1000.0
         );
-        samples.push((leave, join));
+        leaves.push(leave);
+        joins.push(join);
     }
+    leaves.sort();
+    joins.sort();
+    println!(
+        "rebalance, {} partitions: member leaves median {:.0} ms (max {:.0}); member joins median {:.0} ms (max {:.0})",
+        args.partitions,
+        leaves[leaves.len() / 2].as_secs_f64() * 1000.0,
+        leaves[leaves.len() - 1].as_secs_f64() * 1000.0,
+        joins[joins.len() / 2].as_secs_f64() * 1000.0,
+        joins[joins.len() - 1].as_secs_f64() * 1000.0
+    );
     for c in consumers {
         c.close().await?;
     }

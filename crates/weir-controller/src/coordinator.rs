@@ -331,7 +331,11 @@ impl GroupCoordinator for Coordinator {
         Ok(Response::new(pb::ConsumerGroupHeartbeatResponse {
             member_id: reply.member_id,
             member_epoch: reply.member_epoch,
-            heartbeat_interval_ms: self.settings.heartbeat_interval_ms,
+            heartbeat_interval_ms: if reply.settled {
+                self.settings.heartbeat_interval_ms
+            } else {
+                (self.settings.heartbeat_interval_ms / 10).max(50)
+            },
             assignment: reply.assignment.iter().map(tp_to).collect(),
         }))
     }

@@ -156,6 +156,9 @@ pub struct HeartbeatReply {
     pub member_epoch: i32,
     /// Everything the member may own now (its assignment minus what it must revoke).
     pub assignment: Vec<TopicPartition>,
+    /// The member holds exactly its target. While it does not, it should heartbeat sooner:
+    /// partitions it waits for are handed over as soon as their owners release them.
+    pub settled: bool,
 }
 
 /// Why a group request was refused. Refusals change nothing.
@@ -366,10 +369,14 @@ impl Group {
         }
         self.reconcile(&id);
         let m = &self.members[&id];
+        let settled = m.revoking.is_empty()
+            && m.epoch == self.assignment_epoch
+            && self.target.get(&id).is_none_or(|t| *t == m.assigned);
         Ok(HeartbeatReply {
             member_id: id,
             member_epoch: m.epoch,
             assignment: m.assigned.iter().cloned().collect(),
+            settled,
         })
     }
 
@@ -378,6 +385,7 @@ impl Group {
             member_id: hb.member_id.clone(),
             member_epoch: hb.member_epoch,
             assignment: Vec::new(),
+            settled: true,
         };
         let Some(member) = self.members.get_mut(&hb.member_id) else {
             return reply;

@@ -1,5 +1,5 @@
 //! A controller in-process: snapshots and log purging keep the Raft log bounded, and a
-//! restart rebuilds the same metadata from snapshot plus log.
+//! restart rebuilds the same metadata, groups and committed offsets from snapshot plus log.
 
 use std::time::Duration;
 
@@ -108,4 +108,109 @@ async fn snapshots_bound_the_log_and_restart_restores_the_metadata() {
         "metadata changed across restart"
     );
     controller.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_and_committed_offsets_survive_a_restart_through_snapshots_and_the_log() {
+    use weir_proto::v1::group_coordinator_client::GroupCoordinatorClient;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = free_addr();
+    let controller = start(dir.path(), addr).await;
+    let channel = weir_proto::call::connect(&addr.to_string())
+        .await
+        .expect("connect");
+    BrokerRegistryClient::new(channel.clone())
+        .register_broker(pb::RegisterBrokerRequest {
+            broker_id: 1,
+            address: "127.0.0.1:1".into(),
+            rack: String::new(),
+        })
+        .await
+        .expect("register");
+    AdminClient::new(channel.clone())
+        .create_topic(pb::CreateTopicRequest {
+            name: "t".into(),
+            partitions: 3,
+            replication_factor: 1,
+            config: None,
+        })
+        .await
+        .expect("create");
+    let mut groups = GroupCoordinatorClient::new(channel);
+    let joined = groups
+        .consumer_group_heartbeat(pb::ConsumerGroupHeartbeatRequest {
+            group: "g".into(),
+            member_id: "m1".into(),
+            member_epoch: 0,
+            subscribed_topics: Some(pb::SubscribedTopics {
+                topics: vec!["t".into()],
+            }),
+            owned: Some(pb::OwnedPartitions::default()),
+            session_timeout_ms: 60_000,
+            ..Default::default()
+        })
+        .await
+        .expect("join")
+        .into_inner();
+    assert_eq!(joined.assignment.len(), 3);
+    // enough single commits (one Raft entry each) to take several snapshots
+    for i in 1..=70 {
+        groups
+            .commit_offsets(pb::CommitOffsetsRequest {
+                group: "g".into(),
+                member_id: "m1".into(),
+                member_epoch: joined.member_epoch,
+                offsets: vec![pb::OffsetAndMetadata {
+                    topic: "t".into(),
+                    partition: i % 3,
+                    offset: i64::from(i),
+                    metadata: format!("commit {i}"),
+                    commit_time_ms: 0,
+                }],
+            })
+            .await
+            .expect("commit");
+    }
+    let fetch = pb::FetchOffsetsRequest {
+        group: "g".into(),
+        ..Default::default()
+    };
+    let before = groups
+        .fetch_offsets(fetch.clone())
+        .await
+        .expect("fetch")
+        .into_inner();
+    let offsets: Vec<i64> = before.offsets.iter().map(|o| o.offset).collect();
+    assert_eq!(offsets, vec![69, 70, 68]);
+    let snapshot = controller
+        .raft
+        .metrics()
+        .borrow()
+        .snapshot
+        .map_or(0, |s| s.index);
+    assert!(snapshot > 20, "snapshot at {snapshot}");
+    controller.shutdown().await;
+
+    let _controller = start(dir.path(), addr).await;
+    let channel = weir_proto::call::connect(&addr.to_string())
+        .await
+        .expect("connect");
+    let mut groups = GroupCoordinatorClient::new(channel);
+    let after = groups
+        .fetch_offsets(fetch)
+        .await
+        .expect("fetch")
+        .into_inner();
+    assert_eq!(
+        after.offsets, before.offsets,
+        "offsets changed across restart"
+    );
+    let g = groups
+        .describe_group(pb::DescribeGroupRequest { group: "g".into() })
+        .await
+        .expect("describe")
+        .into_inner();
+    assert_eq!(g.members.len(), 1);
+    assert_eq!(g.members[0].member_epoch, joined.member_epoch);
+    assert_eq!(g.members[0].assigned.len(), 3);
 }

@@ -31,6 +31,17 @@ impl Drop for Member {
 }
 
 fn start_member(bootstrap: &str, topic: &str, group: &str, dir: &Path, name: &str) -> Member {
+    start_member_with(bootstrap, topic, group, dir, name, &[])
+}
+
+fn start_member_with(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Member {
     let out = dir.join(format!("{name}.out"));
     let child = Command::new(weir_bin())
         .args([
@@ -46,6 +57,7 @@ fn start_member(bootstrap: &str, topic: &str, group: &str, dir: &Path, name: &st
             "--auto-commit-ms",
             "200",
         ])
+        .args(extra)
         .env("WEIR_BOOTSTRAP", bootstrap)
         .stdout(std::fs::File::create(&out).expect("stdout file"))
         .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).expect("stderr file"))
@@ -501,4 +513,150 @@ fn a_zombie_members_commit_is_rejected() {
             .and_then(|r| r.current),
         Some(7)
     );
+}
+
+/// The group epoch from `weir group describe`.
+fn group_epoch(bootstrap: &str, group: &str) -> i64 {
+    let out = ok(weir(bootstrap, &["group", "describe", group], None));
+    let head: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    head.iter()
+        .position(|w| *w == "epoch")
+        .and_then(|i| head.get(i + 1))
+        .and_then(|e| e.parse().ok())
+        .expect("group epoch")
+}
+
+#[test]
+fn a_static_member_restarts_without_a_rebalance_and_admin_commands_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = up(3, 1, 1500, &dir);
+    let bootstrap = cluster.0.bootstrap();
+    ok(weir(
+        &bootstrap,
+        &["topic", "create", "s", "--partitions", "4"],
+        None,
+    ));
+    for p in 0..4 {
+        let p = p.to_string();
+        ok(weir(
+            &bootstrap,
+            &["produce", "s", "--partition", &p],
+            Some("1\n2\n3\n4\n5\n"),
+        ));
+    }
+    let a = ["--instance-id", "host-a"];
+    let b = ["--instance-id", "host-b"];
+    let mut first_a = start_member_with(&bootstrap, "s", "sg", dir.path(), "a1", &a);
+    let _b = start_member_with(&bootstrap, "s", "sg", dir.path(), "b1", &b);
+    let (before, _) = wait_for(
+        "two static members own two each",
+        Duration::from_secs(30),
+        || stable_owners(&bootstrap, "sg", 2, 4).filter(|o| o.values().all(|p| p.len() == 2)),
+    );
+    let epoch = group_epoch(&bootstrap, "sg");
+    let a_parts = owned_at_exit(&dir.path().join("a1.err"));
+    // kill -9 and restart within the session timeout: same partitions, no new group epoch
+    first_a.child.kill().expect("kill");
+    first_a.child.wait().expect("wait");
+    let _second_a = start_member_with(&bootstrap, "s", "sg", dir.path(), "a2", &a);
+    wait_for(
+        "the restarted member reads its partitions",
+        Duration::from_secs(20),
+        || (owned_at_exit(&dir.path().join("a2.err")) == a_parts).then_some(()),
+    );
+    assert_eq!(group_epoch(&bootstrap, "sg"), epoch, "a rebalance happened");
+    let (after, _) = wait_for("stable again", Duration::from_secs(10), || {
+        stable_owners(&bootstrap, "sg", 2, 4)
+    });
+    let sets = |o: &BTreeMap<String, BTreeSet<u32>>| o.values().cloned().collect::<BTreeSet<_>>();
+    assert_eq!(sets(&after), sets(&before));
+
+    // admin commands refuse an active group
+    let out = weir(&bootstrap, &["group", "delete", "sg"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GROUP_NOT_EMPTY"));
+    let out = weir(
+        &bootstrap,
+        &[
+            "group",
+            "reset-offsets",
+            "sg",
+            "--topic",
+            "s",
+            "--to-earliest",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    drop(_second_a);
+    drop(_b);
+    // killed static members stay until their session times out
+    wait_for("the group empties", Duration::from_secs(20), || {
+        (describe(&bootstrap, "sg").0 == 0).then_some(())
+    });
+    let listed = ok(weir(&bootstrap, &["group", "list"], None));
+    assert!(listed.contains("sg  state empty"), "{listed}");
+    ok(weir(
+        &bootstrap,
+        &[
+            "group",
+            "reset-offsets",
+            "sg",
+            "--topic",
+            "s",
+            "--to-offset",
+            "99",
+        ],
+        None,
+    ));
+    let (_, _, rows) = describe(&bootstrap, "sg");
+    assert!(
+        rows.iter().all(|r| r.current == Some(5)),
+        "clamped to the log end: {rows:?}"
+    );
+    ok(weir(
+        &bootstrap,
+        &[
+            "group",
+            "reset-offsets",
+            "sg",
+            "--topic",
+            "s",
+            "--partition",
+            "1",
+            "--shift-by",
+            "-2",
+        ],
+        None,
+    ));
+    let (_, _, rows) = describe(&bootstrap, "sg");
+    assert_eq!(
+        rows.iter()
+            .find(|r| r.partition == 1)
+            .and_then(|r| r.current),
+        Some(3)
+    );
+    let out = weir(
+        &bootstrap,
+        &[
+            "group",
+            "reset-offsets",
+            "sg",
+            "--topic",
+            "s",
+            "--partition",
+            "9",
+            "--to-latest",
+        ],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--partition 9"));
+    ok(weir(&bootstrap, &["group", "delete", "sg"], None));
+    let out = weir(&bootstrap, &["group", "describe", "sg"], None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GROUP_ID_NOT_FOUND"));
 }

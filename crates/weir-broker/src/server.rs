@@ -239,20 +239,32 @@ fn record<T>(rpc: &'static str, started: std::time::Instant, result: &Result<T, 
 }
 
 impl BrokerService {
-    /// Waits until the high watermark passes `last`: every in-sync replica holds the batch.
-    async fn await_replication(&self, replica: &Replica, last: Offset) -> Result<(), Status> {
+    /// Waits until the high watermark passes `last` while this broker still leads at
+    /// `epoch`, the epoch the batch was appended under: every in-sync replica holds the batch.
+    ///
+    /// The high watermark is read before leadership is checked. After a demotion the same
+    /// watch carries the new leader's high watermark, which can pass `last` over a log that
+    /// was truncated and refilled with other records at those offsets; counting that as
+    /// success acknowledged a batch that was gone.
+    async fn await_replication(
+        &self,
+        replica: &Replica,
+        last: Offset,
+        epoch: weir_types::LeaderEpoch,
+    ) -> Result<(), Status> {
         let mut hw = replica.subscribe_high_watermark();
         let deadline = tokio::time::Instant::now()
             + std::time::Duration::from_millis(self.config.produce_timeout_ms);
         loop {
-            if *hw.borrow_and_update() > last {
-                break;
-            }
-            if !replica.is_leader() {
+            let passed = *hw.borrow_and_update() > last;
+            if !replica.is_leader() || replica.leadership().leader_epoch != epoch {
                 return Err(status(
                     ErrorCode::LeaderChangedAfterAppend,
                     "leadership moved before the batch was replicated; it may or may not be committed",
                 ));
+            }
+            if passed {
+                break;
             }
             match tokio::time::timeout_at(deadline, hw.changed()).await {
                 Ok(Ok(())) => {}
@@ -334,7 +346,8 @@ impl BrokerService {
             .map_err(|_| status(ErrorCode::StorageError, "the partition owner stopped"))?
             .map_err(|e| log_status(&e))?;
         if all {
-            self.await_replication(&replica, info.last_offset).await?;
+            self.await_replication(&replica, info.last_offset, lead.leader_epoch)
+                .await?;
         }
         metrics::counter!("weir_broker_produce_records_total")
             .increment((info.last_offset.0 - info.base_offset.0 + 1) as u64);

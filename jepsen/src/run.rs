@@ -1,0 +1,546 @@
+//! A test run: the cluster, the clients, the nemesis, the final drain and the check.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use rand::Rng;
+use weir_client::{Acks, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, SeekTo};
+use weir_cluster::{Cluster, Spec};
+use weir_jepsen::checker::{self, Options, Report};
+use weir_jepsen::history::{self, F, Op, Send, Type};
+use weir_types::ErrorCode;
+use weir_types::error::Outcome;
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Faults, comma separated: kill (kill -9 a random node, restart it later), pause
+    /// (SIGSTOP a random node, SIGCONT later), kill-controller (the active controller),
+    /// none.
+    #[arg(long, default_value = "kill,pause")]
+    nemesis: String,
+    /// Seconds of workload under faults (the final heal and drain come after).
+    #[arg(long, default_value_t = 60)]
+    time_limit: u64,
+    #[arg(long, default_value_t = 10)]
+    keys: u32,
+    /// Concurrent producer clients.
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    /// Concurrent consumer clients (each assigned every key).
+    #[arg(long, default_value_t = 2)]
+    consumers: usize,
+    #[arg(long, default_value_t = 3)]
+    controllers: u32,
+    #[arg(long, default_value_t = 3)]
+    brokers: u32,
+    /// Seconds between faults: a random value in this range (a fault is healed at the next
+    /// step, so every other interval is quiet).
+    #[arg(long, default_value = "5..15")]
+    interval: String,
+    /// Results directory (default: jepsen/results/<unix time>).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The weir binary (default: next to this one).
+    #[arg(long, env = "WEIR_BIN")]
+    weir: Option<PathBuf>,
+}
+
+/// The history being recorded, shared by every client.
+#[derive(Default)]
+struct Recorder {
+    ops: Mutex<Vec<Op>>,
+    started: Option<Instant>,
+}
+
+impl Recorder {
+    fn record(&self, mut op: Op) {
+        op.time_ns = self.started.map_or(0, |s| s.elapsed().as_nanos() as u64);
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        op.index = ops.len() as u64;
+        ops.push(op);
+    }
+}
+
+/// A nemesis event, for the summary and the timeline.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Fault {
+    start_ns: u64,
+    end_ns: u64,
+    kind: String,
+    node: String,
+}
+
+fn parse_interval(raw: &str) -> anyhow::Result<(u64, u64)> {
+    let (lo, hi) = raw
+        .split_once("..")
+        .context("--interval: expected LOW..HIGH seconds")?;
+    let (lo, hi): (u64, u64) = (lo.trim().parse()?, hi.trim().parse()?);
+    if lo == 0 || hi < lo {
+        bail!("--interval {raw}: need 0 < LOW <= HIGH");
+    }
+    Ok((lo, hi))
+}
+
+fn weir_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let me = std::env::current_exe()?;
+    let next = me.with_file_name("weir");
+    if next.exists() {
+        return Ok(next);
+    }
+    bail!("no weir binary next to {}; pass --weir", me.display())
+}
+
+pub fn test(args: TestArgs) -> anyhow::Result<bool> {
+    let faults: Vec<String> = args
+        .nemesis
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s != "none")
+        .collect();
+    for f in &faults {
+        if !["kill", "pause", "kill-controller"].contains(&f.as_str()) {
+            bail!("--nemesis {f}: not one of kill, pause, kill-controller, none");
+        }
+    }
+    let interval = parse_interval(&args.interval)?;
+    if args.keys == 0 || args.producers == 0 || args.consumers == 0 {
+        bail!("--keys, --producers and --consumers must be positive");
+    }
+    let dir = match args.dir.clone() {
+        Some(d) => d,
+        None => PathBuf::from("jepsen/results").join(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+                .to_string(),
+        ),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
+    let spec = Spec {
+        controllers: args.controllers,
+        brokers: args.brokers,
+        dir: dir.join("cluster"),
+        weir: weir_binary(args.weir.clone())?,
+        broker_lease_ms: 1500,
+    };
+    eprintln!(
+        "starting {} controllers + {} brokers in {}",
+        args.controllers,
+        args.brokers,
+        dir.display()
+    );
+    let mut cluster = Cluster::up(&spec, Duration::from_secs(60))?;
+    let bootstrap: Vec<String> = cluster.bootstrap().split(',').map(str::to_string).collect();
+    let rf = args.brokers.min(3);
+    let out = std::process::Command::new(&spec.weir)
+        .args([
+            "topic",
+            "create",
+            "jepsen",
+            "--partitions",
+            &args.keys.to_string(),
+            "--replication-factor",
+            &rf.to_string(),
+        ])
+        .env("WEIR_BOOTSTRAP", bootstrap.join(","))
+        .output()?;
+    if !out.status.success() {
+        bail!("create topic: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    let recorder = Arc::new(Recorder {
+        ops: Mutex::new(Vec::new()),
+        started: Some(Instant::now()),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let next_process = Arc::new(AtomicU64::new(0));
+    let next_values: Arc<Vec<AtomicU64>> =
+        Arc::new((0..args.keys).map(|_| AtomicU64::new(1)).collect());
+    let mut workers = Vec::new();
+    for _ in 0..args.producers {
+        workers.push(runtime.spawn(producer_client(
+            bootstrap.clone(),
+            args.keys,
+            Arc::clone(&recorder),
+            Arc::clone(&stop),
+            Arc::clone(&next_process),
+            Arc::clone(&next_values),
+        )));
+    }
+    for _ in 0..args.consumers {
+        workers.push(runtime.spawn(consumer_client(
+            bootstrap.clone(),
+            args.keys,
+            Arc::clone(&recorder),
+            Arc::clone(&stop),
+            Arc::clone(&next_process),
+        )));
+    }
+
+    // the nemesis runs on this thread: the cluster handle is blocking
+    let mut fault_log: Vec<Fault> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(args.time_limit);
+    let mut rng = rand::rng();
+    let mut active: Option<(String, String, u64)> = None;
+    while Instant::now() < deadline {
+        let wait = Duration::from_secs(rng.random_range(interval.0..=interval.1));
+        std::thread::sleep(wait.min(deadline.saturating_duration_since(Instant::now())));
+        let now_ns = recorder
+            .started
+            .map_or(0, |s| s.elapsed().as_nanos() as u64);
+        if let Some((kind, node, start_ns)) = active.take() {
+            heal(&mut cluster, &kind, &node);
+            fault_log.push(Fault {
+                start_ns,
+                end_ns: now_ns,
+                kind,
+                node,
+            });
+            continue;
+        }
+        if faults.is_empty() || Instant::now() >= deadline {
+            continue;
+        }
+        let kind = faults[rng.random_range(0..faults.len())].clone();
+        let node = match kind.as_str() {
+            "kill-controller" => {
+                active_controller(&cluster).unwrap_or_else(|| "controller-1".into())
+            }
+            _ => {
+                let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+                names[rng.random_range(0..names.len())].clone()
+            }
+        };
+        eprintln!("nemesis: {kind} {node}");
+        let done = match kind.as_str() {
+            "pause" => cluster.pause(&node),
+            _ => cluster.kill(&node),
+        };
+        if let Err(e) = done {
+            eprintln!("nemesis: {kind} {node} failed: {e:#}");
+            continue;
+        }
+        active = Some((kind, node, now_ns));
+    }
+    if let Some((kind, node, start_ns)) = active.take() {
+        heal(&mut cluster, &kind, &node);
+        let end_ns = recorder
+            .started
+            .map_or(0, |s| s.elapsed().as_nanos() as u64);
+        fault_log.push(Fault {
+            start_ns,
+            end_ns,
+            kind,
+            node,
+        });
+    }
+    stop.store(true, Ordering::SeqCst);
+    runtime.block_on(async {
+        for w in workers {
+            let _ = w.await;
+        }
+    });
+    eprintln!("healed; waiting for the cluster");
+    cluster.wait_ready(Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_secs(3));
+    eprintln!("draining every key from offset 0");
+    runtime.block_on(drain(bootstrap.clone(), args.keys, Arc::clone(&recorder)))?;
+    let _ = cluster.down(Duration::from_secs(3));
+
+    let ops = std::mem::take(&mut *recorder.ops.lock().unwrap_or_else(|p| p.into_inner()));
+    write_results(&dir, &ops, &fault_log, true)
+}
+
+fn heal(cluster: &mut Cluster, kind: &str, node: &str) {
+    let healed = match kind {
+        "pause" => cluster.resume(node),
+        _ => cluster.start(node),
+    };
+    match healed {
+        Ok(()) => eprintln!("nemesis: healed {kind} {node}"),
+        Err(e) => eprintln!("nemesis: healing {kind} {node} failed: {e:#}"),
+    }
+}
+
+fn active_controller(cluster: &Cluster) -> Option<String> {
+    let d = cluster.describe().ok()?;
+    Some(format!("controller-{}", d.leader_id)).filter(|_| d.leader_id != 0)
+}
+
+/// ok / fail / info for a client error.
+fn classify(e: &ClientError) -> Type {
+    match e {
+        ClientError::Server { code, .. } if code.outcome() == Outcome::Definite => Type::Fail,
+        ClientError::Invalid { .. } => Type::Fail,
+        ClientError::Server {
+            code: ErrorCode::InvalidArgument,
+            ..
+        } => Type::Fail,
+        _ => Type::Info,
+    }
+}
+
+/// Sends values 1, 2, 3, ... per key, one at a time, as an idempotent acks=all producer. A
+/// client whose send ends `info` is replaced (new process id, new producer).
+async fn producer_client(
+    bootstrap: Vec<String>,
+    keys: u32,
+    recorder: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    next_process: Arc<AtomicU64>,
+    next_values: Arc<Vec<AtomicU64>>,
+) {
+    'client: while !stop.load(Ordering::SeqCst) {
+        let process = next_process.fetch_add(1, Ordering::SeqCst);
+        let mut config = ProducerConfig::new(bootstrap.clone());
+        config.acks = Acks::All;
+        config.idempotence = true;
+        config.linger_ms = 0;
+        config.delivery_timeout = Duration::from_secs(5);
+        let Ok(producer) = Producer::new(config) else {
+            return;
+        };
+        while !stop.load(Ordering::SeqCst) {
+            let key = rand::rng().random_range(0..keys);
+            let value = next_values[key as usize].fetch_add(1, Ordering::SeqCst);
+            let mut invoke = Op::new(process, Type::Invoke, F::Send);
+            invoke.sends = vec![Send {
+                key,
+                value,
+                offset: None,
+            }];
+            recorder.record(invoke.clone());
+            let record = weir_types::Record {
+                timestamp_ms: 0,
+                key: None,
+                value: Some(Bytes::from(value.to_string())),
+                headers: Vec::new(),
+            };
+            let sent = match producer.send("jepsen", Some(key), record).await {
+                Ok(delivery) => {
+                    producer.flush().await;
+                    delivery.await
+                }
+                Err(e) => Err(e),
+            };
+            let mut done = invoke;
+            match sent {
+                Ok(meta) => {
+                    done.kind = Type::Ok;
+                    done.sends[0].offset = meta.offset.map(|o| o.0);
+                    recorder.record(done);
+                }
+                Err(e) => {
+                    done.kind = classify(&e);
+                    done.error = Some(e.to_string());
+                    let replace = done.kind == Type::Info;
+                    recorder.record(done);
+                    if replace {
+                        continue 'client;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn decode(records: Vec<weir_client::ConsumerRecord>) -> BTreeMap<u32, Vec<(i64, u64)>> {
+    let mut polls: BTreeMap<u32, Vec<(i64, u64)>> = BTreeMap::new();
+    for r in records {
+        let value = r
+            .value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok());
+        if let Some(v) = value {
+            polls.entry(r.partition).or_default().push((r.offset.0, v));
+        }
+    }
+    polls
+}
+
+/// Assigns every key from the beginning and polls; a client whose poll fails is replaced.
+async fn consumer_client(
+    bootstrap: Vec<String>,
+    keys: u32,
+    recorder: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    next_process: Arc<AtomicU64>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let process = next_process.fetch_add(1, Ordering::SeqCst);
+        let mut config = ConsumerConfig::new(bootstrap.clone());
+        config.fetch_wait_ms = 200;
+        let Ok(mut consumer) = Consumer::new(config) else {
+            return;
+        };
+        let all: Vec<u32> = (0..keys).collect();
+        let mut assign = Op::new(process, Type::Invoke, F::Assign);
+        assign.keys = all.clone();
+        recorder.record(assign.clone());
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            consumer.assign("jepsen", &all, SeekTo::Beginning),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                assign.kind = Type::Ok;
+                recorder.record(assign);
+            }
+            outcome => {
+                assign.kind = Type::Info;
+                assign.error = Some(match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                });
+                recorder.record(assign);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+        while !stop.load(Ordering::SeqCst) {
+            let invoke = Op::new(process, Type::Invoke, F::Poll);
+            recorder.record(invoke.clone());
+            let mut done = invoke;
+            match consumer.poll(Duration::from_millis(300)).await {
+                Ok(records) => {
+                    done.kind = Type::Ok;
+                    done.polls = decode(records);
+                    recorder.record(done);
+                }
+                Err(e) => {
+                    done.kind = Type::Info;
+                    done.error = Some(e.to_string());
+                    recorder.record(done);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Reads every key from offset 0 up to its high watermark with a fresh client.
+async fn drain(bootstrap: Vec<String>, keys: u32, recorder: Arc<Recorder>) -> anyhow::Result<()> {
+    let process = u64::MAX / 2;
+    let mut consumer = Consumer::new(ConsumerConfig::new(bootstrap))?;
+    let mut ends = BTreeMap::new();
+    for key in 0..keys {
+        ends.insert(key, consumer.resolve("jepsen", key, SeekTo::End).await?);
+    }
+    let all: Vec<u32> = (0..keys).collect();
+    let mut assign = Op::new(process, Type::Ok, F::Assign);
+    assign.keys = all.clone();
+    recorder.record(assign);
+    consumer.assign("jepsen", &all, SeekTo::Beginning).await?;
+    let mut reached: BTreeMap<u32, i64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ends
+        .iter()
+        .any(|(k, end)| reached.get(k).copied().unwrap_or(0) < *end)
+    {
+        if Instant::now() > deadline {
+            bail!("drain did not reach the end of every key in 120 s: {reached:?} of {ends:?}");
+        }
+        let records = consumer.poll(Duration::from_millis(500)).await?;
+        let polls = decode(records);
+        for (k, read) in &polls {
+            if let Some((o, _)) = read.last() {
+                reached.insert(*k, o + 1);
+            }
+        }
+        if !polls.is_empty() {
+            let mut op = Op::new(process, Type::Ok, F::Poll);
+            op.polls = polls;
+            recorder.record(op);
+        }
+    }
+    Ok(())
+}
+
+fn summary(report: &Report, faults: &[Fault], ops: &[Op]) -> String {
+    let mut s = String::new();
+    let secs = ops.last().map_or(0.0, |o| o.time_ns as f64 / 1e9);
+    s.push_str(&format!(
+        "{} operations over {:.1} s; sends ok {} / info {} / fail {}; ok polls {} reading {} values over {} keys\n",
+        ops.len(),
+        secs,
+        report.stats.sends_ok,
+        report.stats.sends_info,
+        report.stats.sends_fail,
+        report.stats.polls_ok,
+        report.stats.values_read,
+        report.stats.keys
+    ));
+    s.push_str(&format!("faults: {}\n", faults.len()));
+    for f in faults {
+        s.push_str(&format!(
+            "  {:>7.1}s - {:>7.1}s  {} {}\n",
+            f.start_ns as f64 / 1e9,
+            f.end_ns as f64 / 1e9,
+            f.kind,
+            f.node
+        ));
+    }
+    if report.counts.is_empty() {
+        s.push_str("anomalies: none\n");
+    } else {
+        s.push_str("anomalies:\n");
+        for (name, n) in &report.counts {
+            let failure = if report.failures.contains(name) {
+                "FAILURE"
+            } else {
+                "allowed"
+            };
+            s.push_str(&format!("  {name}: {n} ({failure})\n"));
+        }
+    }
+    s.push_str(if report.valid {
+        "valid: yes\n"
+    } else {
+        "valid: NO\n"
+    });
+    s
+}
+
+fn write_results(
+    dir: &Path,
+    ops: &[Op],
+    faults: &[Fault],
+    idempotent: bool,
+) -> anyhow::Result<bool> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join("history.jsonl"))?);
+    history::write(&mut file, ops)?;
+    let report = checker::check(ops, Options { idempotent });
+    let results = serde_json::json!({ "report": report, "faults": faults });
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
+    let text = summary(&report, faults, ops);
+    std::fs::write(dir.join("summary.txt"), &text)?;
+    print!("{text}");
+    println!("results in {}", dir.display());
+    Ok(report.valid)
+}
+
+pub fn check_file(path: &Path, idempotent: bool) -> anyhow::Result<bool> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let ops = history::read(std::io::BufReader::new(file))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let report = checker::check(&ops, Options { idempotent });
+    print!("{}", summary(&report, &[], &ops));
+    Ok(report.valid)
+}

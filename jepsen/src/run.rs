@@ -10,7 +10,10 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
 use rand::Rng;
-use weir_client::{Acks, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, SeekTo};
+use weir_client::{
+    Acks, ClientError, Consumer, ConsumerConfig, GroupConsumer, GroupConsumerConfig, OffsetReset,
+    Producer, ProducerConfig, RebalanceListener, SeekTo, TopicPartition,
+};
 use weir_cluster::{Cluster, Spec};
 use weir_jepsen::checker::{self, Options, Report};
 use weir_jepsen::history::{self, F, Op, Send, Type};
@@ -35,6 +38,10 @@ pub struct TestArgs {
     /// Concurrent consumer clients (each assigned every key).
     #[arg(long, default_value_t = 2)]
     consumers: usize,
+    /// Concurrent consumer-group members (one group, subscribed to every key; they commit
+    /// after every poll).
+    #[arg(long, default_value_t = 2)]
+    group_members: usize,
     #[arg(long, default_value_t = 3)]
     controllers: u32,
     #[arg(long, default_value_t = 3)]
@@ -183,6 +190,15 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
         workers.push(runtime.spawn(consumer_client(
             bootstrap.clone(),
             args.keys,
+            Arc::clone(&recorder),
+            Arc::clone(&stop),
+            Arc::clone(&next_process),
+        )));
+    }
+
+    for _ in 0..args.group_members {
+        workers.push(runtime.spawn(group_client(
+            bootstrap.clone(),
             Arc::clone(&recorder),
             Arc::clone(&stop),
             Arc::clone(&next_process),
@@ -429,6 +445,94 @@ async fn consumer_client(
                 }
             }
         }
+    }
+}
+
+/// Collects partitions taken away inside `poll`.
+struct Revocations(Arc<Mutex<Vec<u32>>>);
+
+impl RebalanceListener for Revocations {
+    fn on_revoked(&mut self, partitions: &[TopicPartition]) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        r.extend(partitions.iter().map(|p| p.partition));
+    }
+}
+
+/// A consumer-group member: subscribes, polls, and commits its positions after every poll.
+/// Rebalances are recorded as assign operations (first without the revoked keys, then with
+/// the current assignment), so the checker forgets what the member gave up. A member whose
+/// poll fails is replaced by a new member.
+async fn group_client(
+    bootstrap: Vec<String>,
+    recorder: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    next_process: Arc<AtomicU64>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let process = next_process.fetch_add(1, Ordering::SeqCst);
+        let mut config = GroupConsumerConfig::new(bootstrap.clone(), "jepsen-group", &["jepsen"]);
+        config.auto_commit = None;
+        config.offset_reset = OffsetReset::Earliest;
+        config.session_timeout = Duration::from_secs(6);
+        config.consumer.fetch_wait_ms = 200;
+        let Ok(mut consumer) = GroupConsumer::new(config) else {
+            return;
+        };
+        let revoked = Arc::new(Mutex::new(Vec::new()));
+        consumer.set_listener(Box::new(Revocations(Arc::clone(&revoked))));
+        recorder.record(Op::new(process, Type::Ok, F::Subscribe));
+        let mut owned: Vec<u32> = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            let invoke = Op::new(process, Type::Invoke, F::Poll);
+            recorder.record(invoke.clone());
+            let polled = consumer.poll(Duration::from_millis(300)).await;
+            let now: Vec<u32> = consumer.assignment().iter().map(|p| p.partition).collect();
+            let gone: Vec<u32> =
+                std::mem::take(&mut *revoked.lock().unwrap_or_else(|p| p.into_inner()));
+            if !gone.is_empty() || now != owned {
+                let mut forget = Op::new(process, Type::Ok, F::Assign);
+                forget.keys = now.iter().copied().filter(|k| !gone.contains(k)).collect();
+                recorder.record(forget);
+                let mut assign = Op::new(process, Type::Ok, F::Assign);
+                assign.keys = now.clone();
+                recorder.record(assign);
+                owned = now;
+            }
+            let mut done = invoke;
+            match polled {
+                Ok(records) => {
+                    done.kind = Type::Ok;
+                    done.polls = decode(records);
+                    recorder.record(done);
+                }
+                Err(e) => {
+                    done.kind = Type::Info;
+                    done.error = Some(e.to_string());
+                    recorder.record(done);
+                    break;
+                }
+            }
+            let positions = consumer.positions();
+            if positions.is_empty() {
+                continue;
+            }
+            let mut commit = Op::new(process, Type::Invoke, F::Commit);
+            commit.group = Some("jepsen-group".into());
+            commit.commits = positions.iter().map(|(tp, o)| (tp.partition, *o)).collect();
+            recorder.record(commit.clone());
+            match consumer.commit().await {
+                Ok(()) => {
+                    commit.kind = Type::Ok;
+                    recorder.record(commit);
+                }
+                Err(e) => {
+                    commit.kind = classify(&e);
+                    commit.error = Some(e.to_string());
+                    recorder.record(commit);
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), consumer.close()).await;
     }
 }
 

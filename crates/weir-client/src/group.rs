@@ -158,7 +158,9 @@ pub struct GroupConsumer {
     positions: BTreeMap<TopicPartition, i64>,
     committed: BTreeMap<TopicPartition, i64>,
     owned: BTreeSet<TopicPartition>,
-    listener: Option<Box<dyn RebalanceListener>>,
+    /// Behind a mutex only so the consumer is `Sync` (its futures are `Send`); it is only
+    /// reached through `&mut self`.
+    listener: Mutex<Option<Box<dyn RebalanceListener>>>,
     last_auto_commit: tokio::time::Instant,
 }
 
@@ -210,13 +212,20 @@ impl GroupConsumer {
             positions: BTreeMap::new(),
             committed: BTreeMap::new(),
             owned: BTreeSet::new(),
-            listener: None,
+            listener: Mutex::new(None),
             last_auto_commit: tokio::time::Instant::now(),
         })
     }
 
     pub fn set_listener(&mut self, listener: Box<dyn RebalanceListener>) {
-        self.listener = Some(listener);
+        *self.listener.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+    }
+
+    fn listener_mut(&mut self) -> Option<&mut Box<dyn RebalanceListener>> {
+        self.listener
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
     }
 
     pub fn member_id(&self) -> &str {
@@ -288,7 +297,7 @@ impl GroupConsumer {
             let lost: Vec<TopicPartition> = self.owned.iter().cloned().collect();
             self.drop_partitions(&lost);
             if !lost.is_empty()
-                && let Some(l) = self.listener.as_mut()
+                && let Some(l) = self.listener_mut()
             {
                 l.on_lost(&lost);
             }
@@ -314,7 +323,7 @@ impl GroupConsumer {
             {
                 tracing::warn!(error = %e, "commit on revoke failed");
             }
-            if let Some(l) = self.listener.as_mut() {
+            if let Some(l) = self.listener_mut() {
                 l.on_revoked(&revoked);
             }
             self.drop_partitions(&revoked);
@@ -338,7 +347,7 @@ impl GroupConsumer {
                 }
                 self.owned.insert(tp.clone());
             }
-            if let Some(l) = self.listener.as_mut() {
+            if let Some(l) = self.listener_mut() {
                 l.on_assigned(&added);
             }
         }

@@ -53,6 +53,8 @@ pub struct Spec {
     /// The `weir` binary to run.
     pub weir: PathBuf,
     pub broker_lease_ms: u64,
+    /// Extra environment variables for every node process.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running (or partly running) cluster.
@@ -61,6 +63,9 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub weir: PathBuf,
     pub nodes: Vec<Node>,
+    /// Extra environment variables for every node process.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
     #[serde(skip)]
     children: BTreeMap<String, Child>,
 }
@@ -185,6 +190,7 @@ impl Cluster {
             dir,
             weir: spec.weir.clone(),
             nodes,
+            env: spec.env.clone(),
             children: BTreeMap::new(),
         };
         let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
@@ -254,6 +260,7 @@ impl Cluster {
         use std::os::unix::process::CommandExt;
         let child = Command::new(&self.weir)
             .args(&node.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Run a test: cluster up, workload + nemesis, heal, drain, check. Exits 1 on anomalies.
     Test(run::TestArgs),
+    /// Prove the suite finds bugs: a clean run must pass, and a run with each planted bug
+    /// (a `weir` built with `--features jepsen-bugs`) must be flagged. Exits 1 otherwise.
+    SelfTest(run::SelfTestArgs),
     /// Check a recorded history (JSON lines). Exits 1 on anomalies.
     Check {
         history: PathBuf,
@@ -36,6 +39,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Test(args) => run::test(args),
+        Command::SelfTest(args) => run::self_test(args),
         Command::Check {
             history,
             not_idempotent,

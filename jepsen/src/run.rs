@@ -20,11 +20,11 @@ use weir_jepsen::history::{self, F, Op, Send, Type};
 use weir_types::ErrorCode;
 use weir_types::error::Outcome;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct TestArgs {
-    /// Faults, comma separated: kill (kill -9 a random node, restart it later), pause
-    /// (SIGSTOP a random node, SIGCONT later), kill-controller (the active controller),
-    /// none.
+    /// Faults, comma separated: kill (kill -9 a random node, restart it later), kill-broker
+    /// (a random broker), pause (SIGSTOP a random node, SIGCONT later), kill-controller (the
+    /// active controller), none.
     #[arg(long, default_value = "kill,pause")]
     nemesis: String,
     /// Seconds of workload under faults (the final heal and drain come after).
@@ -56,6 +56,71 @@ pub struct TestArgs {
     /// The weir binary (default: next to this one).
     #[arg(long, env = "WEIR_BIN")]
     weir: Option<PathBuf>,
+    /// Switch on a planted bug in every broker (needs `weir` built with the `jepsen-bugs`
+    /// feature): ack-before-replication.
+    #[arg(long)]
+    bug: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SelfTestArgs {
+    /// Seconds of workload per run.
+    #[arg(long, default_value_t = 40)]
+    time_limit: u64,
+    /// Results directory (default: jepsen/results/self-test-<unix time>).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long, env = "WEIR_BIN")]
+    weir: Option<PathBuf>,
+}
+
+/// Runs a clean test, which must pass, and one test per planted bug, which the checker must
+/// flag with the anomaly that bug causes.
+pub fn self_test(args: SelfTestArgs) -> anyhow::Result<bool> {
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        PathBuf::from("jepsen/results").join(format!(
+            "self-test-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        ))
+    });
+    // (bug, anomalies that count as catching it)
+    let cases: [(Option<&str>, &[&str]); 2] = [
+        (None, &[]),
+        (Some("ack-before-replication"), &["lost-write", "unseen"]),
+    ];
+    let mut all_ok = true;
+    for (bug, expected) in cases {
+        let name = bug.unwrap_or("clean");
+        let args = TestArgs {
+            nemesis: "kill-broker".into(),
+            time_limit: args.time_limit,
+            keys: 10,
+            producers: 4,
+            consumers: 1,
+            group_members: 0,
+            controllers: 3,
+            brokers: 3,
+            interval: "3..6".into(),
+            dir: Some(dir.join(name)),
+            weir: args.weir.clone(),
+            bug: bug.map(str::to_string),
+        };
+        let report = run(&args)?;
+        let ok = match bug {
+            None => report.valid,
+            Some(_) => expected.iter().any(|a| report.counts.contains_key(*a)),
+        };
+        println!(
+            "self-test {name}: {} (anomalies: {:?})",
+            if ok { "as expected" } else { "NOT AS EXPECTED" },
+            report.counts
+        );
+        all_ok &= ok;
+    }
+    println!("self-test {}", if all_ok { "passed" } else { "FAILED" });
+    Ok(all_ok)
 }
 
 /// The history being recorded, shared by every client.
@@ -107,6 +172,11 @@ fn weir_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 pub fn test(args: TestArgs) -> anyhow::Result<bool> {
+    Ok(run(&args)?.valid)
+}
+
+/// One test run; prints the summary and returns the checker's report.
+fn run(args: &TestArgs) -> anyhow::Result<Report> {
     let faults: Vec<String> = args
         .nemesis
         .split(',')
@@ -114,8 +184,8 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
         .filter(|s| !s.is_empty() && s != "none")
         .collect();
     for f in &faults {
-        if !["kill", "pause", "kill-controller"].contains(&f.as_str()) {
-            bail!("--nemesis {f}: not one of kill, pause, kill-controller, none");
+        if !["kill", "kill-broker", "pause", "kill-controller"].contains(&f.as_str()) {
+            bail!("--nemesis {f}: not one of kill, kill-broker, pause, kill-controller, none");
         }
     }
     let interval = parse_interval(&args.interval)?;
@@ -138,6 +208,11 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
         dir: dir.join("cluster"),
         weir: weir_binary(args.weir.clone())?,
         broker_lease_ms: 1500,
+        env: args
+            .bug
+            .iter()
+            .map(|b| ("WEIR_JEPSEN_BUGS".to_string(), b.clone()))
+            .collect(),
     };
     eprintln!(
         "starting {} controllers + {} brokers in {}",
@@ -233,6 +308,15 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
         let node = match kind.as_str() {
             "kill-controller" => {
                 active_controller(&cluster).unwrap_or_else(|| "controller-1".into())
+            }
+            "kill-broker" => {
+                let names: Vec<String> = cluster
+                    .nodes
+                    .iter()
+                    .filter(|n| n.name.starts_with("broker"))
+                    .map(|n| n.name.clone())
+                    .collect();
+                names[rng.random_range(0..names.len())].clone()
             }
             _ => {
                 let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
@@ -624,7 +708,7 @@ fn write_results(
     ops: &[Op],
     faults: &[Fault],
     idempotent: bool,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Report> {
     let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join("history.jsonl"))?);
     history::write(&mut file, ops)?;
     let report = checker::check(ops, Options { idempotent });
@@ -637,7 +721,7 @@ fn write_results(
     std::fs::write(dir.join("summary.txt"), &text)?;
     print!("{text}");
     println!("results in {}", dir.display());
-    Ok(report.valid)
+    Ok(report)
 }
 
 pub fn check_file(path: &Path, idempotent: bool) -> anyhow::Result<bool> {

@@ -104,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     dir,
                     weir,
                     broker_lease_ms,
+                    env: Vec::new(),
                 },
                 Duration::from_secs(timeout_s),
             )?;

@@ -345,7 +345,7 @@ impl BrokerService {
             .await
             .map_err(|_| status(ErrorCode::StorageError, "the partition owner stopped"))?
             .map_err(|e| log_status(&e))?;
-        if all {
+        if all && !crate::bugs::active(crate::bugs::Bug::AckBeforeReplication) {
             self.await_replication(&replica, info.last_offset, lead.leader_epoch)
                 .await?;
         }

@@ -275,8 +275,10 @@ fn members_share_partitions_take_over_a_killed_member_and_pick_up_new_partitions
     });
     let takeover = killed_at.elapsed();
     eprintln!("taken over {takeover:?} after the kill: {owners:?}");
+    // the session timeout, then one heartbeat interval (1 s) for the survivors to hear of it,
+    // with slack for a loaded machine
     assert!(
-        takeover < Duration::from_millis(SESSION_MS + 3000),
+        takeover < Duration::from_millis(SESSION_MS + 6000),
         "takeover took {takeover:?}"
     );
     for parts in owners.values() {

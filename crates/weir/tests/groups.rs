@@ -31,7 +31,7 @@ impl Drop for Member {
 }
 
 fn start_member(bootstrap: &str, topic: &str, group: &str, dir: &Path, name: &str) -> Member {
-    start_member_with(bootstrap, topic, group, dir, name, &[])
+    start_member_with(bootstrap, topic, group, dir, name, SESSION_MS, &[])
 }
 
 fn start_member_with(
@@ -40,6 +40,7 @@ fn start_member_with(
     group: &str,
     dir: &Path,
     name: &str,
+    session_ms: u64,
     extra: &[&str],
 ) -> Member {
     let out = dir.join(format!("{name}.out"));
@@ -53,7 +54,7 @@ fn start_member_with(
             "json",
             "--from-beginning",
             "--session-timeout-ms",
-            &SESSION_MS.to_string(),
+            &session_ms.to_string(),
             "--auto-commit-ms",
             "200",
         ])
@@ -553,8 +554,10 @@ fn a_static_member_restarts_without_a_rebalance_and_admin_commands_work() {
     }
     let a = ["--instance-id", "host-a"];
     let b = ["--instance-id", "host-b"];
-    let mut first_a = start_member_with(&bootstrap, "s", "sg", dir.path(), "a1", &a);
-    let _b = start_member_with(&bootstrap, "s", "sg", dir.path(), "b1", &b);
+    // long enough for a restart on a loaded machine
+    let session = 8000;
+    let mut first_a = start_member_with(&bootstrap, "s", "sg", dir.path(), "a1", session, &a);
+    let _b = start_member_with(&bootstrap, "s", "sg", dir.path(), "b1", session, &b);
     let (before, _) = wait_for(
         "two static members own two each",
         Duration::from_secs(30),
@@ -565,7 +568,7 @@ fn a_static_member_restarts_without_a_rebalance_and_admin_commands_work() {
     // kill -9 and restart within the session timeout: same partitions, no new group epoch
     first_a.child.kill().expect("kill");
     first_a.child.wait().expect("wait");
-    let _second_a = start_member_with(&bootstrap, "s", "sg", dir.path(), "a2", &a);
+    let _second_a = start_member_with(&bootstrap, "s", "sg", dir.path(), "a2", session, &a);
     wait_for(
         "the restarted member reads its partitions",
         Duration::from_secs(20),
@@ -598,7 +601,7 @@ fn a_static_member_restarts_without_a_rebalance_and_admin_commands_work() {
     drop(_second_a);
     drop(_b);
     // killed static members stay until their session times out
-    wait_for("the group empties", Duration::from_secs(20), || {
+    wait_for("the group empties", Duration::from_secs(30), || {
         (describe(&bootstrap, "sg").0 == 0).then_some(())
     });
     let listed = ok(weir(&bootstrap, &["group", "list"], None));

@@ -24,7 +24,8 @@ use weir_types::error::Outcome;
 pub struct TestArgs {
     /// Faults, comma separated: kill (kill -9 a random node, restart it later), kill-broker
     /// (a random broker), pause (SIGSTOP a random node, SIGCONT later), kill-controller (the
-    /// active controller), none.
+    /// active controller), partition (isolate a node or split the nodes in two halves, with
+    /// iptables; needs root), none.
     #[arg(long, default_value = "kill,pause")]
     nemesis: String,
     /// Seconds of workload under faults (the final heal and drain come after).
@@ -184,8 +185,18 @@ fn run(args: &TestArgs) -> anyhow::Result<Report> {
         .filter(|s| !s.is_empty() && s != "none")
         .collect();
     for f in &faults {
-        if !["kill", "kill-broker", "pause", "kill-controller"].contains(&f.as_str()) {
-            bail!("--nemesis {f}: not one of kill, kill-broker, pause, kill-controller, none");
+        if ![
+            "kill",
+            "kill-broker",
+            "pause",
+            "kill-controller",
+            "partition",
+        ]
+        .contains(&f.as_str())
+        {
+            bail!(
+                "--nemesis {f}: not one of kill, kill-broker, pause, kill-controller, partition, none"
+            );
         }
     }
     let interval = parse_interval(&args.interval)?;
@@ -284,6 +295,11 @@ fn run(args: &TestArgs) -> anyhow::Result<Report> {
     let mut fault_log: Vec<Fault> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(args.time_limit);
     let mut rng = rand::rng();
+    let firewall = if faults.iter().any(|f| f == "partition") {
+        Some(Firewall::new()?)
+    } else {
+        None
+    };
     let mut active: Option<(String, String, u64)> = None;
     while Instant::now() < deadline {
         let wait = Duration::from_secs(rng.random_range(interval.0..=interval.1));
@@ -292,7 +308,7 @@ fn run(args: &TestArgs) -> anyhow::Result<Report> {
             .started
             .map_or(0, |s| s.elapsed().as_nanos() as u64);
         if let Some((kind, node, start_ns)) = active.take() {
-            heal(&mut cluster, &kind, &node);
+            heal(&mut cluster, firewall.as_ref(), &kind, &node);
             fault_log.push(Fault {
                 start_ns,
                 end_ns: now_ns,
@@ -318,14 +334,27 @@ fn run(args: &TestArgs) -> anyhow::Result<Report> {
                     .collect();
                 names[rng.random_range(0..names.len())].clone()
             }
+            "partition" => {
+                // isolate one node, or split the nodes into two random halves
+                let mut names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+                if rng.random_bool(0.5) {
+                    names[rng.random_range(0..names.len())].clone()
+                } else {
+                    use rand::seq::SliceRandom;
+                    names.shuffle(&mut rng);
+                    let half = names.len() / 2;
+                    format!("{}|{}", names[..half].join(","), names[half..].join(","))
+                }
+            }
             _ => {
                 let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
                 names[rng.random_range(0..names.len())].clone()
             }
         };
         eprintln!("nemesis: {kind} {node}");
-        let done = match kind.as_str() {
-            "pause" => cluster.pause(&node),
+        let done = match (kind.as_str(), firewall.as_ref()) {
+            ("pause", _) => cluster.pause(&node),
+            ("partition", Some(fw)) => fw.partition(&cluster, &node),
             _ => cluster.kill(&node),
         };
         if let Err(e) = done {
@@ -335,7 +364,7 @@ fn run(args: &TestArgs) -> anyhow::Result<Report> {
         active = Some((kind, node, now_ns));
     }
     if let Some((kind, node, start_ns)) = active.take() {
-        heal(&mut cluster, &kind, &node);
+        heal(&mut cluster, firewall.as_ref(), &kind, &node);
         let end_ns = recorder
             .started
             .map_or(0, |s| s.elapsed().as_nanos() as u64);
@@ -363,14 +392,92 @@ fn run(args: &TestArgs) -> anyhow::Result<Report> {
     write_results(&dir, &ops, &fault_log, true)
 }
 
-fn heal(cluster: &mut Cluster, kind: &str, node: &str) {
-    let healed = match kind {
-        "pause" => cluster.resume(node),
+fn heal(cluster: &mut Cluster, firewall: Option<&Firewall>, kind: &str, node: &str) {
+    let healed = match (kind, firewall) {
+        ("pause", _) => cluster.resume(node),
+        ("partition", Some(fw)) => fw.heal(),
         _ => cluster.start(node),
     };
     match healed {
         Ok(()) => eprintln!("nemesis: healed {kind} {node}"),
         Err(e) => eprintln!("nemesis: healing {kind} {node} failed: {e:#}"),
+    }
+}
+
+/// Network partitions: DROP rules on the nodes' addresses (each node listens on, and
+/// connects from, its own loopback address) in an iptables chain of this run's own, hooked
+/// into OUTPUT (loopback traffic passes it). Clients connect from 127.0.0.1 and are not cut.
+struct Firewall {
+    chain: String,
+}
+
+fn iptables(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("iptables")
+        .args(args)
+        .output()
+        .context("run iptables (the partition nemesis needs it, and root)")?;
+    if !out.status.success() {
+        bail!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Firewall {
+    fn new() -> anyhow::Result<Firewall> {
+        let chain = format!("WEIR-JEPSEN-{}", std::process::id());
+        iptables(&["-N", &chain])?;
+        iptables(&["-I", "OUTPUT", "1", "-j", &chain])?;
+        Ok(Firewall { chain })
+    }
+
+    /// `spec` is one node name (cut from every other node) or `a,b|c,d` (two sides).
+    fn partition(&self, cluster: &Cluster, spec: &str) -> anyhow::Result<()> {
+        let ip = |name: &str| -> anyhow::Result<String> {
+            let node = cluster.node(name)?;
+            Ok(node
+                .addr
+                .rsplit_once(':')
+                .map_or(node.addr.clone(), |(h, _)| h.to_string()))
+        };
+        let (a, b): (Vec<&str>, Vec<String>) = match spec.split_once('|') {
+            Some((x, y)) => (
+                x.split(',').collect(),
+                y.split(',').map(str::to_string).collect(),
+            ),
+            None => (
+                vec![spec],
+                cluster
+                    .nodes
+                    .iter()
+                    .filter(|n| n.name != spec)
+                    .map(|n| n.name.clone())
+                    .collect(),
+            ),
+        };
+        for x in &a {
+            for y in &b {
+                let (x, y) = (ip(x)?, ip(y)?);
+                iptables(&["-A", &self.chain, "-s", &x, "-d", &y, "-j", "DROP"])?;
+                iptables(&["-A", &self.chain, "-s", &y, "-d", &x, "-j", "DROP"])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn heal(&self) -> anyhow::Result<()> {
+        iptables(&["-F", &self.chain])
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        let _ = iptables(&["-D", "OUTPUT", "-j", &self.chain]);
+        let _ = iptables(&["-F", &self.chain]);
+        let _ = iptables(&["-X", &self.chain]);
     }
 }
 

@@ -50,7 +50,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
         let channel = Endpoint::from_shared(format!("http://{}", node.addr))
-            .map(|e| e.connect_timeout(CONNECT_TIMEOUT).connect_lazy())
+            .map(|e| {
+                e.connect_timeout(CONNECT_TIMEOUT)
+                    .local_address(weir_proto::call::source_address())
+                    .connect_lazy()
+            })
             .map_err(|e| e.to_string());
         Peer {
             target,

@@ -40,12 +40,27 @@ pub fn parse_bootstrap(raw: &str) -> Result<Vec<String>, CallError> {
     Ok(addrs)
 }
 
+static SOURCE_ADDRESS: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+
+/// Makes this process's outgoing connections start from `ip` (set once, by a node that
+/// listens on its own loopback address, so that firewall rules on addresses can cut it off
+/// from its peers — the fault-injection suite's network partitions).
+pub fn set_source_address(ip: std::net::IpAddr) {
+    let _ = SOURCE_ADDRESS.set(ip);
+}
+
+/// The address outgoing connections start from, when one was set.
+pub fn source_address() -> Option<std::net::IpAddr> {
+    SOURCE_ADDRESS.get().copied()
+}
+
 /// A connected channel to `addr` (`host:port`).
 pub async fn connect(addr: &str) -> Result<Channel, CallError> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| CallError::Bootstrap(format!("{addr:?} is not host:port ({e})")))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(40));
+        .timeout(Duration::from_secs(40))
+        .local_address(source_address());
     endpoint.connect().await.map_err(|e| anyhow!("{addr}: {e}"))
 }
 

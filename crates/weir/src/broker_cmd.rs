@@ -115,6 +115,7 @@ pub async fn run_broker(args: BrokerArgs) -> anyhow::Result<i32> {
     logging::init(args.log_format);
     let (config, http) = resolve(&args)?;
     let id = config.id;
+    bind_outgoing_to(config.listen);
     planted_bugs()?;
     crate::http::metrics_handle()?;
     let broker = Broker::start(config).await?;
@@ -148,6 +149,16 @@ pub struct DevArgs {
     http: SocketAddr,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// A node listening on a loopback address of its own (`127.x.y.z` other than 127.0.0.1, as
+/// `weir-cluster` runs them) starts its outgoing connections from that address too, so rules
+/// on addresses can partition it from its peers. Other nodes keep the kernel's choice.
+pub(crate) fn bind_outgoing_to(listen: std::net::SocketAddr) {
+    let ip = listen.ip();
+    if ip.is_loopback() && ip != std::net::IpAddr::from([127, 0, 0, 1]) {
+        weir_proto::call::set_source_address(ip);
+    }
 }
 
 /// `WEIR_JEPSEN_BUGS=ack-before-replication,...`: planted bugs for the fault-injection

@@ -141,6 +141,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}", config.data_dir.display()))?;
     let id = config.id;
+    crate::broker_cmd::bind_outgoing_to(config.listen);
     crate::http::metrics_handle()?;
     let controller = Controller::start(config).await?;
     println!("controller {id} listening on {}", controller.local_addr);

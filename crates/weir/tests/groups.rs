@@ -223,16 +223,32 @@ fn check_coverage(outputs: &[Vec<(u32, i64)>], ends: &BTreeMap<u32, i64>) {
     }
 }
 
-#[test]
-fn members_share_partitions_take_over_a_killed_member_and_pick_up_new_partitions() {
+/// A 3-controller, 1-broker cluster with `topic` created; keep the tempdir and the cluster
+/// alive for the test.
+fn cluster_with_topic(
+    topic: &str,
+    partitions: u32,
+) -> (tempfile::TempDir, common::Running, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = up(3, 1, 1500, &dir);
     let bootstrap = cluster.0.bootstrap();
     ok(weir(
         &bootstrap,
-        &["topic", "create", "events", "--partitions", "6"],
+        &[
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ],
         None,
     ));
+    (dir, cluster, bootstrap)
+}
+
+#[test]
+fn members_share_partitions_take_over_a_killed_member_and_pick_up_new_partitions() {
+    let (dir, _cluster, bootstrap) = cluster_with_topic("events", 6);
     let count = Arc::new(AtomicU32::new(6));
     let stop = Arc::new(AtomicBool::new(false));
     let producer = spawn_producer(bootstrap.clone(), "events", count.clone(), stop.clone());
@@ -363,14 +379,7 @@ fn members_share_partitions_take_over_a_killed_member_and_pick_up_new_partitions
 
 #[test]
 fn seed_scenario_one_partition_three_members_then_three_partitions() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = up(3, 1, 1500, &dir);
-    let bootstrap = cluster.0.bootstrap();
-    ok(weir(
-        &bootstrap,
-        &["topic", "create", "orders", "--partitions", "1"],
-        None,
-    ));
+    let (dir, _cluster, bootstrap) = cluster_with_topic("orders", 1);
     let members: Vec<Member> = (0..3)
         .map(|i| start_member(&bootstrap, "orders", "seed", dir.path(), &format!("s{i}")))
         .collect();
@@ -416,14 +425,7 @@ fn seed_scenario_one_partition_three_members_then_three_partitions() {
 
 #[test]
 fn a_zombie_members_commit_is_rejected() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = up(3, 1, 1500, &dir);
-    let bootstrap = cluster.0.bootstrap();
-    ok(weir(
-        &bootstrap,
-        &["topic", "create", "z", "--partitions", "2"],
-        None,
-    ));
+    let (_dir, _cluster, bootstrap) = cluster_with_topic("z", 2);
     let addrs: Vec<String> = bootstrap.split(',').map(str::to_string).collect();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
@@ -536,14 +538,7 @@ fn group_epoch(bootstrap: &str, group: &str) -> i64 {
 
 #[test]
 fn a_static_member_restarts_without_a_rebalance_and_admin_commands_work() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = up(3, 1, 1500, &dir);
-    let bootstrap = cluster.0.bootstrap();
-    ok(weir(
-        &bootstrap,
-        &["topic", "create", "s", "--partitions", "4"],
-        None,
-    ));
+    let (dir, _cluster, bootstrap) = cluster_with_topic("s", 4);
     for p in 0..4 {
         let p = p.to_string();
         ok(weir(

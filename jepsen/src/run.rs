@@ -140,6 +140,17 @@ impl Recorder {
     }
 }
 
+/// What every workload client shares: where the cluster is, the keys, the history, the stop
+/// flag and the process-id counter.
+#[derive(Clone)]
+struct ClientContext {
+    bootstrap: Vec<String>,
+    keys: u32,
+    recorder: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    next_process: Arc<AtomicU64>,
+}
+
 /// A nemesis event, for the summary and the timeline.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Fault {
@@ -261,34 +272,22 @@ fn run(args: &TestArgs) -> anyhow::Result<Report> {
     let next_process = Arc::new(AtomicU64::new(0));
     let next_values: Arc<Vec<AtomicU64>> =
         Arc::new((0..args.keys).map(|_| AtomicU64::new(1)).collect());
+    let ctx = ClientContext {
+        bootstrap: bootstrap.clone(),
+        keys: args.keys,
+        recorder: Arc::clone(&recorder),
+        stop: Arc::clone(&stop),
+        next_process,
+    };
     let mut workers = Vec::new();
     for _ in 0..args.producers {
-        workers.push(runtime.spawn(producer_client(
-            bootstrap.clone(),
-            args.keys,
-            Arc::clone(&recorder),
-            Arc::clone(&stop),
-            Arc::clone(&next_process),
-            Arc::clone(&next_values),
-        )));
+        workers.push(runtime.spawn(producer_client(ctx.clone(), Arc::clone(&next_values))));
     }
     for _ in 0..args.consumers {
-        workers.push(runtime.spawn(consumer_client(
-            bootstrap.clone(),
-            args.keys,
-            Arc::clone(&recorder),
-            Arc::clone(&stop),
-            Arc::clone(&next_process),
-        )));
+        workers.push(runtime.spawn(consumer_client(ctx.clone())));
     }
-
     for _ in 0..args.group_members {
-        workers.push(runtime.spawn(group_client(
-            bootstrap.clone(),
-            Arc::clone(&recorder),
-            Arc::clone(&stop),
-            Arc::clone(&next_process),
-        )));
+        workers.push(runtime.spawn(group_client(ctx.clone())));
     }
 
     // the nemesis runs on this thread: the cluster handle is blocking
@@ -501,14 +500,14 @@ fn classify(e: &ClientError) -> Type {
 
 /// Sends values 1, 2, 3, ... per key, one at a time, as an idempotent acks=all producer. A
 /// client whose send ends `info` is replaced (new process id, new producer).
-async fn producer_client(
-    bootstrap: Vec<String>,
-    keys: u32,
-    recorder: Arc<Recorder>,
-    stop: Arc<AtomicBool>,
-    next_process: Arc<AtomicU64>,
-    next_values: Arc<Vec<AtomicU64>>,
-) {
+async fn producer_client(ctx: ClientContext, next_values: Arc<Vec<AtomicU64>>) {
+    let ClientContext {
+        bootstrap,
+        keys,
+        recorder,
+        stop,
+        next_process,
+    } = ctx;
     'client: while !stop.load(Ordering::SeqCst) {
         let process = next_process.fetch_add(1, Ordering::SeqCst);
         let mut config = ProducerConfig::new(bootstrap.clone());
@@ -579,13 +578,14 @@ fn decode(records: Vec<weir_client::ConsumerRecord>) -> BTreeMap<u32, Vec<(i64, 
 }
 
 /// Assigns every key from the beginning and polls; a client whose poll fails is replaced.
-async fn consumer_client(
-    bootstrap: Vec<String>,
-    keys: u32,
-    recorder: Arc<Recorder>,
-    stop: Arc<AtomicBool>,
-    next_process: Arc<AtomicU64>,
-) {
+async fn consumer_client(ctx: ClientContext) {
+    let ClientContext {
+        bootstrap,
+        keys,
+        recorder,
+        stop,
+        next_process,
+    } = ctx;
     while !stop.load(Ordering::SeqCst) {
         let process = next_process.fetch_add(1, Ordering::SeqCst);
         let mut config = ConsumerConfig::new(bootstrap.clone());
@@ -653,12 +653,14 @@ impl RebalanceListener for Revocations {
 /// Rebalances are recorded as assign operations (first without the revoked keys, then with
 /// the current assignment), so the checker forgets what the member gave up. A member whose
 /// poll fails is replaced by a new member.
-async fn group_client(
-    bootstrap: Vec<String>,
-    recorder: Arc<Recorder>,
-    stop: Arc<AtomicBool>,
-    next_process: Arc<AtomicU64>,
-) {
+async fn group_client(ctx: ClientContext) {
+    let ClientContext {
+        bootstrap,
+        recorder,
+        stop,
+        next_process,
+        ..
+    } = ctx;
     while !stop.load(Ordering::SeqCst) {
         let process = next_process.fetch_add(1, Ordering::SeqCst);
         let mut config = GroupConsumerConfig::new(bootstrap.clone(), "jepsen-group", &["jepsen"]);

@@ -26,11 +26,12 @@ async fn start(dir: &std::path::Path, addr: std::net::SocketAddr) -> Controller 
     controller
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshots_bound_the_log_and_restart_restores_the_metadata() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let addr = free_addr();
-    let controller = start(dir.path(), addr).await;
+/// A started controller with broker 1 registered, and a channel to it.
+async fn start_with_a_broker(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+) -> (Controller, tonic::transport::Channel) {
+    let controller = start(dir, addr).await;
     let channel = weir_proto::call::connect(&addr.to_string())
         .await
         .expect("connect");
@@ -42,6 +43,14 @@ async fn snapshots_bound_the_log_and_restart_restores_the_metadata() {
         })
         .await
         .expect("register");
+    (controller, channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_bound_the_log_and_restart_restores_the_metadata() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = free_addr();
+    let (controller, channel) = start_with_a_broker(dir.path(), addr).await;
     let mut admin = AdminClient::new(channel);
     let refused = admin
         .create_topic(pb::CreateTopicRequest {
@@ -115,18 +124,7 @@ async fn groups_and_committed_offsets_survive_a_restart_through_snapshots_and_th
     use weir_proto::v1::group_coordinator_client::GroupCoordinatorClient;
     let dir = tempfile::tempdir().expect("tempdir");
     let addr = free_addr();
-    let controller = start(dir.path(), addr).await;
-    let channel = weir_proto::call::connect(&addr.to_string())
-        .await
-        .expect("connect");
-    BrokerRegistryClient::new(channel.clone())
-        .register_broker(pb::RegisterBrokerRequest {
-            broker_id: 1,
-            address: "127.0.0.1:1".into(),
-            rack: String::new(),
-        })
-        .await
-        .expect("register");
+    let (controller, channel) = start_with_a_broker(dir.path(), addr).await;
     AdminClient::new(channel.clone())
         .create_topic(pb::CreateTopicRequest {
             name: "t".into(),

@@ -12,7 +12,6 @@
 //!   ([`progress`]), advance the high watermark over the ISR and ask the controller to change
 //!   the ISR.
 
-pub mod bugs;
 pub mod config;
 pub mod progress;
 pub mod registry;

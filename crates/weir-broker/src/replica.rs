@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
+use weir_faults::bugs::{self, Bug};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use weir_log::{AppendInfo, LogError, PartitionLog};
@@ -162,7 +163,7 @@ impl Replica {
             .progress
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .high_watermark(self.me, &lead.isr, self.log.durable_end(), current);
+            .high_watermark(self.me, &lead.isr, self.durable_end(), current);
         if hw != current {
             self.log.set_high_watermark(hw);
             self.high_watermark.send_replace(hw);
@@ -171,11 +172,19 @@ impl Replica {
 
     /// On a follower: the leader's high watermark, capped by what this replica holds.
     pub fn set_follower_high_watermark(&self, leader_hw: Offset) {
-        let hw = leader_hw.min(self.log.durable_end());
+        let hw = leader_hw.min(self.durable_end());
         if hw != self.high_watermark() {
             self.log.set_high_watermark(hw);
             self.high_watermark.send_replace(hw);
         }
+    }
+
+    /// Where this replica's fsynced data ends: what it may count, and report, as held.
+    pub fn durable_end(&self) -> Offset {
+        if bugs::active(Bug::AckBeforeFsync) {
+            return self.log.end_offset();
+        }
+        self.log.durable_end()
     }
 
     pub fn subscribe_high_watermark(&self) -> watch::Receiver<Offset> {
@@ -232,6 +241,7 @@ async fn run_owner(replica: Arc<Replica>, mut mailbox: mpsc::Receiver<AppendRequ
                 }
             }
             let durable = match last_ticket {
+                Some(_) if bugs::active(Bug::AckBeforeFsync) => Ok(()),
                 Some(ticket) => log.wait_durable(ticket),
                 None => Ok(()),
             };

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weir_faults::bugs::{self, Bug};
 
 use tokio::sync::watch;
 use tonic::Status;
@@ -236,7 +237,7 @@ async fn fetch_from(
                 .map(|r| pb::ReplicaFetchPartition {
                     topic: r.topic.clone(),
                     partition: r.partition,
-                    fetch_offset: r.log.durable_end().0,
+                    fetch_offset: r.durable_end().0,
                     last_fetched_epoch: r.log.latest_epoch().map_or(-1, |e| e.0),
                     leader_epoch: r.leadership().leader_epoch.0,
                 })
@@ -301,11 +302,15 @@ async fn apply(replica: &Arc<Replica>, data: pb::ReplicaFetchPartitionData) -> R
     if data.diverged {
         let leader_epoch = LeaderEpoch(data.diverging_epoch);
         let leader_end = Offset(data.diverging_end_offset);
-        let target = crate::progress::truncation_target(
+        let mut target = crate::progress::truncation_target(
             leader_end,
             log.end_offset_for_epoch(leader_epoch),
             log.start_offset(),
         );
+        if bugs::active(Bug::TruncateToHighWatermark) {
+            // KIP-101's bug: the follower's own high watermark, which may lag the leader's
+            target = replica.high_watermark().max(log.start_offset());
+        }
         tracing::info!(topic = %replica.topic, partition = replica.partition, %target, epoch = %leader_epoch, "log diverged from the leader; truncating");
         tokio::task::spawn_blocking(move || log.truncate_to(target))
             .await
@@ -334,6 +339,7 @@ async fn apply(replica: &Arc<Replica>, data: pb::ReplicaFetchPartitionData) -> R
                 last = Some(ticket);
             }
             match last {
+                Some(_) if bugs::active(Bug::AckBeforeFsync) => Ok(()),
                 Some(ticket) => log.wait_durable(ticket).map_err(|e| e.to_string()),
                 None => Ok(()),
             }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use weir_faults::bugs::{self, Bug};
 
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
@@ -257,6 +258,9 @@ impl BrokerService {
             + std::time::Duration::from_millis(self.config.produce_timeout_ms);
         loop {
             let passed = *hw.borrow_and_update() > last;
+            if passed && bugs::active(Bug::StaleLeaderEpoch) {
+                break; // the bug this loop was fixed for: success before checking the epoch
+            }
             if !replica.is_leader() || replica.leadership().leader_epoch != epoch {
                 return Err(status(
                     ErrorCode::LeaderChangedAfterAppend,
@@ -278,7 +282,7 @@ impl BrokerService {
             }
         }
         let lead = replica.leadership();
-        if (lead.isr.len() as u32) < lead.min_insync_replicas {
+        if (lead.isr.len() as u32) < lead.min_insync_replicas && !bugs::active(Bug::SkipMinIsr) {
             return Err(status(
                 ErrorCode::NotEnoughReplicasAfterAppend,
                 format!(
@@ -304,7 +308,10 @@ impl BrokerService {
         let batch = batch_from_request(&mut req)?;
         let lead = replica.leadership();
         let all = matches!(acks, pb::Acks::All | pb::Acks::Unspecified);
-        if all && (lead.isr.len() as u32) < lead.min_insync_replicas {
+        if all
+            && (lead.isr.len() as u32) < lead.min_insync_replicas
+            && !bugs::active(Bug::SkipMinIsr)
+        {
             return Err(status(
                 ErrorCode::NotEnoughReplicas,
                 format!(
@@ -345,7 +352,7 @@ impl BrokerService {
             .await
             .map_err(|_| status(ErrorCode::StorageError, "the partition owner stopped"))?
             .map_err(|e| log_status(&e))?;
-        if all && !crate::bugs::active(crate::bugs::Bug::AckBeforeReplication) {
+        if all && !bugs::active(Bug::AckBeforeReplication) {
             self.await_replication(&replica, info.last_offset, lead.leader_epoch)
                 .await?;
         }

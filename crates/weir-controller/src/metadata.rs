@@ -6,6 +6,7 @@
 //! proposer and carried inside the command.
 
 use std::collections::BTreeMap;
+use weir_faults::bugs::{self, Bug};
 
 use serde::{Deserialize, Serialize};
 use weir_types::{BrokerId, LeaderEpoch};
@@ -481,7 +482,20 @@ impl Metadata {
                     p.isr.retain(|b| *b != id);
                 }
                 if p.leader == Some(id) {
-                    let next = p.isr.iter().copied().find(|b| *b != id && live.contains(b));
+                    let candidates = if bugs::active(Bug::UncleanElection) {
+                        &p.replicas
+                    } else {
+                        &p.isr
+                    };
+                    let next = candidates
+                        .iter()
+                        .copied()
+                        .find(|b| *b != id && live.contains(b));
+                    if let Some(next) = next
+                        && !p.isr.contains(&next)
+                    {
+                        p.isr.push(next); // only with the planted bug
+                    }
                     p.leader = next;
                     p.leader_epoch = LeaderEpoch(p.leader_epoch.0 + 1);
                     match next {
@@ -733,7 +747,9 @@ impl Metadata {
             .flat_map(|t| &t.partitions)
             .filter(|p| {
                 p.replicas.first().is_some_and(|pref| {
-                    p.leader != Some(*pref) && live.contains(pref) && p.isr.contains(pref)
+                    p.leader != Some(*pref)
+                        && live.contains(pref)
+                        && (p.isr.contains(pref) || bugs::active(Bug::UncleanElection))
                 })
             })
             .count()
@@ -746,7 +762,12 @@ impl Metadata {
             let Some(&pref) = p.replicas.first() else {
                 continue;
             };
-            if p.leader != Some(pref) && live.contains(&pref) && p.isr.contains(&pref) {
+            let unclean = bugs::active(Bug::UncleanElection);
+            if p.leader != Some(pref) && live.contains(&pref) && (p.isr.contains(&pref) || unclean)
+            {
+                if !p.isr.contains(&pref) {
+                    p.isr.push(pref); // only with the planted bug
+                }
                 p.leader = Some(pref);
                 p.leader_epoch = LeaderEpoch(p.leader_epoch.0 + 1);
                 p.partition_epoch += 1;

@@ -293,6 +293,13 @@ fn run(shared: &Shared) {
     }
 }
 
+fn sync_one(file: &File) -> std::io::Result<()> {
+    let covered = weir_faults::journal::before_sync(file);
+    file.sync_data()?;
+    covered.synced();
+    Ok(())
+}
+
 /// Files fsynced concurrently within one round. The device queues concurrent flushes and the
 /// filesystem journal commits them together, so a round costs about one fsync, not one per file.
 const ROUND_PARALLELISM_MAX: usize = 8;
@@ -300,7 +307,7 @@ const ROUND_PARALLELISM_MAX: usize = 8;
 /// Fsyncs every file of a round, spreading them over up to `ROUND_PARALLELISM_MAX` threads.
 fn sync_all(batch: &[Pending]) -> Option<String> {
     if batch.len() == 1 {
-        return batch[0].file.sync_data().err().map(|e| e.to_string());
+        return sync_one(&batch[0].file).err().map(|e| e.to_string());
     }
     let lanes = batch.len().min(ROUND_PARALLELISM_MAX);
     let per_lane = batch.len().div_ceil(lanes);
@@ -310,7 +317,7 @@ fn sync_all(batch: &[Pending]) -> Option<String> {
             .map(|chunk| {
                 s.spawn(move || {
                     for pending in chunk {
-                        pending.file.sync_data()?;
+                        sync_one(&pending.file)?;
                     }
                     Ok::<(), std::io::Error>(())
                 })

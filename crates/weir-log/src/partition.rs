@@ -435,6 +435,7 @@ impl PartitionLog {
             let producer = producer_fields(batch);
             if let Some(fields) = producer
                 && expected_base.is_none()
+                && !weir_faults::bugs::active(weir_faults::bugs::Bug::NoDedup)
                 && let Verdict::Duplicate {
                     base,
                     last: last_offset,
@@ -536,6 +537,8 @@ impl PartitionLog {
         let base = active.next_offset;
         let segment = Segment::create(&self.dir, base, next_segment_id())?;
         checkpoint::fsync_dir(&self.dir)?;
+        // the new, empty file is durable now (its directory entry is)
+        weir_faults::journal::before_sync(&segment.file).synced();
         inner.segments.insert(base, segment);
         inner.recovery_point = base;
         self.write_checkpoint(inner)

@@ -424,9 +424,11 @@ impl Segment {
             "truncate {}",
             self.log_path.display()
         )))?;
+        let covered = weir_faults::journal::before_sync(&self.file);
         self.file
             .sync_all()
             .map_err(LogError::io(format!("fsync {}", self.log_path.display())))?;
+        covered.synced();
         let relative = self.relative(next_offset);
         self.offset_index.truncate_from_relative(relative)?;
         self.time_index.truncate_from_relative(relative)?;
@@ -446,9 +448,11 @@ impl Segment {
 
     /// Makes the segment's data and indexes durable; called when it is sealed.
     pub fn sync(&self) -> Result<()> {
+        let covered = weir_faults::journal::before_sync(&self.file);
         self.file
             .sync_data()
             .map_err(LogError::io(format!("fsync {}", self.log_path.display())))?;
+        covered.synced();
         self.offset_index.sync()?;
         self.time_index.sync()
     }

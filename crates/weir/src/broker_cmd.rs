@@ -116,7 +116,7 @@ pub async fn run_broker(args: BrokerArgs) -> anyhow::Result<i32> {
     let (config, http) = resolve(&args)?;
     let id = config.id;
     bind_outgoing_to(config.listen);
-    planted_bugs()?;
+    crate::faults::init()?;
     crate::http::metrics_handle()?;
     let broker = Broker::start(config).await?;
     println!("broker {id} listening on {}", broker.local_addr);
@@ -159,36 +159,6 @@ pub(crate) fn bind_outgoing_to(listen: std::net::SocketAddr) {
     if ip.is_loopback() && ip != std::net::IpAddr::from([127, 0, 0, 1]) {
         weir_proto::call::set_source_address(ip);
     }
-}
-
-/// `WEIR_JEPSEN_BUGS=ack-before-replication,...`: planted bugs for the fault-injection
-/// self-test, honoured only by a binary built with the `jepsen-bugs` feature.
-fn planted_bugs() -> anyhow::Result<()> {
-    use weir_broker::bugs::{self, Bug};
-    let Ok(raw) = std::env::var("WEIR_JEPSEN_BUGS") else {
-        return Ok(());
-    };
-    let mut list = Vec::new();
-    for name in raw.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let bug = Bug::parse(name).ok_or_else(|| {
-            let known: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
-            anyhow::anyhow!(
-                "WEIR_JEPSEN_BUGS: {name:?} is not one of {}",
-                known.join(", ")
-            )
-        })?;
-        list.push(bug);
-    }
-    if list.is_empty() {
-        return Ok(());
-    }
-    if !bugs::enable(list.clone()) {
-        anyhow::bail!(
-            "WEIR_JEPSEN_BUGS is set but this binary was built without the jepsen-bugs feature"
-        );
-    }
-    tracing::warn!(bugs = ?list, "PLANTED BUGS ARE ON: this broker breaks its guarantees on purpose");
-    Ok(())
 }
 
 pub async fn run_dev(args: DevArgs) -> anyhow::Result<i32> {

@@ -142,6 +142,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("--data-dir {}", config.data_dir.display()))?;
     let id = config.id;
     crate::broker_cmd::bind_outgoing_to(config.listen);
+    crate::faults::init()?;
     crate::http::metrics_handle()?;
     let controller = Controller::start(config).await?;
     println!("controller {id} listening on {}", controller.local_addr);

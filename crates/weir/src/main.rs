@@ -4,6 +4,7 @@ mod admin_cmd;
 mod broker_cmd;
 mod controller_cmd;
 mod data_cmd;
+mod faults;
 mod file_config;
 mod group_cmd;
 mod http;

@@ -53,7 +53,8 @@ pub struct Spec {
     /// The `weir` binary to run.
     pub weir: PathBuf,
     pub broker_lease_ms: u64,
-    /// Extra environment variables for every node process.
+    /// Extra environment variables for every node process; `{node}` in a value becomes the
+    /// node's name and `{dir}` the cluster directory.
     pub env: Vec<(String, String)>,
 }
 
@@ -258,9 +259,16 @@ impl Cluster {
             .open(&node.log_file)
             .with_context(|| format!("open {}", node.log_file.display()))?;
         use std::os::unix::process::CommandExt;
+        let dir = self.dir.display().to_string();
+        let env = self.env.iter().map(|(k, v)| {
+            (
+                k.as_str(),
+                v.replace("{node}", &node.name).replace("{dir}", &dir),
+            )
+        });
         let child = Command::new(&self.weir)
             .args(&node.args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -62,6 +62,8 @@ const ALWAYS_FAILURES: &[&str] = &[
     "int-poll-skip",
     "int-nonmonotonic-poll",
     "committed-offset-backwards",
+    "inconsistent-epochs",
+    "nonmonotonic-epoch",
 ];
 /// Failures only when the producer is idempotent.
 const IDEMPOTENT_FAILURES: &[&str] = &["duplicate", "nonmonotonic-send"];
@@ -232,6 +234,7 @@ pub fn check(history: &[Op], options: Options) -> Report {
     check_polls(&completions, &keys, &mut report);
     check_sends(&completions, &keys, &mut report);
     check_commits(&completions, &mut report);
+    check_epochs(&completions, &mut report);
 
     report.failures = report
         .counts
@@ -342,6 +345,46 @@ fn check_commits(completions: &[&Op], report: &mut Report) {
                 );
             }
             *slot = (*slot).max(*offset);
+        }
+    }
+}
+
+/// Leader epochs only increase along a key's log: one offset is read with one epoch, and a
+/// later offset never carries an earlier epoch.
+fn check_epochs(completions: &[&Op], report: &mut Report) {
+    let mut seen: BTreeMap<u32, BTreeMap<i64, BTreeSet<i32>>> = BTreeMap::new();
+    for op in completions.iter().filter(|o| o.f == F::Poll) {
+        for (key, read) in &op.epochs {
+            for (offset, epoch) in read {
+                seen.entry(*key)
+                    .or_default()
+                    .entry(*offset)
+                    .or_default()
+                    .insert(*epoch);
+            }
+        }
+    }
+    for (key, log) in &seen {
+        let mut previous: Option<(i64, i32)> = None;
+        for (offset, epochs) in log {
+            if epochs.len() > 1 {
+                report.add(
+                    "inconsistent-epochs",
+                    json!({"key": key, "offset": offset, "epochs": epochs}),
+                );
+            }
+            let (Some(&lowest), Some(&highest)) = (epochs.first(), epochs.last()) else {
+                continue;
+            };
+            if let Some((at, epoch)) = previous
+                && lowest < epoch
+            {
+                report.add(
+                    "nonmonotonic-epoch",
+                    json!({"key": key, "offset": offset, "epoch": lowest, "earlier_offset": at, "earlier_epoch": epoch}),
+                );
+            }
+            previous = Some((*offset, highest));
         }
     }
 }

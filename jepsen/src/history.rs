@@ -59,6 +59,9 @@ pub struct Op {
     /// Poll results: key → (offset, value) in the order read.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub polls: BTreeMap<u32, Vec<(i64, u64)>>,
+    /// Poll results: key → (offset, leader epoch of its batch), where the client knew it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub epochs: BTreeMap<u32, Vec<(i64, i32)>>,
     /// Assign / subscribe: the keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<u32>,
@@ -82,6 +85,7 @@ impl Op {
             f,
             sends: Vec::new(),
             polls: BTreeMap::new(),
+            epochs: BTreeMap::new(),
             keys: Vec::new(),
             group: None,
             commits: BTreeMap::new(),

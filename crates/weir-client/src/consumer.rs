@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use weir_proto::v1 as pb;
-use weir_types::{Header, Offset};
+use weir_types::{Header, LeaderEpoch, Offset};
 
 use crate::error::ClientError;
 use crate::metadata::Metadata;
@@ -56,6 +56,8 @@ pub struct ConsumerRecord {
     pub topic: String,
     pub partition: u32,
     pub offset: Offset,
+    /// The leader epoch of the batch the record was written in.
+    pub leader_epoch: LeaderEpoch,
     pub timestamp_ms: i64,
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
@@ -235,6 +237,7 @@ async fn fetch_loop(
                             topic: topic.clone(),
                             partition,
                             offset: Offset(s.offset),
+                            leader_epoch: LeaderEpoch(s.leader_epoch),
                             timestamp_ms: rec.timestamp_ms,
                             key: rec.key,
                             value: rec.value,

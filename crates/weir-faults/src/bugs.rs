@@ -118,7 +118,7 @@ mod tests {
             parse_list(" no-dedup,,skip-min-isr "),
             Ok(vec![Bug::NoDedup, Bug::SkipMinIsr])
         );
-        let err = parse_list("no-dedup,bogus").unwrap_err();
+        let err = parse_list("no-dedup,bogus").expect_err("bogus is no bug");
         assert!(
             err.contains("\"bogus\"") && err.contains("ack-before-fsync"),
             "{err}"

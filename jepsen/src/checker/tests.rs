@@ -228,3 +228,38 @@ fn histories_round_trip_as_json_lines() {
     let err = crate::history::read(std::io::Cursor::new(b"{}\n".to_vec())).expect_err("bad line");
     assert!(err.starts_with("line 1"), "{err}");
 }
+
+#[test]
+fn leader_epochs_only_increase_along_a_key() {
+    let epochs = |h: &mut H, p: u64, read: &[(i64, u64, i32)]| {
+        let mut op = Op::new(p, Type::Ok, F::Poll);
+        op.polls
+            .insert(0, read.iter().map(|(o, v, _)| (*o, *v)).collect());
+        op.epochs
+            .insert(0, read.iter().map(|(o, _, e)| (*o, *e)).collect());
+        h.push(op);
+    };
+    let mut clean = H::default();
+    clean
+        .send(1, Type::Ok, 0, 1, Some(0))
+        .send(1, Type::Ok, 0, 2, Some(1));
+    epochs(&mut clean, 2, &[(0, 1, 3), (1, 2, 5)]);
+    epochs(&mut clean, 3, &[(1, 2, 5)]);
+    assert!(clean.check().valid, "{:?}", clean.check().anomalies);
+
+    let mut backwards = H::default();
+    backwards
+        .send(1, Type::Ok, 0, 1, Some(0))
+        .send(1, Type::Ok, 0, 2, Some(1));
+    epochs(&mut backwards, 2, &[(0, 1, 5), (1, 2, 4)]);
+    let r = backwards.check();
+    assert_eq!(only(&r), vec!["nonmonotonic-epoch"], "{:?}", r.anomalies);
+
+    let mut two = H::default();
+    two.send(1, Type::Ok, 0, 1, Some(0));
+    epochs(&mut two, 2, &[(0, 1, 5)]);
+    epochs(&mut two, 3, &[(0, 1, 6)]);
+    let r = two.check();
+    assert_eq!(only(&r), vec!["inconsistent-epochs"], "{:?}", r.anomalies);
+    assert!(!r.valid);
+}

@@ -28,15 +28,28 @@ pub const HTTP_PORT: u16 = 9080;
 pub enum Role {
     Controller,
     Broker,
+    /// A controller and a broker in one process (`weir node`).
+    Node,
+}
+
+impl Role {
+    pub fn is_controller(self) -> bool {
+        matches!(self, Role::Controller | Role::Node)
+    }
+
+    pub fn is_broker(self) -> bool {
+        matches!(self, Role::Broker | Role::Node)
+    }
 }
 
 /// One process of the cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Node {
-    /// `controller-1`, `broker-2`, ...
+    /// `controller-1`, `broker-2`, `node-3`, ...
     pub name: String,
     pub role: Role,
     pub id: u32,
+    /// The controller's address, or the broker's for a broker.
     pub addr: String,
     pub data_dir: PathBuf,
     pub log_file: PathBuf,
@@ -49,6 +62,9 @@ pub struct Node {
 pub struct Spec {
     pub controllers: u32,
     pub brokers: u32,
+    /// Run `controllers` nodes each holding a controller and a broker (`weir node`);
+    /// `brokers` must then be 0.
+    pub combined: bool,
     pub dir: PathBuf,
     /// The `weir` binary to run.
     pub weir: PathBuf,
@@ -121,6 +137,9 @@ impl Cluster {
         if spec.controllers == 0 {
             bail!("--controllers must be at least 1");
         }
+        if spec.combined && spec.brokers != 0 {
+            bail!("combined nodes hold their own brokers: --brokers must be 0");
+        }
         fs::create_dir_all(&spec.dir).with_context(|| format!("--dir {}", spec.dir.display()))?;
         let dir = spec.dir.canonicalize()?;
         let prefix = pick_prefix();
@@ -130,7 +149,39 @@ impl Cluster {
             .collect();
         let controller_list: Vec<String> = (1..=spec.controllers).map(controller_addr).collect();
         let mut nodes = Vec::new();
-        for i in 1..=spec.controllers {
+        for i in (1..=spec.controllers).filter(|_| spec.combined) {
+            let name = format!("node-{i}");
+            let data_dir = dir.join(&name);
+            nodes.push(Node {
+                role: Role::Node,
+                id: i,
+                addr: controller_addr(i),
+                log_file: dir.join(format!("{name}.log")),
+                args: vec![
+                    "node".into(),
+                    "--id".into(),
+                    i.to_string(),
+                    "--listen".into(),
+                    controller_addr(i),
+                    "--broker-listen".into(),
+                    format!("{prefix}.{}:{BROKER_PORT}", 10 + i),
+                    "--controllers".into(),
+                    voters.join(","),
+                    "--data-dir".into(),
+                    data_dir.display().to_string(),
+                    "--broker-lease-ms".into(),
+                    spec.broker_lease_ms.to_string(),
+                    "--preferred-leader-check-ms".into(),
+                    "2000".into(),
+                    "--http".into(),
+                    format!("{prefix}.{}:{HTTP_PORT}", 10 + i),
+                ],
+                data_dir,
+                name,
+                pid: None,
+            });
+        }
+        for i in (1..=spec.controllers).filter(|_| !spec.combined) {
             let name = format!("controller-{i}");
             let data_dir = dir.join(&name);
             nodes.push(Node {
@@ -236,7 +287,7 @@ impl Cluster {
     pub fn bootstrap(&self) -> String {
         self.nodes
             .iter()
-            .filter(|n| n.role == Role::Controller)
+            .filter(|n| n.role.is_controller())
             .map(|n| n.addr.clone())
             .collect::<Vec<_>>()
             .join(",")
@@ -306,6 +357,28 @@ impl Cluster {
         signal(pid, "-STOP")
     }
 
+    /// SIGSTOP to every named node in one `kill` call, so they stop within microseconds of
+    /// each other (a power loss of several machines at once).
+    pub fn freeze(&mut self, names: &[String]) -> anyhow::Result<()> {
+        let mut pids = Vec::new();
+        for name in names {
+            let pid = self
+                .node(name)?
+                .pid
+                .with_context(|| format!("{name} was never started"))?;
+            pids.push(pid.to_string());
+        }
+        let status = Command::new("kill")
+            .arg("-STOP")
+            .args(&pids)
+            .status()
+            .context("run kill")?;
+        if !status.success() {
+            bail!("kill -STOP {} failed", pids.join(" "));
+        }
+        Ok(())
+    }
+
     pub fn resume(&mut self, name: &str) -> anyhow::Result<()> {
         let pid = self
             .node(name)?
@@ -350,7 +423,7 @@ impl Cluster {
         let bootstrap: Vec<String> = self
             .nodes
             .iter()
-            .filter(|n| n.role == Role::Controller && n.pid.is_some_and(alive))
+            .filter(|n| n.role.is_controller() && n.pid.is_some_and(alive))
             .map(|n| n.addr.clone())
             .collect();
         describe_via(&bootstrap)
@@ -361,7 +434,7 @@ impl Cluster {
         let brokers: Vec<u32> = self
             .nodes
             .iter()
-            .filter(|n| n.role == Role::Broker)
+            .filter(|n| n.role.is_broker())
             .map(|n| n.id)
             .collect();
         let deadline = Instant::now() + timeout;

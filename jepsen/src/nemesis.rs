@@ -201,7 +201,9 @@ impl Nemesis {
                                 .unwrap_or_else(|| pick(&controllers, &mut rng)),
                         ]
                     }
-                    "kill-minority" => vec![pick(&controllers, &mut rng), pick(&brokers, &mut rng)],
+                    "kill-minority" => {
+                        vec![pick(&controllers, &mut rng), pick(&brokers, &mut rng)]
+                    }
                     "kill-leaders" => {
                         let mut v: Vec<String> = active_controller(cluster).into_iter().collect();
                         v.extend(busiest_leader(cluster));
@@ -209,6 +211,9 @@ impl Nemesis {
                     }
                     _ => all.clone(),
                 };
+                let mut victims = victims;
+                victims.sort();
+                victims.dedup(); // a combined node may be picked for both roles
                 for v in &victims {
                     cluster.kill(v)?;
                 }
@@ -233,15 +238,23 @@ impl Nemesis {
                     "partition-roles",
                     "partition-replication",
                 ];
+                // controllers and brokers share an address on a combined node
+                let usable = if combined(cluster) {
+                    &shapes[..5]
+                } else {
+                    &shapes[..]
+                };
                 let shape = if k == "partition" {
-                    shapes[rng.random_range(0..shapes.len())]
+                    usable[rng.random_range(0..usable.len())]
                 } else {
                     k
                 };
+                if !usable.contains(&shape) {
+                    bail!("{shape} needs separate controller and broker nodes");
+                }
                 let cuts = grudge(cluster, shape, &mut rng);
                 firewall.cut(cluster, &cuts)?;
-                let text: Vec<String> = cuts.iter().map(|(a, b)| format!("{a}>{b}")).collect();
-                (format!("{shape}: {}", text.join(" ")), Heal::Firewall)
+                (format!("{shape}: {}", describe_cuts(&cuts)), Heal::Firewall)
             }
             "clock" => {
                 let mut shuffled = all.clone();
@@ -262,6 +275,8 @@ impl Nemesis {
                 } else {
                     brokers.clone()
                 };
+                // stopped together first: what each had not fsynced at that instant is lost
+                cluster.freeze(&victims)?;
                 for v in &victims {
                     cluster.kill(v)?;
                 }
@@ -292,8 +307,14 @@ impl Nemesis {
                 let node = cluster.node(&name)?.clone();
                 self.weir_cli(&["cluster", "remove-controller", "--id", &node.id.to_string()])?;
                 cluster.kill(&name)?;
-                std::fs::remove_dir_all(&node.data_dir)
-                    .with_context(|| format!("wipe {}", node.data_dir.display()))?;
+                // the controller's state only: a combined node keeps its broker's data
+                let wipe = if node.role == Role::Node {
+                    node.data_dir.join("controller")
+                } else {
+                    node.data_dir.clone()
+                };
+                std::fs::remove_dir_all(&wipe)
+                    .with_context(|| format!("wipe {}", wipe.display()))?;
                 rejoin_args(cluster, &name)?;
                 (
                     format!("{name} removed and wiped"),
@@ -313,7 +334,7 @@ impl Nemesis {
                 let mut ids: Vec<u32> = cluster
                     .nodes
                     .iter()
-                    .filter(|n| n.role == Role::Broker)
+                    .filter(|n| n.role.is_broker())
                     .map(|n| n.id)
                     .collect();
                 ids.shuffle(&mut rng);
@@ -414,18 +435,36 @@ impl Nemesis {
     }
 }
 
+/// Node names holding `role` (a combined node holds both); every node for `None`.
 fn names(cluster: &Cluster, role: Option<Role>) -> Vec<String> {
     cluster
         .nodes
         .iter()
-        .filter(|n| role.is_none_or(|r| n.role == r))
+        .filter(|n| match role {
+            None => true,
+            Some(Role::Controller) => n.role.is_controller(),
+            Some(Role::Broker) => n.role.is_broker(),
+            Some(Role::Node) => n.role == Role::Node,
+        })
         .map(|n| n.name.clone())
         .collect()
 }
 
+fn combined(cluster: &Cluster) -> bool {
+    cluster.nodes.iter().any(|n| n.role == Role::Node)
+}
+
+/// The node running the controller (or broker) with this id.
+fn node_with(cluster: &Cluster, role: Role, id: u32) -> Option<String> {
+    names(cluster, Some(role))
+        .into_iter()
+        .find(|name| cluster.node(name).is_ok_and(|n| n.id == id))
+}
+
 pub fn active_controller(cluster: &Cluster) -> Option<String> {
     let d = cluster.describe().ok()?;
-    Some(format!("controller-{}", d.leader_id)).filter(|_| d.leader_id != 0)
+    let id = u32::try_from(d.leader_id).ok().filter(|id| *id != 0)?;
+    node_with(cluster, Role::Controller, id)
 }
 
 /// The jepsen topic's partitions as the controllers see them.
@@ -464,7 +503,7 @@ fn busiest_leader(cluster: &Cluster) -> Option<String> {
         *counts.entry(p.leader).or_default() += 1;
     }
     let (id, _) = counts.into_iter().max_by_key(|(_, n)| *n)?;
-    Some(format!("broker-{id}"))
+    node_with(cluster, Role::Broker, id)
 }
 
 /// Directed links to cut for a partition shape: (from, to) node names.
@@ -548,6 +587,19 @@ fn grudge(
             out
         }
     }
+}
+
+/// `a -> b,c; b -> a` for the timeline: every node's cut destinations.
+fn describe_cuts(cuts: &[(String, String)]) -> String {
+    let mut by_source: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (from, to) in cuts {
+        by_source.entry(from).or_default().push(to);
+    }
+    by_source
+        .iter()
+        .map(|(from, to)| format!("{from} -/-> {}", to.join(",")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Writes a node's libfaketime offset (read by the node within a second).
@@ -673,18 +725,23 @@ fn corrupt(data_dir: &Path, rng: &mut rand::rngs::ThreadRng) -> anyhow::Result<S
     }
 }
 
-/// A removed controller comes back empty and waits to be added (`--join` instead of the
-/// initial voter list).
+/// A removed controller comes back empty and waits to be added (`--join`; a separate
+/// controller drops its initial voter list, a combined node keeps it for its broker).
 fn rejoin_args(cluster: &mut Cluster, name: &str) -> anyhow::Result<()> {
     let node = cluster
         .nodes
         .iter_mut()
         .find(|n| n.name == name)
         .with_context(|| format!("no node {name}"))?;
-    if let Some(i) = node.args.iter().position(|a| a == "--controllers") {
-        node.args.drain(i..=i + 1);
-        node.args.push("--join".into());
+    if node.args.iter().any(|a| a == "--join") {
+        return cluster.save();
     }
+    if node.role == Role::Controller
+        && let Some(i) = node.args.iter().position(|a| a == "--controllers")
+    {
+        node.args.drain(i..=i + 1);
+    }
+    node.args.push("--join".into());
     cluster.save()
 }
 

@@ -39,10 +39,15 @@ pub struct TestArgs {
     /// after every poll).
     #[arg(long, default_value_t = 2)]
     pub group_members: usize,
-    #[arg(long, default_value_t = 3)]
-    pub controllers: u32,
-    #[arg(long, default_value_t = 3)]
-    pub brokers: u32,
+    /// Nodes, each running a controller and a broker in one process (the default shape).
+    #[arg(long, default_value_t = 3, conflicts_with_all = ["controllers", "brokers"])]
+    pub nodes: u32,
+    /// Run separate controller processes instead (with --brokers).
+    #[arg(long, requires = "brokers")]
+    pub controllers: Option<u32>,
+    /// Run separate broker processes (with --controllers).
+    #[arg(long, requires = "controllers")]
+    pub brokers: Option<u32>,
     /// Seconds between faults: a random value in this range (a fault is healed at the next
     /// step, so every other interval is quiet).
     #[arg(long, default_value = "5..15")]
@@ -68,8 +73,9 @@ impl TestArgs {
             producers: 4,
             consumers: 1,
             group_members: 0,
-            controllers: 3,
-            brokers: 3,
+            nodes: 3,
+            controllers: None,
+            brokers: None,
             interval: "3..6".into(),
             dir: Some(dir),
             weir,
@@ -263,8 +269,15 @@ fn run(args: &TestArgs) -> anyhow::Result<Report> {
     if zombies && args.group_members == 0 {
         bail!("--nemesis zombie needs --group-members > 0");
     }
-    if faults.iter().any(|f| f == "membership") && args.controllers < 3 {
-        bail!("--nemesis membership needs --controllers >= 3");
+    let (controllers, brokers, combined) = match (args.controllers, args.brokers) {
+        (Some(c), Some(b)) => (c, b, false),
+        _ => (args.nodes, 0, true),
+    };
+    if controllers == 0 || (!combined && brokers == 0) {
+        bail!("--nodes, --controllers and --brokers must be positive");
+    }
+    if faults.iter().any(|f| f == "membership") && controllers < 3 {
+        bail!("--nemesis membership needs at least 3 controllers");
     }
     let interval = parse_interval(&args.interval)?;
     if args.keys == 0 || args.producers == 0 || args.consumers == 0 {
@@ -280,27 +293,37 @@ fn run(args: &TestArgs) -> anyhow::Result<Report> {
         env.push(("WEIR_JEPSEN_BUGS".to_string(), bugs.clone()));
     }
     let spec = Spec {
-        controllers: args.controllers,
-        brokers: args.brokers,
+        controllers,
+        brokers,
+        combined,
         dir: dir.join("cluster"),
         weir: weir_binary(args.weir.clone())?,
         broker_lease_ms: 1500,
         env,
     };
-    let node_names: Vec<String> = (1..=args.controllers)
-        .map(|i| format!("controller-{i}"))
-        .chain((1..=args.brokers).map(|i| format!("broker-{i}")))
-        .collect();
+    let node_names: Vec<String> = if combined {
+        (1..=controllers).map(|i| format!("node-{i}")).collect()
+    } else {
+        (1..=controllers)
+            .map(|i| format!("controller-{i}"))
+            .chain((1..=brokers).map(|i| format!("broker-{i}")))
+            .collect()
+    };
     Nemesis::prepare(&faults, &spec.dir, &node_names)?;
-    eprintln!(
-        "starting {} controllers + {} brokers in {}",
-        args.controllers,
-        args.brokers,
-        dir.display()
-    );
+    if combined {
+        eprintln!(
+            "starting {controllers} nodes (controller + broker each) in {}",
+            dir.display()
+        );
+    } else {
+        eprintln!(
+            "starting {controllers} controllers + {brokers} brokers in {}",
+            dir.display()
+        );
+    }
     let mut cluster = Cluster::up(&spec, Duration::from_secs(60))?;
     let bootstrap: Vec<String> = cluster.bootstrap().split(',').map(str::to_string).collect();
-    let rf = args.brokers.min(3);
+    let rf = if combined { controllers } else { brokers }.min(3);
     let out = std::process::Command::new(&spec.weir)
         .args([
             "topic",

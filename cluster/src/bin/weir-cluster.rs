@@ -25,6 +25,10 @@ enum Cmd {
         controllers: u32,
         #[arg(long, default_value_t = 3)]
         brokers: u32,
+        /// Run N nodes that each hold a controller and a broker (`weir node`) instead of
+        /// separate controllers and brokers.
+        #[arg(long, value_name = "N", conflicts_with_all = ["controllers", "brokers"])]
+        nodes: Option<u32>,
         #[arg(long)]
         dir: PathBuf,
         /// The weir binary (default: next to this one).
@@ -85,6 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Up {
             controllers,
             brokers,
+            nodes,
             dir,
             weir,
             broker_lease_ms,
@@ -99,8 +104,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let cluster = Cluster::up(
                 &Spec {
-                    controllers,
-                    brokers,
+                    controllers: nodes.unwrap_or(controllers),
+                    brokers: if nodes.is_some() { 0 } else { brokers },
+                    combined: nodes.is_some(),
                     dir,
                     weir,
                     broker_lease_ms,

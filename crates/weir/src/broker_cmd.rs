@@ -17,33 +17,33 @@ use crate::logging::{self, LogFormat};
 pub struct BrokerArgs {
     /// A TOML file with a [broker] section (see deploy/weir.example.toml); flags override it.
     #[arg(long, env = "WEIR_CONFIG")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// This broker's id (positive, unique among brokers).
     #[arg(long)]
-    id: Option<u32>,
+    pub(crate) id: Option<u32>,
     /// Address for producers and consumers; also advertised to the controller
     /// [default: 127.0.0.1:9092].
     #[arg(long)]
-    listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// Controller addresses (`host:port` or `id=host:port`), comma separated
     /// [default: 127.0.0.1:9093].
     #[arg(long, env = "WEIR_CONTROLLERS")]
-    controllers: Option<String>,
+    pub(crate) controllers: Option<String>,
     /// Rack (or zone) name; replicas of a partition are spread across racks.
     #[arg(long)]
-    rack: Option<String>,
+    pub(crate) rack: Option<String>,
     /// Where partitions are stored [default: ./weir-data/broker].
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long)]
-    http: Option<SocketAddr>,
+    pub(crate) http: Option<SocketAddr>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 }
 
 /// The broker's settings: flags over the `--config` file over defaults.
-fn resolve(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, Option<SocketAddr>)> {
+pub(crate) fn resolve(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, Option<SocketAddr>)> {
     let file = crate::file_config::load(args.config.as_deref())?.broker;
     let id = args
         .id

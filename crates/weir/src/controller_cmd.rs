@@ -15,49 +15,51 @@ pub struct ControllerArgs {
     /// A TOML file with a [controller] section (see deploy/weir.example.toml); flags
     /// override it.
     #[arg(long, env = "WEIR_CONFIG")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// This controller's id (positive, unique).
     #[arg(long)]
-    id: Option<u64>,
+    pub(crate) id: Option<u64>,
     /// Address to listen on for Raft, admin and broker traffic [default: 127.0.0.1:9093].
     #[arg(long)]
-    listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// The initial voters, `id=host:port,...`, including this controller. Used only to
     /// bootstrap an empty cluster; restarts keep the membership they have.
     #[arg(long, env = "WEIR_CONTROLLERS")]
-    controllers: Option<String>,
+    pub(crate) controllers: Option<String>,
     /// Join an existing quorum instead of bootstrapping: start empty and wait for
     /// `weir cluster add-controller` to add this node.
     #[arg(long, conflicts_with = "controllers")]
-    join: bool,
+    pub(crate) join: bool,
     /// Where the Raft log and state live [default: ./weir-data/controller].
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Fence a broker after this many milliseconds without a heartbeat [default: 6000].
     #[arg(long)]
-    broker_lease_ms: Option<u64>,
+    pub(crate) broker_lease_ms: Option<u64>,
     /// How often leaderships move back to preferred replicas that are in sync again
     /// [default: 30000].
     #[arg(long)]
-    preferred_leader_check_ms: Option<u64>,
+    pub(crate) preferred_leader_check_ms: Option<u64>,
     /// How often consumer-group members heartbeat, in milliseconds [default: 1000].
     #[arg(long)]
-    group_heartbeat_interval_ms: Option<u32>,
+    pub(crate) group_heartbeat_interval_ms: Option<u32>,
     /// Session timeout of group members that do not ask for their own [default: 10000].
     #[arg(long)]
-    group_session_timeout_ms: Option<u32>,
+    pub(crate) group_session_timeout_ms: Option<u32>,
     /// Raft heartbeat interval in milliseconds [default: 100].
     #[arg(long)]
-    heartbeat_ms: Option<u64>,
+    pub(crate) heartbeat_ms: Option<u64>,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long)]
-    http: Option<SocketAddr>,
+    pub(crate) http: Option<SocketAddr>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 }
 
 /// The controller's settings: flags over the `--config` file over defaults.
-fn resolve(args: &ControllerArgs) -> anyhow::Result<(ControllerConfig, Option<SocketAddr>)> {
+pub(crate) fn resolve(
+    args: &ControllerArgs,
+) -> anyhow::Result<(ControllerConfig, Option<SocketAddr>)> {
     let file = crate::file_config::load(args.config.as_deref())?.controller;
     let id = args
         .id

@@ -10,6 +10,7 @@ mod group_cmd;
 mod http;
 mod log_cmd;
 mod logging;
+mod node_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,8 @@ enum Command {
     Broker(broker_cmd::BrokerArgs),
     /// Run a controller: a member of the Raft quorum that holds the cluster metadata.
     Controller(controller_cmd::ControllerArgs),
+    /// Run a controller and a broker in one process (one machine of a small cluster).
+    Node(node_cmd::NodeArgs),
     /// Create, list, describe, alter and delete topics.
     #[command(subcommand)]
     Topic(admin_cmd::TopicCommand),
@@ -57,6 +60,7 @@ fn main() {
         Command::Controller(args) => {
             runtime().and_then(|rt| rt.block_on(controller_cmd::run(args)))
         }
+        Command::Node(args) => runtime().and_then(|rt| rt.block_on(node_cmd::run(args))),
         Command::Topic(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_topic(cmd))),
         Command::Group(cmd) => runtime().and_then(|rt| rt.block_on(group_cmd::run(cmd))),
         Command::Cluster(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_cluster(cmd))),

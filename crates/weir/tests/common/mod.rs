@@ -24,6 +24,7 @@ pub fn up(controllers: u32, brokers: u32, lease_ms: u64, dir: &tempfile::TempDir
     let spec = Spec {
         controllers,
         brokers,
+        combined: false,
         dir: dir.path().to_path_buf(),
         weir: weir_bin(),
         broker_lease_ms: lease_ms,

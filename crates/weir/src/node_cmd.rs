@@ -1,0 +1,117 @@
+//! `weir node`: a controller and a broker in one process, sharing an id, an address (two
+//! ports) and a data directory — the shape of a small cluster where every machine runs both
+//! roles (the fault-injection suite's default).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use weir_broker::Broker;
+use weir_controller::Controller;
+
+use crate::broker_cmd::{self, BrokerArgs};
+use crate::controller_cmd::{self, ControllerArgs, wait_for_signal};
+use crate::logging::{self, LogFormat};
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// A TOML file with [controller] and [broker] sections (see deploy/weir.example.toml);
+    /// flags override it.
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id: its controller id and its broker id.
+    #[arg(long)]
+    id: u32,
+    /// The controller's address (Raft, admin, broker traffic) [default: 127.0.0.1:9093].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The broker's address (produce, fetch, replication) [default: 127.0.0.1:9092].
+    #[arg(long)]
+    broker_listen: Option<SocketAddr>,
+    /// Every controller, `id=host:port,...`, including this node's. Bootstraps an empty
+    /// quorum (unless `--join`); the broker finds the active controller among them.
+    #[arg(long, env = "WEIR_CONTROLLERS")]
+    controllers: String,
+    /// Join an existing quorum: the controller starts empty and waits for
+    /// `weir cluster add-controller`.
+    #[arg(long)]
+    join: bool,
+    /// The controller's data goes to `<DIR>/controller`, the broker's to `<DIR>/broker`
+    /// [default: ./weir-data].
+    #[arg(long, default_value = "./weir-data")]
+    data_dir: PathBuf,
+    /// Rack (or zone) name of the broker.
+    #[arg(long)]
+    rack: Option<String>,
+    /// Fence a broker after this many milliseconds without a heartbeat [default: 6000].
+    #[arg(long)]
+    broker_lease_ms: Option<u64>,
+    /// How often leaderships move back to preferred replicas [default: 30000].
+    #[arg(long)]
+    preferred_leader_check_ms: Option<u64>,
+    /// Serve /metrics, /healthz and /readyz (ready when both roles are).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
+    logging::init(args.log_format);
+    anyhow::ensure!(args.id > 0, "--id must be positive");
+    let controller_args = ControllerArgs {
+        config: args.config.clone(),
+        id: Some(u64::from(args.id)),
+        listen: args.listen,
+        controllers: (!args.join).then(|| args.controllers.clone()),
+        join: args.join,
+        data_dir: Some(args.data_dir.join("controller")),
+        broker_lease_ms: args.broker_lease_ms,
+        preferred_leader_check_ms: args.preferred_leader_check_ms,
+        group_heartbeat_interval_ms: None,
+        group_session_timeout_ms: None,
+        heartbeat_ms: None,
+        http: None,
+        log_format: args.log_format,
+    };
+    let broker_args = BrokerArgs {
+        config: args.config.clone(),
+        id: Some(args.id),
+        listen: args.broker_listen,
+        controllers: Some(args.controllers.clone()),
+        rack: args.rack.clone(),
+        data_dir: Some(args.data_dir.join("broker")),
+        http: None,
+        log_format: args.log_format,
+    };
+    let (controller_config, _) = controller_cmd::resolve(&controller_args)?;
+    let (broker_config, _) = broker_cmd::resolve(&broker_args)?;
+    std::fs::create_dir_all(&controller_config.data_dir)
+        .map_err(|e| anyhow::anyhow!("--data-dir {}: {e}", controller_config.data_dir.display()))?;
+    broker_cmd::bind_outgoing_to(controller_config.listen);
+    crate::faults::init()?;
+    crate::http::metrics_handle()?;
+    let id = args.id;
+    let controller = Controller::start(controller_config).await?;
+    println!(
+        "node {id}: controller listening on {}",
+        controller.local_addr
+    );
+    let broker = Broker::start(broker_config).await?;
+    println!("node {id}: broker listening on {}", broker.local_addr);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    if let Some(addr) = args.http {
+        let ready = {
+            let (c, b) = (controller.readiness(), broker.readiness());
+            std::sync::Arc::new(move || c() && b())
+        };
+        let bound = crate::http::serve(addr, ready, stopped).await?;
+        println!("node {id}: http endpoints on {bound}");
+    }
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    broker.shutdown().await;
+    controller.shutdown().await;
+    Ok(0)
+}

@@ -282,15 +282,25 @@ impl Nemesis {
                 }
                 let mut text = Vec::new();
                 for v in &victims {
-                    let lost = power_loss(cluster, v, &mut rng)?;
-                    text.push(format!("{v} lost {lost} bytes"));
+                    match power_loss(cluster, v, &mut rng) {
+                        Ok(lost) => text.push(format!("{v} lost {lost} bytes")),
+                        Err(e) => text.push(format!("{v}: power loss failed: {e:#}")),
+                    }
                 }
                 (text.join(", "), Heal::Start(victims))
             }
             "corrupt" => {
                 let victim = pick(&brokers, &mut rng);
                 cluster.kill(&victim)?;
-                let what = corrupt(&cluster.node(&victim)?.data_dir, &mut rng)?;
+                let node = cluster.node(&victim)?;
+                let broker_dir = if node.role == Role::Node {
+                    node.data_dir.join("broker")
+                } else {
+                    node.data_dir.clone()
+                };
+                // the node is down now: whatever happens next, the heal must restart it
+                let what = corrupt(&broker_dir, &mut rng)
+                    .unwrap_or_else(|e| format!("corruption failed: {e:#}"));
                 (format!("{victim}: {what}"), Heal::Start(vec![victim]))
             }
             "membership" => {
@@ -562,6 +572,8 @@ fn grudge(
         "partition-leaders" => {
             let mut leaders: Vec<String> = active_controller(cluster).into_iter().collect();
             leaders.extend(busiest_leader(cluster));
+            leaders.sort();
+            leaders.dedup();
             let rest: Vec<String> = all
                 .iter()
                 .filter(|n| !leaders.contains(n))
@@ -769,6 +781,23 @@ fn iptables(args: &[&str]) -> anyhow::Result<()> {
 
 impl Firewall {
     fn new() -> anyhow::Result<Firewall> {
+        // chains left by runs that were killed before they could remove theirs
+        if let Ok(out) = std::process::Command::new("iptables").arg("-S").output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let Some(old) = line.strip_prefix("-N WEIR-JEPSEN-") else {
+                    continue;
+                };
+                if old
+                    .parse::<u32>()
+                    .is_ok_and(|pid| !weir_cluster::alive(pid))
+                {
+                    let chain = format!("WEIR-JEPSEN-{old}");
+                    let _ = iptables(&["-D", "OUTPUT", "-j", &chain]);
+                    let _ = iptables(&["-F", &chain]);
+                    let _ = iptables(&["-X", &chain]);
+                }
+            }
+        }
         let chain = format!("WEIR-JEPSEN-{}", std::process::id());
         iptables(&["-N", &chain])?;
         iptables(&["-I", "OUTPUT", "1", "-j", &chain])?;

@@ -32,6 +32,11 @@ pub(crate) struct Metadata {
 
 const PATIENCE: Duration = Duration::from_secs(5);
 
+/// The longest one request to a partition leader may take before it is given up and retried
+/// (when the caller may retry): longer than a broker's default produce timeout would leave a
+/// black-holed leader holding the whole delivery timeout.
+const ATTEMPT_TIMEOUT_MAX: Duration = Duration::from_secs(10);
+
 impl Metadata {
     pub fn new(bootstrap: Vec<String>) -> Metadata {
         Metadata {
@@ -147,13 +152,27 @@ impl Metadata {
         let mut refresh = false;
         loop {
             attempts += 1;
-            let attempt = match self.leader(topic, partition, refresh).await {
-                Ok(client) => call(client)
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(|s| ClientError::from_status(&s)),
-                Err(e) => Err(e),
-            };
+            // A leader cut off by the network may accept the request and never answer; each
+            // attempt ends by the caller's deadline and by `ATTEMPT_TIMEOUT_MAX`, so the next
+            // one can ask for fresh metadata and reach the new leader.
+            let started = tokio::time::Instant::now();
+            let attempt_deadline = deadline.min(started + ATTEMPT_TIMEOUT_MAX);
+            let attempt = tokio::time::timeout_at(attempt_deadline, async {
+                match self.leader(topic, partition, refresh).await {
+                    Ok(client) => call(client)
+                        .await
+                        .map(tonic::Response::into_inner)
+                        .map_err(|s| ClientError::from_status(&s)),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Unavailable(format!(
+                    "the leader of {topic}/{partition} did not answer within {:?}",
+                    attempt_deadline - started
+                )))
+            });
             match attempt {
                 Ok(v) => return Ok(v),
                 Err(e) if e.retriable(idempotent) => {

@@ -7,8 +7,9 @@ pub enum Bug {
     /// Broker: answer `acks=all` as soon as the leader has the batch, before the in-sync
     /// replicas do.
     AckBeforeReplication,
-    /// Broker: count written-but-not-fsynced data as durable — the leader's high watermark
-    /// and the followers' reported fetch offsets use the log end, not the fsynced end.
+    /// Storage and broker: fsync lazily (a second after a write) and count written but not
+    /// fsynced data as durable — appends return before their fsync, and the leader's high
+    /// watermark and the followers' reported fetch offsets use the log end.
     AckBeforeFsync,
     /// Broker: accept `acks=all` writes while the ISR is smaller than `min.insync.replicas`.
     SkipMinIsr,

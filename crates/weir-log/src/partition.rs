@@ -486,6 +486,10 @@ impl PartitionLog {
                 );
             }
             let delay = match self.config().flush {
+                // the planted bug: a lazy fsync, as in systems that acknowledge before it
+                _ if weir_faults::bugs::active(weir_faults::bugs::Bug::AckBeforeFsync) => {
+                    Duration::from_secs(1)
+                }
                 FlushPolicy::Fsync => Duration::ZERO,
                 FlushPolicy::IntervalAckBeforeFsync { ms } => Duration::from_millis(ms),
             };

@@ -301,7 +301,17 @@ impl Nemesis {
                 // the node is down now: whatever happens next, the heal must restart it
                 let what = corrupt(&broker_dir, &mut rng)
                     .unwrap_or_else(|e| format!("corruption failed: {e:#}"));
-                (format!("{victim}: {what}"), Heal::Start(vec![victim]))
+                // half the time the node is back before its lease runs out: the controller
+                // has not fenced it, so it must not trust it as an in-sync replica either
+                if rng.random_bool(0.5) {
+                    cluster.start(&victim)?;
+                    (
+                        format!("{victim}: {what}; restarted at once"),
+                        Heal::Nothing,
+                    )
+                } else {
+                    (format!("{victim}: {what}"), Heal::Start(vec![victim]))
+                }
             }
             "membership" => {
                 let active = active_controller(cluster);

@@ -85,6 +85,7 @@ impl Broker {
         let mut tasks = JoinSet::new();
         tasks.spawn(session::run_lease(
             config.clone(),
+            Arc::clone(&registry),
             session_tx.clone(),
             stopped.clone(),
         ));

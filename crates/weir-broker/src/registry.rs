@@ -29,6 +29,10 @@ pub struct Registry {
     pub activity: Arc<tokio::sync::watch::Sender<u64>>,
     /// Assigned partitions that failed to open (corruption, I/O): the broker is not ready.
     failed: Mutex<std::collections::HashSet<Key>>,
+    /// This process's registration (0 before it registered). Leadership in metadata is
+    /// acted on only once the metadata shows this incarnation: until then it may be the
+    /// previous process's, granted to data this process's disk may no longer hold.
+    incarnation: std::sync::atomic::AtomicU64,
 }
 
 pub fn dir_name(topic: &str, partition: u32, topic_id: &str) -> String {
@@ -75,7 +79,35 @@ impl Registry {
             applying: tokio::sync::Mutex::new(()),
             failed: Mutex::new(std::collections::HashSet::new()),
             activity: Arc::new(tokio::sync::watch::channel(0).0),
+            incarnation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The controller registered this process as `incarnation` (0: the registration was
+    /// lost, e.g. fenced). Leaderships are re-evaluated against the current metadata.
+    pub async fn registered(&self, incarnation: u64) -> Result<(), weir_log::LogError> {
+        self.incarnation
+            .store(incarnation, std::sync::atomic::Ordering::SeqCst);
+        let mut view = self
+            .metadata
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if view.version == 0 {
+            return Ok(()); // no metadata yet: the first update applies it
+        }
+        view.snapshot = true;
+        self.apply(view).await
+    }
+
+    /// Whether `view` reflects this process's own registration (not a predecessor's).
+    fn registered_in(&self, view: &pb::MetadataUpdate) -> bool {
+        let mine = self.incarnation.load(std::sync::atomic::Ordering::SeqCst);
+        mine != 0
+            && view
+                .brokers
+                .iter()
+                .any(|b| b.id == self.id.0 && b.incarnation == mine && !b.fenced)
     }
 
     pub fn get(&self, topic: &str, partition: u32) -> Option<Arc<Replica>> {
@@ -186,8 +218,13 @@ impl Registry {
             }
         }
         // Open or update what is ours.
+        let registered = self.registered_in(&snapshot);
         for (key, (t, p)) in &wanted {
-            let lead = leadership(p, t.min_insync_replicas);
+            let mut lead = leadership(p, t.min_insync_replicas);
+            if lead.leader == Some(self.id) && !registered {
+                // not yet ours to lead: the controller may be about to move it away
+                lead.leader = None;
+            }
             if let Some(replica) = self.get(&key.0, key.1) {
                 replica.set_leadership(lead);
                 let config = log_config(t, self.batch_bytes_max);

@@ -40,6 +40,7 @@ async fn register(config: &BrokerConfig) -> Result<pb::RegisterBrokerResponse, C
 /// Registers and heartbeats until `stop`.
 pub async fn run_lease(
     config: BrokerConfig,
+    registry: Arc<Registry>,
     state: watch::Sender<SessionState>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -58,6 +59,9 @@ pub async fn run_lease(
         };
         tracing::info!(broker = %config.id, incarnation = registration.incarnation, "registered with the controller");
         state.send_modify(|s| s.incarnation = Some(registration.incarnation));
+        if let Err(e) = registry.registered(registration.incarnation).await {
+            tracing::error!(error = %e, "applying metadata after registration failed");
+        }
         let interval = Duration::from_millis((registration.lease_ms / 3).max(50));
         loop {
             tokio::select! {
@@ -78,6 +82,9 @@ pub async fn run_lease(
                 Ok(r) if r.get_ref().fenced => {
                     tracing::warn!(broker = %config.id, "fenced by the controller, registering again");
                     state.send_modify(|s| s.incarnation = None);
+                    if let Err(e) = registry.registered(0).await {
+                        tracing::error!(error = %e, "applying metadata after fencing failed");
+                    }
                     continue 'register;
                 }
                 Ok(_) => {}

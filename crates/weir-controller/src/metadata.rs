@@ -431,6 +431,7 @@ impl Metadata {
         }
         self.next_incarnation += 1;
         let incarnation = self.next_incarnation;
+        let returning = self.brokers.contains_key(&id);
         self.brokers.insert(
             id,
             Broker {
@@ -441,11 +442,43 @@ impl Metadata {
                 fenced: false,
             },
         );
+        // A broker that comes back (a new process, maybe before its lease ran out, so never
+        // fenced) is no longer trusted to hold what it held: its disk may have lost fsynced
+        // data (corruption, a replaced disk). It leaves every ISR that has other members and
+        // every leadership that another in-sync replica can take; it rejoins the ISR once it
+        // has caught up, like any follower. As the last ISR member it stays: it is the only
+        // replica known to hold every acknowledged record.
+        if returning {
+            let live: Vec<BrokerId> = self.live_brokers().iter().map(|b| b.id).collect();
+            for p in self.topics.values_mut().flat_map(|t| &mut t.partitions) {
+                if !p.isr.contains(&id) || p.isr.len() < 2 {
+                    continue;
+                }
+                p.isr.retain(|b| *b != id);
+                if p.leader == Some(id) {
+                    p.leader = p.isr.iter().copied().find(|b| live.contains(b));
+                    p.leader_epoch = LeaderEpoch(p.leader_epoch.0 + 1);
+                }
+                p.partition_epoch += 1;
+            }
+        }
         // Partitions left without a leader whose ISR holds this broker get it back as leader
         // (it has every acknowledged record: it was in the ISR when the others left).
         for topic in self.topics.values_mut() {
             for p in &mut topic.partitions {
                 if p.leader.is_none() && p.isr.contains(&id) {
+                    p.leader = Some(id);
+                    p.leader_epoch = LeaderEpoch(p.leader_epoch.0 + 1);
+                    p.partition_epoch += 1;
+                } else if bugs::active(Bug::UncleanElection)
+                    && p.replicas.first() == Some(&id)
+                    && p.leader != Some(id)
+                {
+                    // the planted bug: the preferred replica leads again the moment it is
+                    // back, before it caught up
+                    if !p.isr.contains(&id) {
+                        p.isr.push(id);
+                    }
                     p.leader = Some(id);
                     p.leader_epoch = LeaderEpoch(p.leader_epoch.0 + 1);
                     p.partition_epoch += 1;
@@ -1004,6 +1037,50 @@ mod tests {
             create(&mut m, "ok", 1, 1),
             Outcome::Rejected(Rejection::TopicExists(_))
         ));
+    }
+
+    #[test]
+    fn a_returning_broker_is_not_trusted_until_it_catches_up() {
+        let mut m = Metadata::default();
+        register(&mut m, 1, None);
+        register(&mut m, 2, None);
+        register(&mut m, 3, None);
+        create(&mut m, "t", 3, 3);
+        create(&mut m, "solo", 3, 1);
+        let led: Vec<(usize, LeaderEpoch)> = m.topics["t"]
+            .partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.leader == Some(BrokerId(1)))
+            .map(|(i, p)| (i, p.leader_epoch))
+            .collect();
+        assert!(!led.is_empty(), "broker 1 leads something");
+        // a new process of broker 1 registers before its old lease ran out (never fenced):
+        // its disk may have lost data, so it leaves every ISR with other members and every
+        // leadership another in-sync replica can take
+        register(&mut m, 1, None);
+        for (i, p) in m.topics["t"].partitions.iter().enumerate() {
+            assert!(!p.isr.contains(&BrokerId(1)), "{p:?}");
+            assert!(
+                p.leader
+                    .is_some_and(|l| l != BrokerId(1) && p.isr.contains(&l))
+            );
+            if let Some((_, before)) = led.iter().find(|(n, _)| *n == i) {
+                assert!(
+                    p.leader_epoch > *before,
+                    "a moved leadership has a new epoch"
+                );
+            }
+        }
+        // as the only replica it stays leader: nobody else holds what it acknowledged
+        for p in m.topics["solo"]
+            .partitions
+            .iter()
+            .filter(|p| p.replicas == [BrokerId(1)])
+        {
+            assert_eq!(p.isr, vec![BrokerId(1)]);
+            assert_eq!(p.leader, Some(BrokerId(1)));
+        }
     }
 
     #[test]

@@ -149,63 +149,46 @@ impl Cluster {
             .collect();
         let controller_list: Vec<String> = (1..=spec.controllers).map(controller_addr).collect();
         let mut nodes = Vec::new();
-        for i in (1..=spec.controllers).filter(|_| spec.combined) {
-            let name = format!("node-{i}");
+        // a controller's flags; a combined node adds its broker's address
+        let controller_args = |command: &str, i: u32, data_dir: &Path| -> Vec<String> {
+            let mut args = vec![
+                command.to_string(),
+                "--id".into(),
+                i.to_string(),
+                "--listen".into(),
+                controller_addr(i),
+            ];
+            if spec.combined {
+                args.push("--broker-listen".into());
+                args.push(format!("{prefix}.{}:{BROKER_PORT}", 10 + i));
+            }
+            args.extend([
+                "--controllers".into(),
+                voters.join(","),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--broker-lease-ms".into(),
+                spec.broker_lease_ms.to_string(),
+                "--preferred-leader-check-ms".into(),
+                "2000".into(),
+                "--http".into(),
+                format!("{prefix}.{}:{HTTP_PORT}", 10 + i),
+            ]);
+            args
+        };
+        for i in 1..=spec.controllers {
+            let (role, name, command) = if spec.combined {
+                (Role::Node, format!("node-{i}"), "node")
+            } else {
+                (Role::Controller, format!("controller-{i}"), "controller")
+            };
             let data_dir = dir.join(&name);
             nodes.push(Node {
-                role: Role::Node,
+                role,
                 id: i,
                 addr: controller_addr(i),
                 log_file: dir.join(format!("{name}.log")),
-                args: vec![
-                    "node".into(),
-                    "--id".into(),
-                    i.to_string(),
-                    "--listen".into(),
-                    controller_addr(i),
-                    "--broker-listen".into(),
-                    format!("{prefix}.{}:{BROKER_PORT}", 10 + i),
-                    "--controllers".into(),
-                    voters.join(","),
-                    "--data-dir".into(),
-                    data_dir.display().to_string(),
-                    "--broker-lease-ms".into(),
-                    spec.broker_lease_ms.to_string(),
-                    "--preferred-leader-check-ms".into(),
-                    "2000".into(),
-                    "--http".into(),
-                    format!("{prefix}.{}:{HTTP_PORT}", 10 + i),
-                ],
-                data_dir,
-                name,
-                pid: None,
-            });
-        }
-        for i in (1..=spec.controllers).filter(|_| !spec.combined) {
-            let name = format!("controller-{i}");
-            let data_dir = dir.join(&name);
-            nodes.push(Node {
-                role: Role::Controller,
-                id: i,
-                addr: controller_addr(i),
-                log_file: dir.join(format!("{name}.log")),
-                args: vec![
-                    "controller".into(),
-                    "--id".into(),
-                    i.to_string(),
-                    "--listen".into(),
-                    controller_addr(i),
-                    "--controllers".into(),
-                    voters.join(","),
-                    "--data-dir".into(),
-                    data_dir.display().to_string(),
-                    "--broker-lease-ms".into(),
-                    spec.broker_lease_ms.to_string(),
-                    "--preferred-leader-check-ms".into(),
-                    "2000".into(),
-                    "--http".into(),
-                    format!("{prefix}.{}:{HTTP_PORT}", 10 + i),
-                ],
+                args: controller_args(command, i, &data_dir),
                 data_dir,
                 name,
                 pid: None,

@@ -132,6 +132,28 @@ pub async fn producer_client(ctx: ClientContext, next_values: Arc<Vec<AtomicU64>
     }
 }
 
+/// Records a poll's completion: ok with what it read, or info. Returns whether it was ok
+/// (a client whose poll failed is replaced).
+fn record_poll(
+    recorder: &Recorder,
+    mut done: Op,
+    polled: Result<Vec<weir_client::ConsumerRecord>, ClientError>,
+) -> bool {
+    let ok = polled.is_ok();
+    match polled {
+        Ok(records) => {
+            done.kind = Type::Ok;
+            decode(&mut done, records);
+        }
+        Err(e) => {
+            done.kind = Type::Info;
+            done.error = Some(e.to_string());
+        }
+    }
+    recorder.record(done);
+    ok
+}
+
 /// Fills a poll's values and leader epochs from the records read.
 fn decode(op: &mut Op, records: Vec<weir_client::ConsumerRecord>) {
     for r in records {
@@ -198,19 +220,9 @@ pub async fn consumer_client(ctx: ClientContext) {
         while !stop.load(Ordering::SeqCst) {
             let invoke = Op::new(process, Type::Invoke, F::Poll);
             recorder.record(invoke.clone());
-            let mut done = invoke;
-            match consumer.poll(Duration::from_millis(300)).await {
-                Ok(records) => {
-                    done.kind = Type::Ok;
-                    decode(&mut done, records);
-                    recorder.record(done);
-                }
-                Err(e) => {
-                    done.kind = Type::Info;
-                    done.error = Some(e.to_string());
-                    recorder.record(done);
-                    break;
-                }
+            let polled = consumer.poll(Duration::from_millis(300)).await;
+            if !record_poll(&recorder, invoke, polled) {
+                break;
             }
         }
     }
@@ -271,19 +283,8 @@ pub async fn group_client(ctx: ClientContext) {
                 recorder.record(assign);
                 owned = now;
             }
-            let mut done = invoke;
-            match polled {
-                Ok(records) => {
-                    done.kind = Type::Ok;
-                    decode(&mut done, records);
-                    recorder.record(done);
-                }
-                Err(e) => {
-                    done.kind = Type::Info;
-                    done.error = Some(e.to_string());
-                    recorder.record(done);
-                    break;
-                }
+            if !record_poll(&recorder, invoke, polled) {
+                break;
             }
             let positions = consumer.positions();
             if positions.is_empty() {

@@ -187,8 +187,16 @@ impl Metadata {
                     if matches!(e, ClientError::Unavailable(_)) {
                         self.forget_channels().await;
                     }
-                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempts.min(10))))
+                    let pause = Duration::from_millis(50 * u64::from(attempts.min(10)));
+                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause))
                         .await;
+                    if tokio::time::Instant::now() >= deadline {
+                        // no time left for another attempt: report the last real answer
+                        return Err(ClientError::Exhausted {
+                            attempts,
+                            last: e.to_string(),
+                        });
+                    }
                 }
                 Err(e) => return Err(e),
             }

@@ -561,24 +561,7 @@ fn grudge(
             }
             out
         }
-        "partition-ring" => {
-            // each node keeps the links to its neighbours within `reach` on a random ring:
-            // itself plus 2 * reach nodes is a majority, and no two nodes see the same one
-            let n = shuffled.len();
-            let majority = n / 2 + 1;
-            let reach = (majority - 1).div_ceil(2);
-            let mut out = Vec::new();
-            for i in 0..n {
-                for j in 0..n {
-                    let d = (i as isize - j as isize).unsigned_abs();
-                    let ring = d.min(n - d);
-                    if i != j && ring > reach {
-                        out.push((shuffled[i].clone(), shuffled[j].clone()));
-                    }
-                }
-            }
-            out
-        }
+        "partition-ring" => ring(&shuffled),
         "partition-leaders" => {
             let mut leaders: Vec<String> = active_controller(cluster).into_iter().collect();
             leaders.extend(busiest_leader(cluster));
@@ -611,6 +594,25 @@ fn grudge(
     }
 }
 
+/// The links to cut for a ring over `order`: each node keeps the links to its neighbours
+/// within `reach`, so itself plus `2 * reach` nodes is a majority and no two nodes see the
+/// same majority (with three nodes every node sees every other: nothing to cut).
+fn ring(order: &[String]) -> Vec<(String, String)> {
+    let n = order.len();
+    let majority = n / 2 + 1;
+    let reach = (majority - 1).div_ceil(2);
+    let mut out = Vec::new();
+    for i in 0..n {
+        for j in 0..n {
+            let d = i.abs_diff(j);
+            if i != j && d.min(n - d) > reach {
+                out.push((order[i].clone(), order[j].clone()));
+            }
+        }
+    }
+    out
+}
+
 /// `a -> b,c; b -> a` for the timeline: every node's cut destinations.
 fn describe_cuts(cuts: &[(String, String)]) -> String {
     let mut by_source: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
@@ -634,11 +636,7 @@ fn set_clock(cluster: &Cluster, name: &str, secs: i64) -> anyhow::Result<()> {
 /// A stopped broker loses what it had not fsynced: every file its fsync journal names is cut
 /// to its last fsynced length, or, half the time, to that plus a random part of what was
 /// written after (a torn write that reached the disk only partly). Returns the bytes cut.
-fn power_loss(
-    cluster: &Cluster,
-    name: &str,
-    rng: &mut rand::rngs::ThreadRng,
-) -> anyhow::Result<u64> {
+fn power_loss(cluster: &Cluster, name: &str, rng: &mut impl Rng) -> anyhow::Result<u64> {
     let path = cluster.dir.join(format!("{name}.fsync-journal"));
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -646,6 +644,13 @@ fn power_loss(
             path.display()
         )
     })?;
+    cut_to_journal(&text, rng)
+}
+
+/// Cuts every file `journal` names back to its last fsynced length (half the time plus a
+/// random part, at most 4 KiB, of what was written after). Returns the bytes cut.
+fn cut_to_journal(journal_text: &str, rng: &mut impl Rng) -> anyhow::Result<u64> {
+    let text = journal_text;
     let mut lost = 0;
     for (file, synced) in journal::read(&text) {
         let Ok(meta) = std::fs::metadata(&file) else {
@@ -840,5 +845,65 @@ impl Drop for Firewall {
         let _ = iptables(&["-D", "OUTPUT", "-j", &self.chain]);
         let _ = iptables(&["-F", &self.chain]);
         let _ = iptables(&["-X", &self.chain]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("n{i}")).collect()
+    }
+
+    #[test]
+    fn a_ring_gives_every_node_a_different_majority() {
+        assert!(ring(&nodes(3)).is_empty());
+        for n in [5, 6, 7] {
+            let order = nodes(n);
+            let cuts = ring(&order);
+            assert!(!cuts.is_empty(), "n={n}");
+            let mut seen = Vec::new();
+            for me in &order {
+                let reach: Vec<&String> = order
+                    .iter()
+                    .filter(|o| !cuts.contains(&(me.clone(), (*o).clone())))
+                    .collect();
+                assert!(reach.len() > n / 2, "n={n}: {me} reaches {reach:?}");
+                assert!(!seen.contains(&reach), "n={n}: two nodes see {reach:?}");
+                seen.push(reach);
+            }
+            // symmetric: a ring cuts links both ways
+            for (a, b) in &cuts {
+                assert!(cuts.contains(&(b.clone(), a.clone())));
+            }
+        }
+    }
+
+    #[test]
+    fn power_loss_cuts_files_back_to_what_was_fsynced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.log");
+        let b = dir.path().join("b.log");
+        let c = dir.path().join("c.log");
+        std::fs::write(&a, vec![1u8; 10_000]).expect("write a");
+        std::fs::write(&b, vec![2u8; 300]).expect("write b");
+        std::fs::write(&c, vec![3u8; 50]).expect("write c");
+        let journal = format!(
+            "100 {a}\n5000 {a}\n300 {b}\n10 {c}\n20 {gone}\n",
+            a = a.display(),
+            b = b.display(),
+            c = c.display(),
+            gone = dir.path().join("deleted.log").display()
+        );
+        let mut rng = rand::rng();
+        let lost = cut_to_journal(&journal, &mut rng).expect("cut");
+        let len = |p: &std::path::Path| std::fs::metadata(p).expect("stat").len();
+        assert!((5000..=9096).contains(&len(&a)), "a: {}", len(&a));
+        assert_eq!(len(&b), 300, "fully fsynced: untouched");
+        assert!((10..=50).contains(&len(&c)), "c: {}", len(&c));
+        assert_eq!(lost, (10_000 - len(&a)) + (50 - len(&c)));
+        // the kept part is the original prefix
+        assert!(std::fs::read(&a).expect("read a").iter().all(|x| *x == 1));
     }
 }

@@ -650,9 +650,8 @@ fn power_loss(cluster: &Cluster, name: &str, rng: &mut impl Rng) -> anyhow::Resu
 /// Cuts every file `journal` names back to its last fsynced length (half the time plus a
 /// random part, at most 4 KiB, of what was written after). Returns the bytes cut.
 fn cut_to_journal(journal_text: &str, rng: &mut impl Rng) -> anyhow::Result<u64> {
-    let text = journal_text;
     let mut lost = 0;
-    for (file, synced) in journal::read(&text) {
+    for (file, synced) in journal::read(journal_text) {
         let Ok(meta) = std::fs::metadata(&file) else {
             continue; // deleted since (retention, truncation)
         };

@@ -191,13 +191,14 @@ pub fn check(history: &[Op], options: Options) -> Report {
             }
         }
         for (v, at) in &k.positions {
-            let offsets: Vec<&i64> = k
-                .log
-                .iter()
-                .filter(|(_, vs)| vs.contains(v))
-                .map(|(o, _)| o)
-                .collect();
             if at.len() > 1 {
+                // only for the rare duplicate: a scan of the key's whole log
+                let offsets: Vec<&i64> = k
+                    .log
+                    .iter()
+                    .filter(|(_, vs)| vs.contains(v))
+                    .map(|(o, _)| o)
+                    .collect();
                 report.add(
                     "duplicate",
                     json!({"key": key, "value": v, "offsets": offsets}),
@@ -270,21 +271,21 @@ fn check_polls(completions: &[&Op], keys: &BTreeMap<u32, Key>, report: &mut Repo
                     let Some(k) = keys.get(key) else { continue };
                     if let (Some(prev), Some((first, _))) = (last.get(key), read.first()) {
                         let d = k.delta(*prev, *first);
-                        let example = json!({"process": op.process, "key": key, "from": prev, "to": first, "delta": d, "op": op.index});
+                        let example = || json!({"process": op.process, "key": key, "from": prev, "to": first, "delta": d, "op": op.index});
                         // a group member may be handed a partition another member advanced
                         if d > 1 && !*subscribed {
-                            report.add("poll-skip", example);
+                            report.add("poll-skip", example());
                         } else if d < 1 {
-                            report.add("nonmonotonic-poll", example);
+                            report.add("nonmonotonic-poll", example());
                         }
                     }
                     for w in read.windows(2) {
                         let d = k.delta(w[0].0, w[1].0);
-                        let example = json!({"process": op.process, "key": key, "from": w[0].0, "to": w[1].0, "delta": d, "op": op.index});
+                        let example = || json!({"process": op.process, "key": key, "from": w[0].0, "to": w[1].0, "delta": d, "op": op.index});
                         if d > 1 {
-                            report.add("int-poll-skip", example);
+                            report.add("int-poll-skip", example());
                         } else if d < 1 {
-                            report.add("int-nonmonotonic-poll", example);
+                            report.add("int-nonmonotonic-poll", example());
                         }
                     }
                     if let Some((o, _)) = read.last() {

@@ -537,6 +537,9 @@ fn write_results(
 ) -> anyhow::Result<Report> {
     let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join("history.jsonl"))?);
     history::write(&mut file, ops)?;
+    // on disk before the check runs: a history outlives a checker that fails on it
+    std::io::Write::flush(&mut file)?;
+    drop(file);
     let report = checker::check(ops, Options { idempotent });
     let results = serde_json::json!({
         "report": report,

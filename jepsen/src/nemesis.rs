@@ -439,19 +439,9 @@ impl Nemesis {
     }
 
     fn weir_cli(&self, args: &[&str]) -> anyhow::Result<()> {
-        let out = std::process::Command::new(&self.weir)
-            .args(args)
-            .env("WEIR_BOOTSTRAP", &self.bootstrap)
-            .output()
-            .with_context(|| format!("run weir {}", args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "weir {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        let mut command = std::process::Command::new(&self.weir);
+        command.env("WEIR_BOOTSTRAP", &self.bootstrap);
+        run_tool(command, "weir", args, "")
     }
 }
 
@@ -779,13 +769,28 @@ struct Firewall {
 }
 
 fn iptables(args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new("iptables")
+    run_tool(
+        std::process::Command::new("iptables"),
+        "iptables",
+        args,
+        " (the partition nemesis needs it, and root)",
+    )
+}
+
+/// Runs a command line tool; a failure names the command and carries its stderr.
+fn run_tool(
+    mut command: std::process::Command,
+    name: &str,
+    args: &[&str],
+    hint: &str,
+) -> anyhow::Result<()> {
+    let out = command
         .args(args)
         .output()
-        .context("run iptables (the partition nemesis needs it, and root)")?;
+        .with_context(|| format!("run {name}{hint}"))?;
     if !out.status.success() {
         bail!(
-            "iptables {}: {}",
+            "{name} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );

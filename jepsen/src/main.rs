@@ -32,6 +32,8 @@ enum Command {
     /// Prove the suite finds bugs: a clean run must pass, and a run with each planted bug
     /// (a `weir` built with `--features jepsen-bugs`) must be flagged. Exits 1 otherwise.
     SelfTest(run::SelfTestArgs),
+    /// Draw a run's timeline.png again from its history and results.
+    Plot { dir: PathBuf },
     /// List the faults the nemesis can inject.
     Faults,
     /// List the planted bugs and the self-test scenario of each.
@@ -50,6 +52,7 @@ fn main() {
     let result = match cli.command {
         Command::Test(args) => run::test(args),
         Command::SelfTest(args) => run::self_test(args),
+        Command::Plot { dir } => run::plot_dir(&dir),
         Command::Faults => {
             for (name, what) in nemesis::FAULTS {
                 println!("{name:<22} {what}");

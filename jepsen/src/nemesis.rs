@@ -54,6 +54,10 @@ pub const FAULTS: &[(&str, &str)] = &[
     ("partition-roles", "cut every controller-broker link"),
     ("partition-replication", "cut every broker-broker link"),
     (
+        "packet-loss",
+        "drop 10-40 % of the packets on every link between nodes (iptables statistic)",
+    ),
+    (
         "clock",
         "bump the wall clock of up to half the nodes by up to ±300 s (libfaketime)",
     ),
@@ -158,7 +162,10 @@ pub struct Nemesis {
 
 impl Nemesis {
     pub fn new(faults: &[String], cluster: &Cluster) -> anyhow::Result<Nemesis> {
-        let firewall = if faults.iter().any(|f| f.starts_with("partition")) {
+        let firewall = if faults
+            .iter()
+            .any(|f| f.starts_with("partition") || f == "packet-loss")
+        {
             Some(Firewall::new()?)
         } else {
             None
@@ -253,8 +260,26 @@ impl Nemesis {
                     bail!("{shape} needs separate controller and broker nodes");
                 }
                 let cuts = grudge(cluster, shape, &mut rng);
-                firewall.cut(cluster, &cuts)?;
+                firewall.cut(cluster, &cuts, None)?;
                 (format!("{shape}: {}", describe_cuts(&cuts)), Heal::Firewall)
+            }
+            "packet-loss" => {
+                let firewall = self
+                    .firewall
+                    .as_ref()
+                    .context("the packet-loss nemesis has no firewall")?;
+                let percent: u32 = rng.random_range(10..=40);
+                let mut links = Vec::new();
+                for a in &all {
+                    for b in all.iter().filter(|b| *b != a) {
+                        links.push((a.clone(), b.clone()));
+                    }
+                }
+                firewall.cut(cluster, &links, Some(f64::from(percent) / 100.0))?;
+                (
+                    format!("{percent}% of packets on every link"),
+                    Heal::Firewall,
+                )
             }
             "clock" => {
                 let mut shuffled = all.clone();
@@ -823,8 +848,14 @@ impl Firewall {
         Ok(Firewall { chain })
     }
 
-    /// Drops packets from the first node's address to the second's, per pair.
-    fn cut(&self, cluster: &Cluster, links: &[(String, String)]) -> anyhow::Result<()> {
+    /// Drops packets from the first node's address to the second's, per pair: all of them,
+    /// or each with `probability`.
+    fn cut(
+        &self,
+        cluster: &Cluster,
+        links: &[(String, String)],
+        probability: Option<f64>,
+    ) -> anyhow::Result<()> {
         let ip = |name: &str| -> anyhow::Result<String> {
             let node = cluster.node(name)?;
             Ok(node
@@ -834,7 +865,13 @@ impl Firewall {
         };
         for (from, to) in links {
             let (x, y) = (ip(from)?, ip(to)?);
-            iptables(&["-A", &self.chain, "-s", &x, "-d", &y, "-j", "DROP"])?;
+            let mut rule = vec!["-A", &self.chain, "-s", &x, "-d", &y];
+            let p = probability.map(|p| format!("{p:.2}"));
+            if let Some(p) = &p {
+                rule.extend(["-m", "statistic", "--mode", "random", "--probability", p]);
+            }
+            rule.extend(["-j", "DROP"]);
+            iptables(&rule)?;
         }
         Ok(())
     }

@@ -221,14 +221,14 @@ pub fn draw(path: &Path, ops: &[Op], faults: &[Fault], end_ns: u64) -> anyhow::R
         c.rect(x0, TOP_PANEL.0, x1, TOP_PANEL.1, FAULT);
         c.rect(x0, BOTTOM_PANEL.0, x1, BOTTOM_PANEL.1, FAULT);
     }
-    // fault names, staggered so neighbours do not overlap
-    for (i, f) in faults.iter().enumerate() {
-        c.text(
-            x_of(f.start_ns) + 2,
-            TOP_PANEL.0 + 4 + (i % 4) * 12,
-            &f.kind,
-            RED,
-        );
+    // fault names on the first of four rows with room for them; none where all are full
+    let mut row_ends = [0usize; 4];
+    for f in faults {
+        let x = x_of(f.start_ns) + 2;
+        if let Some(row) = row_ends.iter().position(|end| *end < x) {
+            c.text(x, TOP_PANEL.0 + 4 + row * 12, &f.kind, RED);
+            row_ends[row] = x + f.kind.len() * 8 + 4;
+        }
     }
 
     // top: throughput

@@ -20,8 +20,9 @@ use crate::workload::{self, ClientContext, Recorder};
 pub struct TestArgs {
     /// Faults, comma separated (`weir-jepsen faults` lists them): kill, kill-broker,
     /// kill-controller, kill-minority, kill-leaders, kill-all, pause, partition (a random
-    /// shape) or partition-isolate|halves|ring|one-way|leaders|roles|replication, clock,
-    /// power-loss, power-loss-all, corrupt, membership, reassign, zombie, none.
+    /// shape) or partition-isolate|halves|ring|one-way|leaders|roles|replication,
+    /// packet-loss, clock, power-loss, power-loss-all, corrupt, membership, reassign, zombie,
+    /// none.
     #[arg(long, default_value = "kill,pause")]
     pub nemesis: String,
     /// Seconds of workload under faults (the final heal and drain come after).
@@ -238,7 +239,7 @@ pub fn self_test(args: SelfTestArgs) -> anyhow::Result<bool> {
 }
 
 /// A nemesis event, for the summary and the timeline.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Fault {
     pub start_ns: u64,
     pub end_ns: u64,
@@ -564,4 +565,27 @@ pub fn check_file(path: &Path, idempotent: bool) -> anyhow::Result<bool> {
     let report = checker::check(&ops, Options { idempotent });
     print!("{}", summary(&report, &[], &ops, &[]));
     Ok(report.valid)
+}
+
+/// Draws `<dir>/timeline.png` again from a run's `history.jsonl` and `results.json`.
+pub fn plot_dir(dir: &Path) -> anyhow::Result<bool> {
+    let path = dir.join("history.jsonl");
+    let file = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
+    let ops = history::read(std::io::BufReader::new(file))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let results = dir.join("results.json");
+    let faults: Vec<Fault> = match std::fs::read(&results) {
+        Ok(bytes) => {
+            let value: serde_json::Value =
+                serde_json::from_slice(&bytes).with_context(|| format!("{}", results.display()))?;
+            serde_json::from_value(value["faults"].clone())
+                .with_context(|| format!("{}: faults", results.display()))?
+        }
+        Err(_) => Vec::new(),
+    };
+    let end = faults.iter().map(|f| f.end_ns).max().unwrap_or(0);
+    let out = dir.join("timeline.png");
+    crate::plot::draw(&out, &ops, &faults, end)?;
+    println!("{}", out.display());
+    Ok(true)
 }

@@ -59,14 +59,26 @@ pub async fn run_lease(
         };
         tracing::info!(broker = %config.id, incarnation = registration.incarnation, "registered with the controller");
         state.send_modify(|s| s.incarnation = Some(registration.incarnation));
-        if let Err(e) = registry.registered(registration.incarnation).await {
-            tracing::error!(error = %e, "applying metadata after registration failed");
-        }
+        // Leaderships are re-evaluated now that this registration is known; that may wait
+        // for partitions being opened, so it runs beside the heartbeats, never before them.
+        let reapply = registry.registered(registration.incarnation);
+        tokio::pin!(reapply);
+        let mut reapplied = false;
         let interval = Duration::from_millis((registration.lease_ms / 3).max(50));
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = stop.wait_for(|s| *s) => return,
+            let tick = tokio::time::sleep(interval);
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    _ = &mut tick => break,
+                    done = &mut reapply, if !reapplied => {
+                        reapplied = true;
+                        if let Err(e) = done {
+                            tracing::error!(error = %e, "applying metadata after registration failed");
+                        }
+                    }
+                    _ = stop.wait_for(|s| *s) => return,
+                }
             }
             let request = pb::BrokerHeartbeatRequest {
                 broker_id: config.id.0,
@@ -82,6 +94,9 @@ pub async fn run_lease(
                 Ok(r) if r.get_ref().fenced => {
                     tracing::warn!(broker = %config.id, "fenced by the controller, registering again");
                     state.send_modify(|s| s.incarnation = None);
+                    if !reapplied {
+                        let _ = (&mut reapply).await; // never left half applied
+                    }
                     if let Err(e) = registry.registered(0).await {
                         tracing::error!(error = %e, "applying metadata after fencing failed");
                     }

@@ -2,23 +2,28 @@
 //! controllers and keeps a lease by heartbeating, follows the metadata stream, and serves
 //! `weir.v1.Broker` (produce, fetch, list offsets) for the partitions it leads.
 //!
-//! - [`replica`]: one partition: its log and its owner task (bounded mailbox; appends are
-//!   written in arrival order and acknowledged after one shared fsync).
+//! - [`state`]: the rules of one replica as a pure state machine (events in, actions out):
+//!   follower progress ([`progress`]), the high watermark, ISR wishes, truncation targets.
+//! - [`replica`]: one partition: its log and the owner task that alone changes it (appends,
+//!   copies, truncation, checkpoints, retention), driving [`state`]; an fsync failure fails
+//!   the disk ([`replica::DiskHealth`]) and the broker stops leading and heartbeating.
 //! - [`registry`]: the set of hosted replicas, reconciled with each metadata snapshot.
 //! - [`session`]: registration, heartbeats, re-registration when fenced, metadata watch.
 //! - [`server`]: the gRPC service.
-//!
-//! - [`replication`]: followers pull from leaders; leaders track follower progress
-//!   ([`progress`]), advance the high watermark over the ISR and ask the controller to change
-//!   the ISR.
+//! - Replication, three parts: [`leader`] serves `ReplicaFetch`; [`fetcher`] runs one
+//!   fetcher per followed leader (one fsync wait per response, throttles only catching-up
+//!   partitions); [`isr`] sends the owners' ISR wishes to the controller and checkpoints.
 
 pub mod config;
+pub mod fetcher;
+pub mod isr;
+pub mod leader;
 pub mod progress;
 pub mod registry;
 pub mod replica;
-pub mod replication;
 pub mod server;
 pub mod session;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,12 +105,12 @@ impl Broker {
             Arc::clone(&registry),
             stopped.clone(),
         ));
-        tasks.spawn(replication::run_fetchers(
+        tasks.spawn(fetcher::run_fetchers(
             config.clone(),
             Arc::clone(&registry),
             stopped.clone(),
         ));
-        tasks.spawn(replication::run_isr_manager(
+        tasks.spawn(isr::run_isr_manager(
             config.clone(),
             Arc::clone(&registry),
             session.clone(),
@@ -148,13 +153,17 @@ impl Broker {
         (self.readiness())()
     }
 
-    /// Ready: registered (not fenced), metadata applied, and every assigned partition open.
+    /// Ready: registered (not fenced), metadata applied, every assigned partition open, and
+    /// the disk has not failed.
     pub fn readiness(&self) -> impl Fn() -> bool + Send + Sync + 'static {
         let session = self.session.clone();
         let registry = Arc::clone(&self.registry);
         move || {
             let s = *session.borrow();
-            s.incarnation.is_some() && s.metadata_version > 0 && registry.failed_partitions() == 0
+            s.incarnation.is_some()
+                && s.metadata_version > 0
+                && registry.failed_partitions() == 0
+                && registry.disk.failure().is_none()
         }
     }
 
@@ -177,8 +186,7 @@ async fn retention_task(
             _ = stopped.wait_for(|s| *s) => return,
         }
         for replica in registry.all() {
-            let log = Arc::clone(&replica.log);
-            match tokio::task::spawn_blocking(move || log.enforce_retention()).await {
+            match replica.enforce_retention().await {
                 Ok(Ok(out)) if out.segments_deleted > 0 => tracing::info!(
                     topic = %replica.topic,
                     partition = replica.partition,

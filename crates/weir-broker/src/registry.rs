@@ -9,7 +9,7 @@ use weir_log::{Flusher, LogConfig, PartitionLog, SystemClock};
 use weir_proto::v1 as pb;
 use weir_types::{BrokerId, LeaderEpoch};
 
-use crate::replica::{Leadership, Replica};
+use crate::replica::{DiskHealth, Leadership, Replica};
 
 type Key = (String, u32);
 
@@ -33,6 +33,8 @@ pub struct Registry {
     /// acted on only once the metadata shows this incarnation: until then it may be the
     /// previous process's, granted to data this process's disk may no longer hold.
     incarnation: std::sync::atomic::AtomicU64,
+    /// Failed on the first fsync or write error: nothing is led here after that.
+    pub disk: DiskHealth,
 }
 
 pub fn dir_name(topic: &str, partition: u32, topic_id: &str) -> String {
@@ -80,6 +82,7 @@ impl Registry {
             failed: Mutex::new(std::collections::HashSet::new()),
             activity: Arc::new(tokio::sync::watch::channel(0).0),
             incarnation: std::sync::atomic::AtomicU64::new(0),
+            disk: DiskHealth::default(),
         }
     }
 
@@ -221,18 +224,17 @@ impl Registry {
         let registered = self.registered_in(&snapshot);
         for (key, (t, p)) in &wanted {
             let mut lead = leadership(p, t.min_insync_replicas);
-            if lead.leader == Some(self.id) && !registered {
-                // not yet ours to lead: the controller may be about to move it away
+            if lead.leader == Some(self.id) && (!registered || self.disk.failure().is_some()) {
+                // not yet ours to lead: the controller may be about to move it away (or this
+                // disk failed, and the controller will once the lease runs out)
                 lead.leader = None;
             }
             if let Some(replica) = self.get(&key.0, key.1) {
-                replica.set_leadership(lead);
-                let config = log_config(t, self.batch_bytes_max);
-                if replica.log.config() != config
-                    && let Err(e) = replica.log.set_config(config)
-                {
-                    tracing::warn!(topic = %t.name, partition = p.partition, error = %e, "topic config not applied");
-                }
+                // a closed owner is being removed; nothing to update
+                let _ = replica.set_leadership(lead).await;
+                let _ = replica
+                    .set_config(log_config(t, self.batch_bytes_max))
+                    .await;
                 continue;
             }
             let dir = self
@@ -269,10 +271,10 @@ impl Registry {
                 p.partition,
                 dir,
                 log,
-                lead.clone(),
                 Arc::clone(&self.activity),
+                self.disk.clone(),
             );
-            replica.set_leadership(lead);
+            let _ = replica.set_leadership(lead).await;
             self.replicas
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
@@ -350,13 +352,9 @@ impl Registry {
             .drain()
             .map(|(_, h)| h)
             .collect();
+        // each owner checkpoints before it stops
         for owner in owners {
             let _ = owner.await;
-        }
-        for replica in self.all() {
-            if let Err(e) = replica.log.checkpoint() {
-                tracing::warn!(topic = %replica.topic, partition = replica.partition, error = %e, "checkpoint on shutdown");
-            }
         }
     }
 }

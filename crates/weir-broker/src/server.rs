@@ -211,7 +211,7 @@ impl Broker for BrokerService {
         request: Request<pb::ReplicaFetchRequest>,
     ) -> Result<Response<pb::ReplicaFetchResponse>, Status> {
         let started = std::time::Instant::now();
-        let result = crate::replication::serve_fetch(self, request.into_inner()).await;
+        let result = crate::leader::serve_fetch(self, request.into_inner()).await;
         record("replica_fetch", started, &result);
         result.map(Response::new)
     }

@@ -45,6 +45,10 @@ pub async fn run_lease(
     mut stop: watch::Receiver<bool>,
 ) {
     'register: loop {
+        if registry.disk.failure().is_some() {
+            let _ = stop.wait_for(|s| *s).await;
+            return; // a failed disk never registers again in this process
+        }
         let registration = tokio::select! {
             r = register(&config) => r,
             _ = stop.wait_for(|s| *s) => return,
@@ -65,19 +69,32 @@ pub async fn run_lease(
         tokio::pin!(reapply);
         let mut reapplied = false;
         let interval = Duration::from_millis((registration.lease_ms / 3).max(50));
+        let mut disk = registry.disk.subscribe();
         loop {
             let tick = tokio::time::sleep(interval);
             tokio::pin!(tick);
             loop {
                 tokio::select! {
                     _ = &mut tick => break,
+                    _ = async { disk.wait_for(Option::is_some).await.map(|_| ()) } => {
+                        // fail-stop: no more heartbeats, so the lease runs out and the
+                        // controller moves every leadership to replicas that hold their data
+                        state.send_modify(|s| s.incarnation = None);
+                        if !reapplied {
+                            let _ = (&mut reapply).await;
+                        }
+                        if let Err(e) = registry.registered(0).await {
+                            tracing::error!(error = %e, "giving up leaderships failed");
+                        }
+                        continue 'register; // which waits for the stop
+                    }
                     done = &mut reapply, if !reapplied => {
                         reapplied = true;
                         if let Err(e) = done {
                             tracing::error!(error = %e, "applying metadata after registration failed");
                         }
                     }
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => return,
                 }
             }
             let request = pb::BrokerHeartbeatRequest {

@@ -1,0 +1,156 @@
+//! The leader's side of replication: `ReplicaFetch`. Checks the follower's leader epoch,
+//! answers a diverged follower where its epoch really ends (KIP-320), reports the follower's
+//! fsynced offset to the replica's owner (which moves the high watermark), and long-polls on
+//! broker-wide append activity when nothing is new. See `docs/replication.md`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Status;
+use weir_proto::status::status;
+use weir_proto::v1 as pb;
+use weir_types::{BrokerId, ErrorCode, LeaderEpoch, Offset};
+
+use crate::registry::Registry;
+use crate::replica::Replica;
+use crate::server::BrokerService;
+
+/// Bytes one replica fetch returns across its partitions.
+pub const REPLICA_FETCH_BYTES_MAX: usize = 8 << 20;
+
+fn answer(replica: &Replica, req: &pb::ReplicaFetchPartition) -> pb::ReplicaFetchPartitionData {
+    pb::ReplicaFetchPartitionData {
+        topic: req.topic.clone(),
+        partition: req.partition,
+        high_watermark: replica.high_watermark().0,
+        log_start_offset: replica.log.start_offset().0,
+        ..Default::default()
+    }
+}
+
+fn failed(req: &pb::ReplicaFetchPartition, code: ErrorCode) -> pb::ReplicaFetchPartitionData {
+    pb::ReplicaFetchPartitionData {
+        topic: req.topic.clone(),
+        partition: req.partition,
+        error_code: code.as_i32(),
+        ..Default::default()
+    }
+}
+
+/// The leader's answer for one partition; `None` batches means "nothing new".
+async fn fetch_one(
+    registry: &Registry,
+    follower: BrokerId,
+    req: &pb::ReplicaFetchPartition,
+    budget: usize,
+) -> pb::ReplicaFetchPartitionData {
+    let Some(replica) = registry.get(&req.topic, req.partition) else {
+        return failed(req, ErrorCode::UnknownTopicOrPartition);
+    };
+    let lead = replica.leadership();
+    if lead.leader != Some(registry.me()) {
+        return failed(req, ErrorCode::NotLeader);
+    }
+    if req.leader_epoch < lead.leader_epoch.0 {
+        return failed(req, ErrorCode::FencedLeaderEpoch);
+    }
+    if req.leader_epoch > lead.leader_epoch.0 {
+        return failed(req, ErrorCode::UnknownLeaderEpoch);
+    }
+    if !lead.replicas.contains(&follower) {
+        return failed(req, ErrorCode::UnknownTopicOrPartition);
+    }
+    let log = &replica.log;
+    let fetch = Offset(req.fetch_offset);
+    // Divergence (KIP-320): the follower's last epoch must end on the leader at or after the
+    // follower's log end; otherwise tell it where that epoch really ends.
+    if req.last_fetched_epoch >= 0 {
+        let asked = LeaderEpoch(req.last_fetched_epoch);
+        let diverged = match log.end_offset_for_epoch(asked) {
+            Some((epoch, end)) if epoch == asked && end >= fetch => None,
+            Some((epoch, end)) => Some((epoch, end)),
+            None => {
+                let first = log
+                    .epochs()
+                    .first()
+                    .map_or(log.end_offset(), |(_, start)| *start);
+                Some((LeaderEpoch::NONE, first))
+            }
+        };
+        if let Some((epoch, end)) = diverged {
+            let mut out = answer(&replica, req);
+            out.diverged = true;
+            out.diverging_epoch = epoch.0;
+            out.diverging_end_offset = end.0;
+            return out;
+        }
+    }
+    if fetch < log.start_offset() || fetch > log.end_offset() {
+        let mut out = failed(req, ErrorCode::OffsetOutOfRange);
+        out.log_start_offset = log.start_offset().0;
+        out.high_watermark = replica.high_watermark().0;
+        return out;
+    }
+    if replica
+        .record_follower_fetch(follower, fetch)
+        .await
+        .is_err()
+    {
+        return failed(req, ErrorCode::NotLeader);
+    }
+    let mut out = answer(&replica, req);
+    if fetch < log.end_offset() {
+        let log = Arc::clone(&replica.log);
+        let read = tokio::task::spawn_blocking(move || log.read(fetch, budget, None)).await;
+        match read {
+            Ok(Ok(batches)) => out.batches = batches.into_iter().map(Into::into).collect(),
+            Ok(Err(e)) => out.error_code = e.code().as_i32(),
+            Err(_) => out.error_code = ErrorCode::Unknown.as_i32(),
+        }
+    }
+    out
+}
+
+/// The leader side of `ReplicaFetch`: answers at once when any partition has news, otherwise
+/// waits (up to the request's wait) for an append on this broker.
+pub async fn serve_fetch(
+    service: &BrokerService,
+    req: pb::ReplicaFetchRequest,
+) -> Result<pb::ReplicaFetchResponse, Status> {
+    if req.follower_id == 0 {
+        return Err(status(
+            ErrorCode::InvalidArgument,
+            "invalid follower_id: must be positive",
+        ));
+    }
+    let follower = BrokerId(req.follower_id);
+    let budget = (req.max_bytes as usize).clamp(1, REPLICA_FETCH_BYTES_MAX);
+    let wait = Duration::from_millis(u64::from(
+        req.max_wait_ms.min(service.config.fetch_wait_ms_max),
+    ));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut activity = service.registry.activity.subscribe();
+    loop {
+        activity.borrow_and_update();
+        let mut partitions = Vec::with_capacity(req.partitions.len());
+        let mut left = budget;
+        for p in &req.partitions {
+            let data = fetch_one(&service.registry, follower, p, left.max(1)).await;
+            let bytes: usize = data.batches.iter().map(|b| b.data.len()).sum();
+            left = left.saturating_sub(bytes);
+            partitions.push(data);
+        }
+        let has_data_or_error = partitions
+            .iter()
+            .any(|d| !d.batches.is_empty() || d.error_code != 0 || d.diverged);
+        if has_data_or_error || tokio::time::Instant::now() >= deadline {
+            return Ok(pb::ReplicaFetchResponse { partitions });
+        }
+        if tokio::time::timeout_at(deadline, activity.changed())
+            .await
+            .is_err()
+        {
+            return Ok(pb::ReplicaFetchResponse { partitions });
+        }
+    }
+}

@@ -55,6 +55,11 @@ struct Args {
     acks: Acks,
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Open-loop load: this many MB/s in all, spread evenly over the producers (default:
+    /// closed loop, each producer sends its next batch when the last is answered). Latency is
+    /// then measured from each batch's scheduled send time, so falling behind shows.
+    #[arg(long)]
+    rate_mb_s: Option<f64>,
     /// Measure the controller instead: this many topic creations, then heartbeats.
     #[arg(long)]
     controller_ops: Option<u64>,
@@ -351,13 +356,25 @@ async fn main() -> anyhow::Result<()> {
         let leaders = leaders.clone();
         let (topic, make_batch) = (topic.clone(), make_batch.clone());
         let partitions = args.partitions;
+        // each producer's share of an open-loop rate: one batch every `interval`
+        let interval = args.rate_mb_s.map(|rate| {
+            Duration::from_secs_f64(batch_bytes as f64 * args.producers as f64 / (rate * 1e6))
+        });
         producers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3)?;
             let mut sent = 0u64;
             let mut p = i as u32 % partitions;
+            let first = Instant::now();
             while Instant::now() < deadline {
                 let mut client = leaders[p as usize].clone();
-                let t = Instant::now();
+                let t = match interval {
+                    Some(every) => {
+                        let due = first + every.mul_f64(sent as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 client
                     .produce(pb::ProduceRequest {
                         topic: topic.clone(),

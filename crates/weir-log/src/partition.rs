@@ -3,7 +3,11 @@
 //! Concurrency: one `RwLock` guards the segment map. Appends hold it for writing only while
 //! they write (never while they wait for fsync); reads hold it for reading while they read.
 //! Waiting for durability happens outside the lock, so concurrent appends to the same
-//! partition share an fsync as well.
+//! partition share an fsync as well. The fsyncs of a new epoch's checkpoint, of sealing a
+//! full segment and of the periodic checkpoint happen outside the write lock, so reads go on
+//! meanwhile; a mutex (`files`, always taken before the lock) orders those file writes.
+//! Truncation and resets (rare, follower-only) still fsync under the write lock, and a roll
+//! fsyncs the directory entry of the new segment under it.
 //!
 //! Durability ordering (see `docs/storage-format.md`):
 //! 1. a new leader epoch is written to `leader-epoch-checkpoint` before its first batch;
@@ -18,7 +22,7 @@ use std::fs;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use weir_types::{LeaderEpoch, Offset, RecordBatch};
@@ -142,6 +146,18 @@ pub struct PartitionLog {
     durable: Arc<DurableMark>,
     recovery: RecoveryReport,
     inner: RwLock<Inner>,
+    /// Orders writes of the checkpoint and epoch files and segment rolls. Taken before
+    /// `inner`, never while holding it.
+    files: Mutex<()>,
+}
+
+/// Fsync work done before an append takes the write lock.
+#[derive(Debug, Default)]
+struct Prepared {
+    /// The active segment (base, size) was fsynced whole: the roll need not sync it again.
+    sealed: Option<(Offset, u64)>,
+    /// This epoch entry is already in the durable epoch checkpoint.
+    epoch: Option<(LeaderEpoch, Offset)>,
 }
 
 impl PartitionLog {
@@ -292,6 +308,7 @@ impl PartitionLog {
             durable: Arc::new(DurableMark::new(end)),
             recovery: report,
             inner: RwLock::new(inner),
+            files: Mutex::new(()),
         };
         log.write_checkpoint(&log.read_inner())?;
         Ok(log)
@@ -303,6 +320,62 @@ impl PartitionLog {
 
     fn write_inner(&self) -> RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_files(&self) -> MutexGuard<'_, ()> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the checkpoint from the current state, outside the lock (hold `files`).
+    fn write_checkpoint_unlocked(&self) -> Result<()> {
+        let checkpoint = {
+            let inner = self.read_inner();
+            Checkpoint {
+                recovery_point: inner.recovery_point,
+                high_watermark: inner.high_watermark,
+            }
+        };
+        checkpoint.write(&self.dir)
+    }
+
+    /// Before an append that starts a new epoch or fills the active segment: fsyncs the
+    /// epoch checkpoint and the full segment without the write lock. `None` when there is
+    /// nothing to prepare (the common case: `files` is not taken).
+    fn prepare(
+        &self,
+        batch: &RecordBatch,
+        epoch: LeaderEpoch,
+    ) -> Result<Option<(MutexGuard<'_, ()>, Prepared)>> {
+        let due = {
+            let inner = self.read_inner();
+            self.roll_due(&inner, batch) || inner.epochs.latest().is_none_or(|l| epoch > l)
+        };
+        if !due {
+            return Ok(None);
+        }
+        let files = self.lock_files();
+        let mut prepared = Prepared::default();
+        let epochs = {
+            let inner = self.read_inner();
+            inner.check_usable()?;
+            if self.roll_due(&inner, batch) {
+                // under the read lock: readers go on, only writers wait
+                let active = inner.active();
+                active.sync()?;
+                self.durable.raise(active.next_offset);
+                prepared.sealed = Some((active.base, active.size));
+            }
+            let mut epochs = inner.epochs.clone();
+            let base = inner.end();
+            epochs.assign(epoch, base).then(|| {
+                prepared.epoch = Some((epoch, base));
+                epochs
+            })
+        };
+        if let Some(epochs) = epochs {
+            epochs.write(&self.dir)?;
+        }
+        Ok(Some((files, prepared)))
     }
 
     fn write_checkpoint(&self, inner: &Inner) -> Result<()> {
@@ -415,6 +488,12 @@ impl PartitionLog {
         expected_base: Option<Offset>,
         epoch: LeaderEpoch,
     ) -> Result<(AppendInfo, Ticket)> {
+        let prepared = self.prepare(batch, epoch)?;
+        let (files, prepared) = match prepared {
+            Some((files, prepared)) => (Some(files), prepared),
+            None => (None, Prepared::default()),
+        };
+        let mut rolled = false;
         let (ticket, info) = {
             let mut inner = self.write_inner();
             inner.check_usable()?;
@@ -458,8 +537,12 @@ impl PartitionLog {
                 };
                 return Ok((info, ticket));
             }
-            self.maybe_roll(&mut inner, batch)?;
-            if inner.epochs.assign(epoch, base) {
+            if self.roll_due(&inner, batch) {
+                self.roll_locked(&mut inner, prepared.sealed)?;
+                rolled = true;
+            }
+            if inner.epochs.assign(epoch, base) && prepared.epoch != Some((epoch, base)) {
+                // not prepared (another writer moved the end meanwhile): write it now
                 inner.epochs.write(&self.dir)?;
             }
             let prefix = batch.stamped_prefix(base, epoch);
@@ -509,13 +592,19 @@ impl PartitionLog {
                 }
             }
         };
+        if rolled {
+            // the recovery point moved to the new segment
+            self.write_checkpoint_unlocked()?;
+        }
+        drop(files);
         Ok((info, ticket))
     }
 
-    fn maybe_roll(&self, inner: &mut Inner, batch: &RecordBatch) -> Result<()> {
+    /// Whether `batch` must go to a new segment.
+    fn roll_due(&self, inner: &Inner, batch: &RecordBatch) -> bool {
         let active = inner.active();
         if active.is_empty() {
-            return Ok(());
+            return false;
         }
         let too_big = active.size + batch.size_bytes() as u64 > self.config().segment_bytes_max;
         let too_old = match (self.config().segment_ms_max, active.first_append_ms) {
@@ -525,19 +614,21 @@ impl PartitionLog {
         // Relative offsets in the index are 32-bit.
         let offsets_full = inner.end().0 - active.base.0 + i64::from(batch.last_offset_delta())
             >= i64::from(u32::MAX);
-        if too_big || too_old || offsets_full {
-            self.roll_locked(inner)?;
-        }
-        Ok(())
+        too_big || too_old || offsets_full
     }
 
-    fn roll_locked(&self, inner: &mut Inner) -> Result<()> {
+    /// Seals the active segment and starts the next; the caller writes the checkpoint (the
+    /// recovery point moved) after releasing the lock. `sealed`: the active segment as it was
+    /// fsynced before the lock was taken; synced again only if it changed since.
+    fn roll_locked(&self, inner: &mut Inner, sealed: Option<(Offset, u64)>) -> Result<()> {
         let active = inner.active();
         if active.is_empty() {
             return Ok(());
         }
-        active.sync()?;
-        self.durable.raise(active.next_offset);
+        if sealed != Some((active.base, active.size)) {
+            active.sync()?;
+            self.durable.raise(active.next_offset);
+        }
         let base = active.next_offset;
         let segment = Segment::create(&self.dir, base, next_segment_id())?;
         checkpoint::fsync_dir(&self.dir)?;
@@ -545,14 +636,26 @@ impl PartitionLog {
         weir_faults::journal::before_sync(&segment.file).synced();
         inner.segments.insert(base, segment);
         inner.recovery_point = base;
-        self.write_checkpoint(inner)
+        Ok(())
     }
 
     /// Seals the active segment and starts a new one (no-op when it is empty).
     pub fn roll(&self) -> Result<()> {
-        let mut inner = self.write_inner();
-        inner.check_usable()?;
-        self.roll_locked(&mut inner)
+        let _files = self.lock_files();
+        let sealed = {
+            let inner = self.read_inner();
+            inner.check_usable()?;
+            let active = inner.active();
+            active.sync()?;
+            self.durable.raise(active.next_offset);
+            (active.base, active.size)
+        };
+        {
+            let mut inner = self.write_inner();
+            inner.check_usable()?;
+            self.roll_locked(&mut inner, Some(sealed))?;
+        }
+        self.write_checkpoint_unlocked()
     }
 
     /// Batches from `from` (the first may begin before it) up to about `max_bytes`, always
@@ -620,6 +723,7 @@ impl PartitionLog {
     /// removed whole). Returns the new log end. Truncating at or below the log start empties
     /// the log and restarts it at `offset`.
     pub fn truncate_to(&self, offset: Offset) -> Result<Offset> {
+        let _files = self.lock_files();
         let mut inner = self.write_inner();
         inner.check_usable()?;
         if offset >= inner.end() {
@@ -677,6 +781,7 @@ impl PartitionLog {
     /// Deletes everything and restarts the log, empty, at `offset` (a follower whose log is
     /// entirely behind the leader's log start).
     pub fn reset_to(&self, offset: Offset) -> Result<Offset> {
+        let _files = self.lock_files();
         let mut inner = self.write_inner();
         inner.check_usable()?;
         self.restart_at(&mut inner, offset)
@@ -704,40 +809,49 @@ impl PartitionLog {
     }
 
     /// Deletes whole sealed segments past the retention time or size. Never the active one.
+    /// The segments leave the map under the write lock (no read can reach them after it);
+    /// their files are deleted and the directory fsynced after it is released.
     pub fn enforce_retention(&self) -> Result<RetentionOutcome> {
-        let mut inner = self.write_inner();
-        inner.check_usable()?;
-        let now = self.clock.now_ms();
         let mut outcome = RetentionOutcome::default();
-        let mut size = inner.size();
-        loop {
-            if inner.segments.len() < 2 {
-                break;
+        let removed = {
+            let mut inner = self.write_inner();
+            inner.check_usable()?;
+            let now = self.clock.now_ms();
+            let mut size = inner.size();
+            let mut removed = Vec::new();
+            loop {
+                if inner.segments.len() < 2 {
+                    break;
+                }
+                let oldest = inner.segments.values().next().expect("two segments");
+                let expired = self.config().retention_ms.is_some_and(|ms| {
+                    oldest.max_timestamp != i64::MIN && oldest.max_timestamp < now - ms as i64
+                });
+                let oversize = self
+                    .config()
+                    .retention_bytes
+                    .is_some_and(|max| size.saturating_sub(oldest.size) >= max);
+                if !(expired || oversize) {
+                    break;
+                }
+                let base = oldest.base;
+                let Some(segment) = inner.segments.remove(&base) else {
+                    break;
+                };
+                size -= segment.size;
+                outcome.segments_deleted += 1;
+                outcome.bytes_deleted += segment.size;
+                removed.push(segment);
             }
-            let oldest = inner.segments.values().next().expect("two segments");
-            let expired = self.config().retention_ms.is_some_and(|ms| {
-                oldest.max_timestamp != i64::MIN && oldest.max_timestamp < now - ms as i64
-            });
-            let oversize = self
-                .config()
-                .retention_bytes
-                .is_some_and(|max| size.saturating_sub(oldest.size) >= max);
-            if !(expired || oversize) {
-                break;
-            }
-            let base = oldest.base;
-            let Some(segment) = inner.segments.remove(&base) else {
-                break;
-            };
+            outcome.log_start = inner.start();
+            removed
+        };
+        for segment in &removed {
             segment.delete_files()?;
-            size -= segment.size;
-            outcome.segments_deleted += 1;
-            outcome.bytes_deleted += segment.size;
         }
-        if outcome.segments_deleted > 0 {
+        if !removed.is_empty() {
             checkpoint::fsync_dir(&self.dir)?;
         }
-        outcome.log_start = inner.start();
         Ok(outcome)
     }
 
@@ -770,10 +884,10 @@ impl PartitionLog {
         inner.high_watermark = offset.min(inner.end());
     }
 
-    /// Persists the recovery point and high watermark.
+    /// Persists the recovery point and high watermark (the fsync runs outside the lock).
     pub fn checkpoint(&self) -> Result<()> {
-        let inner = self.read_inner();
-        self.write_checkpoint(&inner)
+        let _files = self.lock_files();
+        self.write_checkpoint_unlocked()
     }
 
     pub fn latest_epoch(&self) -> Option<LeaderEpoch> {

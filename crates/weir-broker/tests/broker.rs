@@ -372,3 +372,75 @@ async fn idempotent_producers_get_ids_and_retries_are_not_written_twice() {
     broker.shutdown().await;
     controller.shutdown().await;
 }
+
+/// Fail-stop: once the disk fails (as an fsync error reports it), the broker is not ready,
+/// leads nothing, and stops heartbeating, so the controller fences it when its lease runs out
+/// (and would move its leaderships to replicas that still hold their data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_disk_stops_leading_and_heartbeating() {
+    let Setup {
+        controller,
+        broker,
+        mut client,
+        _dir,
+    } = setup("d").await;
+    client
+        .produce(produce("d", 0, vec![record("before", "h")]))
+        .await
+        .expect("produce while healthy");
+
+    broker
+        .registry
+        .disk
+        .fail("fsync of d-0: injected I/O error".into());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let refused = client
+            .produce(produce("d", 0, vec![record("after", "h")]))
+            .await
+            .err()
+            .map(code);
+        if !broker.is_ready()
+            && matches!(
+                refused,
+                Some((ErrorCode::LeaderNotAvailable | ErrorCode::NotLeader, _))
+            )
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still serving after the disk failed: ready {}, produce {refused:?}",
+            broker.is_ready()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // no heartbeats: fenced once the lease (6 s) runs out
+    let mut admin = AdminClient::new(
+        weir_proto::call::connect(&controller.local_addr.to_string())
+            .await
+            .expect("connect"),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let cluster = admin
+            .describe_cluster(pb::DescribeClusterRequest {})
+            .await
+            .expect("describe")
+            .into_inner();
+        if cluster.brokers.iter().any(|b| b.id == 1 && b.fenced) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broker was never fenced: {:?}",
+            cluster.brokers
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!broker.is_ready(), "a failed disk never becomes ready again");
+
+    broker.shutdown().await;
+    controller.shutdown().await;
+}

@@ -439,7 +439,10 @@ async fn a_failed_disk_stops_leading_and_heartbeating() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(!broker.is_ready(), "a failed disk never becomes ready again");
+    assert!(
+        !broker.is_ready(),
+        "a failed disk never becomes ready again"
+    );
 
     broker.shutdown().await;
     controller.shutdown().await;

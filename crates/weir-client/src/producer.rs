@@ -4,6 +4,8 @@
 //! idempotence (the default) every batch carries the producer id and sequence, and any
 //! retriable failure — even one whose outcome is unknown — is retried with the same sequence
 //! until `delivery_timeout` passes: the broker answers a retry with the original offsets.
+//! Records accepted but not yet answered are bounded in bytes (`buffer_bytes_max`): `send`
+//! waits for room, so a producer faster than the cluster is slowed instead of growing.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use weir_proto::v1 as pb;
 use weir_types::{BatchBuilder, Compression, Offset, ProducerEpoch, ProducerId, Record, Sequence};
 
@@ -41,6 +43,9 @@ pub struct ProducerConfig {
     pub idempotence: bool,
     /// How long a record may take, retries included.
     pub delivery_timeout: Duration,
+    /// Bytes of records accepted but not yet answered, over all partitions; `send` waits
+    /// for room beyond it (Kafka's `buffer.memory`).
+    pub buffer_bytes_max: usize,
 }
 
 impl ProducerConfig {
@@ -53,6 +58,7 @@ impl ProducerConfig {
             acks: Acks::All,
             idempotence: true,
             delivery_timeout: Duration::from_secs(30),
+            buffer_bytes_max: 32 << 20,
         }
     }
 }
@@ -78,7 +84,12 @@ impl Future for DeliveryFuture {
 }
 
 enum Item {
-    Record(Record, oneshot::Sender<Result<RecordMetadata, ClientError>>),
+    /// A record, its answer, and its room in the buffer (released once answered).
+    Record(
+        Record,
+        oneshot::Sender<Result<RecordMetadata, ClientError>>,
+        OwnedSemaphorePermit,
+    ),
     Flush(oneshot::Sender<()>),
 }
 
@@ -88,6 +99,8 @@ type PartitionQueues = HashMap<(String, u32), mpsc::Sender<Item>>;
 struct Shared {
     config: ProducerConfig,
     metadata: Metadata,
+    /// One permit per byte of `buffer_bytes_max`.
+    buffer: Arc<Semaphore>,
 }
 
 /// A batching, idempotent producer. Cheap to clone; all clones share partitions and batches.
@@ -112,9 +125,22 @@ impl Producer {
                 reason: "must be positive".into(),
             });
         }
+        if config.buffer_bytes_max < config.batch_bytes_max
+            || config.buffer_bytes_max > Semaphore::MAX_PERMITS
+        {
+            return Err(ClientError::Invalid {
+                field: "buffer_bytes_max".into(),
+                reason: format!(
+                    "must be at least batch_bytes_max ({}) and at most {}",
+                    config.batch_bytes_max,
+                    Semaphore::MAX_PERMITS
+                ),
+            });
+        }
         Ok(Producer {
             shared: Arc::new(Shared {
                 metadata: Metadata::new(config.bootstrap.clone()),
+                buffer: Arc::new(Semaphore::new(config.buffer_bytes_max)),
                 config,
             }),
             partitions: Arc::new(Mutex::new(HashMap::new())),
@@ -156,10 +182,25 @@ impl Producer {
                     .await
             }
         };
+        let size = record_size(&record);
+        let room = u32::try_from(size)
+            .ok()
+            .filter(|n| *n as usize <= self.shared.config.buffer_bytes_max)
+            .ok_or_else(|| ClientError::Invalid {
+                field: "record".into(),
+                reason: format!(
+                    "{size} bytes do not fit in buffer_bytes_max ({})",
+                    self.shared.config.buffer_bytes_max
+                ),
+            })?;
+        let permit = Arc::clone(&self.shared.buffer)
+            .acquire_many_owned(room)
+            .await
+            .map_err(|_| ClientError::Closed)?;
         let sender = self.partition_sender(topic, partition).await;
         let (tx, rx) = oneshot::channel();
         sender
-            .send(Item::Record(record, tx))
+            .send(Item::Record(record, tx, permit))
             .await
             .map_err(|_| ClientError::Closed)?;
         Ok(DeliveryFuture(rx))
@@ -225,15 +266,18 @@ struct Gathered {
     waiters: Vec<Waiter>,
     flushes: Vec<oneshot::Sender<()>>,
     bytes: usize,
+    /// Dropped (room released) after the records are answered.
+    room: Vec<OwnedSemaphorePermit>,
 }
 
 impl Gathered {
     fn push(&mut self, item: Item) {
         match item {
-            Item::Record(r, w) => {
+            Item::Record(r, w, permit) => {
                 self.bytes += record_size(&r);
                 self.records.push(r);
                 self.waiters.push(w);
+                self.room.push(permit);
             }
             Item::Flush(f) => self.flushes.push(f),
         }
@@ -264,6 +308,7 @@ async fn run_partition(
             records,
             waiters,
             flushes,
+            room: _room,
             ..
         } = gathered;
         if !records.is_empty() {

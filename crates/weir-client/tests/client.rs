@@ -56,7 +56,27 @@ async fn producer_batches_and_consumer_reads_everything_back() {
     let mut config = ProducerConfig::new(bootstrap.clone());
     config.compression = Compression::Lz4;
     config.linger_ms = 20;
+    // a buffer far smaller than what is sent: sends wait for answers to make room
+    config.batch_bytes_max = 4096;
+    config.buffer_bytes_max = 16 << 10;
     let producer = Producer::new(config).expect("producer");
+    let too_big = Record {
+        timestamp_ms: 0,
+        key: None,
+        value: Some(Bytes::from(vec![b'x'; 20 << 10])),
+        headers: Vec::new(),
+    };
+    let refused = producer
+        .send("c", None, too_big)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("buffer_bytes_max")),
+        "{refused:?}"
+    );
     let mut futures = Vec::new();
     for i in 0..3000u32 {
         let key = (i % 3 == 0).then(|| Bytes::from(format!("key-{}", i % 10)));

@@ -6,11 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::Status;
-use weir_proto::status::status;
 use weir_proto::v1 as pb;
 use weir_types::{BrokerId, ErrorCode, LeaderEpoch, Offset};
 
+use crate::error::BrokerError;
 use crate::registry::Registry;
 use crate::replica::Replica;
 use crate::server::BrokerService;
@@ -116,12 +115,9 @@ async fn fetch_one(
 pub async fn serve_fetch(
     service: &BrokerService,
     req: pb::ReplicaFetchRequest,
-) -> Result<pb::ReplicaFetchResponse, Status> {
+) -> Result<pb::ReplicaFetchResponse, BrokerError> {
     if req.follower_id == 0 {
-        return Err(status(
-            ErrorCode::InvalidArgument,
-            "invalid follower_id: must be positive",
-        ));
+        return Err(BrokerError::invalid("follower_id", "must be positive"));
     }
     let follower = BrokerId(req.follower_id);
     let budget = (req.max_bytes as usize).clamp(1, REPLICA_FETCH_BYTES_MAX);

@@ -9,12 +9,14 @@
 //!   the disk ([`replica::DiskHealth`]) and the broker stops leading and heartbeating.
 //! - [`registry`]: the set of hosted replicas, reconciled with each metadata snapshot.
 //! - [`session`]: registration, heartbeats, re-registration when fenced, metadata watch.
-//! - [`server`]: the gRPC service.
+//! - [`server`]: the gRPC service; [`error`]: its typed failures, turned into a gRPC status
+//!   only at the edge.
 //! - Replication, three parts: [`leader`] serves `ReplicaFetch`; [`fetcher`] runs one
 //!   fetcher per followed leader (one fsync wait per response, throttles only catching-up
 //!   partitions); [`isr`] sends the owners' ISR wishes to the controller and checkpoints.
 
 pub mod config;
+pub mod error;
 pub mod fetcher;
 pub mod isr;
 pub mod leader;

@@ -7,12 +7,12 @@ use weir_faults::bugs::{self, Bug};
 
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
-use weir_proto::status::{redirect, status};
 use weir_proto::v1 as pb;
 use weir_proto::v1::broker_server::Broker;
-use weir_types::{BatchBuilder, ErrorCode, Offset, Record, RecordBatch};
+use weir_types::{BatchBuilder, Offset, Record, RecordBatch};
 
 use crate::config::BrokerConfig;
+use crate::error::BrokerError;
 use crate::registry::Registry;
 use crate::replica::{AppendRequest, Replica};
 
@@ -35,10 +35,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn log_status(e: &weir_log::LogError) -> Status {
-    status(e.code(), e.to_string())
-}
-
 impl BrokerService {
     /// The replica if this broker leads it (and the epoch matches, when given).
     pub(crate) fn leader_replica(
@@ -46,81 +42,71 @@ impl BrokerService {
         topic: &str,
         partition: u32,
         epoch: Option<i32>,
-    ) -> Result<Arc<Replica>, Status> {
+    ) -> Result<Arc<Replica>, BrokerError> {
         if topic.is_empty() {
-            return Err(status(
-                ErrorCode::InvalidArgument,
-                "invalid topic: must not be empty",
-            ));
+            return Err(BrokerError::invalid("topic", "must not be empty"));
         }
         let Some(replica) = self.registry.get(topic, partition) else {
             return Err(match self.registry.leader_of(topic, partition) {
-                Some((leader, addr)) => redirect(
-                    ErrorCode::NotLeader,
-                    format!("{topic}/{partition} is led by broker {leader}"),
-                    addr.as_deref(),
-                ),
-                None => status(
-                    ErrorCode::UnknownTopicOrPartition,
-                    format!("{topic}/{partition} is not known here"),
-                ),
+                Some((leader, address)) => BrokerError::NotLeader {
+                    topic: topic.into(),
+                    partition,
+                    leader,
+                    address,
+                },
+                None => BrokerError::UnknownPartition {
+                    topic: topic.into(),
+                    partition,
+                },
             });
         };
         let lead = replica.leadership();
         if lead.leader != Some(self.config.id) {
-            let addr = lead.leader.and_then(|l| self.registry.broker_address(l));
             return Err(match lead.leader {
-                Some(l) => redirect(
-                    ErrorCode::NotLeader,
-                    format!("{topic}/{partition} is led by broker {l}"),
-                    addr.as_deref(),
-                ),
-                None => status(
-                    ErrorCode::LeaderNotAvailable,
-                    format!("{topic}/{partition} has no leader right now"),
-                ),
+                Some(leader) => BrokerError::NotLeader {
+                    topic: topic.into(),
+                    partition,
+                    leader,
+                    address: self.registry.broker_address(leader),
+                },
+                None => BrokerError::LeaderNotAvailable {
+                    topic: topic.into(),
+                    partition,
+                },
             });
         }
         if let Some(epoch) = epoch {
-            let current = lead.leader_epoch.0;
-            if epoch < current {
-                return Err(status(
-                    ErrorCode::FencedLeaderEpoch,
-                    format!("leader epoch {epoch} is older than the current {current}"),
-                ));
+            let (given, current) = (weir_types::LeaderEpoch(epoch), lead.leader_epoch);
+            if given < current {
+                return Err(BrokerError::FencedLeaderEpoch { given, current });
             }
-            if epoch > current {
-                return Err(status(
-                    ErrorCode::UnknownLeaderEpoch,
-                    format!("leader epoch {epoch} is newer than this broker knows ({current})"),
-                ));
+            if given > current {
+                return Err(BrokerError::UnknownLeaderEpoch { given, current });
             }
         }
         Ok(replica)
     }
 }
 
-fn batch_from_request(req: &mut pb::ProduceRequest) -> Result<RecordBatch, Status> {
-    let invalid = |field: &str, why: String| {
-        status(
-            ErrorCode::InvalidArgument,
-            format!("invalid {field}: {why}"),
-        )
-    };
+fn batch_from_request(req: &mut pb::ProduceRequest) -> Result<RecordBatch, BrokerError> {
     match (req.batch.take(), req.records.is_empty()) {
-        (Some(_), false) => Err(invalid(
+        (Some(_), false) => Err(BrokerError::invalid(
             "batch",
-            "set together with records; send one of them".into(),
+            "set together with records; send one of them",
         )),
-        (None, true) => Err(invalid("records", "no batch and no records given".into())),
+        (None, true) => Err(BrokerError::invalid(
+            "records",
+            "no batch and no records given",
+        )),
         (Some(batch), true) => RecordBatch::try_from(batch)
-            .map_err(|e| invalid(&format!("batch.{}", e.field), e.reason)),
+            .map_err(|e| BrokerError::invalid(format!("batch.{}", e.field), e.reason)),
         (None, false) => {
             let now = now_ms();
             let mut builder = BatchBuilder::default();
             for (i, r) in std::mem::take(&mut req.records).into_iter().enumerate() {
-                let mut record = Record::try_from(r)
-                    .map_err(|e| invalid(&format!("records[{i}].{}", e.field), e.reason))?;
+                let mut record = Record::try_from(r).map_err(|e| {
+                    BrokerError::invalid(format!("records[{i}].{}", e.field), e.reason)
+                })?;
                 if record.timestamp_ms == 0 {
                     record.timestamp_ms = now;
                 }
@@ -128,7 +114,7 @@ fn batch_from_request(req: &mut pb::ProduceRequest) -> Result<RecordBatch, Statu
             }
             builder
                 .build()
-                .map_err(|e| invalid("records", e.to_string()))
+                .map_err(|e| BrokerError::invalid("records", e.to_string()))
         }
     }
 }
@@ -142,7 +128,7 @@ impl Broker for BrokerService {
         let started = std::time::Instant::now();
         let result = self.produce_inner(request.into_inner()).await;
         record("produce", started, &result);
-        result.map(Response::new)
+        result.map(Response::new).map_err(Status::from)
     }
 
     async fn fetch(
@@ -156,7 +142,7 @@ impl Broker for BrokerService {
             metrics::counter!("weir_broker_fetch_bytes_total").increment(bytes as u64);
         }
         record("fetch", started, &result);
-        result.map(Response::new)
+        result.map(Response::new).map_err(Status::from)
     }
 
     async fn init_producer_id(
@@ -166,10 +152,7 @@ impl Broker for BrokerService {
         let mut block = self.producer_ids.lock().await;
         if block.0 >= block.1 {
             let Some(incarnation) = self.session.borrow().incarnation else {
-                return Err(status(
-                    ErrorCode::LeaderNotAvailable,
-                    "this broker is not registered yet",
-                ));
+                return Err(BrokerError::NotRegistered.into());
             };
             let request = pb::AllocateProducerIdsRequest {
                 broker_id: self.config.id.0,
@@ -186,12 +169,7 @@ impl Broker for BrokerService {
                 },
             )
             .await
-            .map_err(|e| {
-                status(
-                    ErrorCode::NotController,
-                    format!("no producer ids from the controller: {e}"),
-                )
-            })?
+            .map_err(|e| Status::from(BrokerError::NoProducerIds(e.to_string())))?
             .into_inner();
             *block = (
                 reserved.first_id,
@@ -213,7 +191,7 @@ impl Broker for BrokerService {
         let started = std::time::Instant::now();
         let result = crate::leader::serve_fetch(self, request.into_inner()).await;
         record("replica_fetch", started, &result);
-        result.map(Response::new)
+        result.map(Response::new).map_err(Status::from)
     }
 
     async fn list_offsets(
@@ -223,15 +201,14 @@ impl Broker for BrokerService {
         let started = std::time::Instant::now();
         let result = self.list_offsets_inner(request.into_inner()).await;
         record("list_offsets", started, &result);
-        result.map(Response::new)
+        result.map(Response::new).map_err(Status::from)
     }
 }
 
-fn record<T>(rpc: &'static str, started: std::time::Instant, result: &Result<T, Status>) {
+fn record<T>(rpc: &'static str, started: std::time::Instant, result: &Result<T, BrokerError>) {
     let outcome = match result {
-        Ok(_) => "ok".to_string(),
-        Err(s) => weir_proto::status::error_code(s)
-            .map_or_else(|| format!("{:?}", s.code()), |c| c.name().to_string()),
+        Ok(_) => "ok",
+        Err(e) => e.code().name(),
     };
     metrics::counter!("weir_broker_requests_total", "rpc" => rpc, "outcome" => outcome)
         .increment(1);
@@ -252,7 +229,7 @@ impl BrokerService {
         replica: &Replica,
         last: Offset,
         epoch: weir_types::LeaderEpoch,
-    ) -> Result<(), Status> {
+    ) -> Result<(), BrokerError> {
         let mut hw = replica.subscribe_high_watermark();
         let deadline = tokio::time::Instant::now()
             + std::time::Duration::from_millis(self.config.produce_timeout_ms);
@@ -262,34 +239,23 @@ impl BrokerService {
                 break; // the bug this loop was fixed for: success before checking the epoch
             }
             if !replica.is_leader() || replica.leadership().leader_epoch != epoch {
-                return Err(status(
-                    ErrorCode::LeaderChangedAfterAppend,
-                    "leadership moved before the batch was replicated; it may or may not be committed",
-                ));
+                return Err(BrokerError::LeaderChangedAfterAppend);
             }
             if passed {
                 break;
             }
             match tokio::time::timeout_at(deadline, hw.changed()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(status(ErrorCode::StorageError, "the partition closed")),
-                Err(_) => {
-                    return Err(status(
-                        ErrorCode::RequestTimedOut,
-                        "the in-sync replicas did not confirm the batch in time; it may still be committed",
-                    ));
-                }
+                Ok(Err(_)) => return Err(BrokerError::OwnerStopped),
+                Err(_) => return Err(BrokerError::ReplicationTimedOut),
             }
         }
         let lead = replica.leadership();
         if (lead.isr.len() as u32) < lead.min_insync_replicas && !bugs::active(Bug::SkipMinIsr) {
-            return Err(status(
-                ErrorCode::NotEnoughReplicasAfterAppend,
-                format!(
-                    "the ISR shrank to {:?} (the topic needs {}) while the batch was replicated",
-                    lead.isr, lead.min_insync_replicas
-                ),
-            ));
+            return Err(BrokerError::NotEnoughReplicasAfterAppend {
+                isr: lead.isr,
+                min: lead.min_insync_replicas,
+            });
         }
         Ok(())
     }
@@ -297,12 +263,9 @@ impl BrokerService {
     async fn produce_inner(
         &self,
         mut req: pb::ProduceRequest,
-    ) -> Result<pb::ProduceResponse, Status> {
+    ) -> Result<pb::ProduceResponse, BrokerError> {
         let acks = pb::Acks::try_from(req.acks).map_err(|_| {
-            status(
-                ErrorCode::InvalidArgument,
-                format!("invalid acks: {} is not an Acks value", req.acks),
-            )
+            BrokerError::invalid("acks", format!("{} is not an Acks value", req.acks))
         })?;
         let replica = self.leader_replica(&req.topic, req.partition, req.leader_epoch)?;
         let batch = batch_from_request(&mut req)?;
@@ -312,15 +275,10 @@ impl BrokerService {
             && (lead.isr.len() as u32) < lead.min_insync_replicas
             && !bugs::active(Bug::SkipMinIsr)
         {
-            return Err(status(
-                ErrorCode::NotEnoughReplicas,
-                format!(
-                    "{} in-sync replicas {:?}, the topic needs {}",
-                    lead.isr.len(),
-                    lead.isr,
-                    lead.min_insync_replicas
-                ),
-            ));
+            return Err(BrokerError::NotEnoughReplicas {
+                isr: lead.isr,
+                min: lead.min_insync_replicas,
+            });
         }
         let (tx, rx) = oneshot::channel();
         let append = AppendRequest {
@@ -329,10 +287,7 @@ impl BrokerService {
             reply: tx,
         };
         if replica.append(append).await.is_err() {
-            return Err(status(
-                ErrorCode::NotLeader,
-                "the partition is closing on this broker",
-            ));
+            return Err(BrokerError::Closing);
         }
         if acks == pb::Acks::None {
             let (topic, partition) = (req.topic.clone(), req.partition);
@@ -348,10 +303,7 @@ impl BrokerService {
                 duplicate: false,
             });
         }
-        let info = rx
-            .await
-            .map_err(|_| status(ErrorCode::StorageError, "the partition owner stopped"))?
-            .map_err(|e| log_status(&e))?;
+        let info = rx.await.map_err(|_| BrokerError::OwnerStopped)??;
         if all && !bugs::active(Bug::AckBeforeReplication) {
             self.await_replication(&replica, info.last_offset, lead.leader_epoch)
                 .await?;
@@ -366,7 +318,7 @@ impl BrokerService {
         })
     }
 
-    async fn fetch_inner(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, Status> {
+    async fn fetch_inner(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, BrokerError> {
         let replica = self.leader_replica(&req.topic, req.partition, req.leader_epoch)?;
         let from = Offset(req.offset);
         let max_bytes = if req.max_bytes == 0 {
@@ -384,10 +336,11 @@ impl BrokerService {
             // Above the high watermark but within the log (a new leader's high watermark can
             // trail its predecessor's for a moment): nothing to read yet, not an error.
             if from < start || from > hw.max(replica.log.end_offset()) {
-                return Err(status(
-                    ErrorCode::OffsetOutOfRange,
-                    format!("offset {from} is outside [{start}, {hw}]"),
-                ));
+                return Err(BrokerError::OffsetOutOfRange {
+                    offset: from,
+                    start,
+                    high_watermark: hw,
+                });
             }
             let log = Arc::clone(&replica.log);
             let batches = tokio::task::spawn_blocking(move || {
@@ -396,9 +349,7 @@ impl BrokerService {
                 }
                 log.read(from, max_bytes, Some(hw))
             })
-            .await
-            .map_err(|e| status(ErrorCode::Unknown, e.to_string()))?
-            .map_err(|e| log_status(&e))?;
+            .await??;
             let bytes: usize = batches.iter().map(RecordBatch::size_bytes).sum();
             let enough = bytes >= (req.min_bytes as usize).max(1);
             if enough || tokio::time::Instant::now() >= deadline {
@@ -417,16 +368,14 @@ impl BrokerService {
                     }
                     log.read(from, max_bytes, Some(hw))
                 })
-                .await
-                .map_err(|e| status(ErrorCode::Unknown, e.to_string()))?
-                .map_err(|e| log_status(&e))?;
+                .await??;
             }
         };
         let mut records = Vec::new();
         if req.decode {
             for batch in &batches {
                 let stored = weir_proto::convert::stored_records(batch)
-                    .map_err(|e| status(ErrorCode::CorruptRecord, e.to_string()))?;
+                    .map_err(|e| BrokerError::Corrupt(e.to_string()))?;
                 records.extend(stored.into_iter().filter(|r| r.offset >= from.0));
             }
         }
@@ -442,13 +391,10 @@ impl BrokerService {
     async fn list_offsets_inner(
         &self,
         req: pb::ListOffsetsRequest,
-    ) -> Result<pb::ListOffsetsResponse, Status> {
+    ) -> Result<pb::ListOffsetsResponse, BrokerError> {
         let replica = self.leader_replica(&req.topic, req.partition, None)?;
         let spec = pb::OffsetSpec::try_from(req.spec).map_err(|_| {
-            status(
-                ErrorCode::InvalidArgument,
-                format!("invalid spec: {}", req.spec),
-            )
+            BrokerError::invalid("spec", format!("{} is not an OffsetSpec value", req.spec))
         })?;
         let (start, hw) = (replica.log.start_offset(), replica.high_watermark());
         let (offset, timestamp) = match spec {
@@ -457,10 +403,8 @@ impl BrokerService {
             pb::OffsetSpec::Timestamp => {
                 let log = Arc::clone(&replica.log);
                 let ts = req.timestamp_ms;
-                let found = tokio::task::spawn_blocking(move || log.offset_for_timestamp(ts))
-                    .await
-                    .map_err(|e| status(ErrorCode::Unknown, e.to_string()))?
-                    .map_err(|e| log_status(&e))?;
+                let found =
+                    tokio::task::spawn_blocking(move || log.offset_for_timestamp(ts)).await??;
                 match found {
                     Some((o, t)) if o < hw => (o, t),
                     _ => (hw, -1),

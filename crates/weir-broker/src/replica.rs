@@ -420,6 +420,10 @@ impl Owner {
                     let Some((ticket, replies)) = self.write(requests).await else {
                         continue;
                     };
+                    // followers may copy what is written before it is fsynced here (it
+                    // counts only once both fsyncs cover it): wake their fetches now, so the
+                    // leader's fsync and theirs overlap
+                    self.activity.send_modify(|n| *n = n.wrapping_add(1));
                     if in_flight.is_none() {
                         in_flight = Some((wait_for(&log, ticket), replies));
                     } else {

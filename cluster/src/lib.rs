@@ -20,6 +20,8 @@ use weir_proto::v1::admin_client::AdminClient;
 
 pub const CONTROLLER_PORT: u16 = 9093;
 pub const BROKER_PORT: u16 = 9092;
+/// Brokers replicate on their internal listener: same address, this port.
+pub const INTERNAL_PORT: u16 = 9094;
 /// Every node serves /metrics, /healthz and /readyz on its own address at this port.
 pub const HTTP_PORT: u16 = 9080;
 
@@ -161,6 +163,8 @@ impl Cluster {
             if spec.combined {
                 args.push("--broker-listen".into());
                 args.push(format!("{prefix}.{}:{BROKER_PORT}", 10 + i));
+                args.push("--broker-internal-listen".into());
+                args.push(format!("{prefix}.{}:{INTERNAL_PORT}", 10 + i));
             }
             args.extend([
                 "--controllers".into(),
@@ -208,6 +212,8 @@ impl Cluster {
                     i.to_string(),
                     "--listen".into(),
                     addr.clone(),
+                    "--internal-listen".into(),
+                    format!("{prefix}.{}:{INTERNAL_PORT}", 20 + i),
                     "--controllers".into(),
                     controller_list.join(","),
                     "--data-dir".into(),

@@ -7,10 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "weir/v1/record.proto",
         "weir/v1/controller.proto",
         "weir/v1/broker.proto",
+        "weir/internal/v1/replication.proto",
+        "weir/internal/v1/cluster.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     tonic_prost_build::configure()
-        .bytes(".weir.v1")
+        .bytes(".weir")
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())

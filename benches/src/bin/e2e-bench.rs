@@ -16,10 +16,11 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 use weir_proto::call::{self, parse_bootstrap};
+use weir_proto::internal::v1 as ipb;
+use weir_proto::internal::v1::broker_registry_client::BrokerRegistryClient;
 use weir_proto::v1 as pb;
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
-use weir_proto::v1::broker_registry_client::BrokerRegistryClient;
 use weir_types::{BatchBuilder, Record};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -130,10 +131,11 @@ async fn controller_bench(bootstrap: &[String], ops: u64) -> anyhow::Result<()> 
     let mut incarnations = Vec::new();
     for id in 0..64u32 {
         let r = registry
-            .register_broker(pb::RegisterBrokerRequest {
+            .register_broker(ipb::RegisterBrokerRequest {
                 broker_id: 10_000 + id,
                 address: format!("127.0.0.1:{}", 20_000 + id),
                 rack: String::new(),
+                internal_address: String::new(),
             })
             .await?
             .into_inner();
@@ -148,7 +150,7 @@ async fn controller_bench(bootstrap: &[String], ops: u64) -> anyhow::Result<()> 
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let r = client
-                    .broker_heartbeat(pb::BrokerHeartbeatRequest {
+                    .broker_heartbeat(ipb::BrokerHeartbeatRequest {
                         broker_id: id,
                         incarnation,
                     })

@@ -12,6 +12,10 @@ pub struct BrokerConfig {
     pub id: BrokerId,
     /// Where clients reach this broker's data plane.
     pub listen: SocketAddr,
+    /// Where other brokers replicate from this one (the internal API, to be firewalled);
+    /// `None`: `listen` serves it too.
+    #[serde(default)]
+    pub internal_listen: Option<SocketAddr>,
     pub rack: Option<String>,
     /// Partition directories live under `<data_dir>/partitions`.
     pub data_dir: PathBuf,
@@ -43,6 +47,7 @@ impl BrokerConfig {
         BrokerConfig {
             id,
             listen,
+            internal_listen: None,
             rack: None,
             data_dir,
             controllers,

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use weir_faults::bugs::{self, Bug};
 use weir_log::LogError;
-use weir_proto::v1 as pb;
-use weir_proto::v1::broker_client::BrokerClient;
+use weir_proto::internal::v1 as ipb;
+use weir_proto::internal::v1::replication_client::ReplicationClient;
 use weir_types::{BrokerId, ErrorCode, LeaderEpoch, Offset, RecordBatch};
 
 use crate::config::BrokerConfig;
@@ -79,7 +79,7 @@ async fn fetch_from(
     registry: Arc<Registry>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut client: Option<(String, BrokerClient<tonic::transport::Channel>)> = None;
+    let mut client: Option<(String, ReplicationClient<tonic::transport::Channel>)> = None;
     // partitions held back by a reassignment throttle, until when
     let mut throttled: HashMap<Key, Instant> = HashMap::new();
     loop {
@@ -114,13 +114,13 @@ async fn fetch_from(
         let wait_ms = next_free.map_or(config.replica_fetch_wait_ms, |t| {
             (t.saturating_duration_since(now).as_millis() as u32).min(config.replica_fetch_wait_ms)
         });
-        let Some(addr) = registry.broker_address(leader) else {
+        let Some(addr) = registry.replication_address(leader) else {
             tokio::time::sleep(FETCH_RETRY_PAUSE).await;
             continue;
         };
         if client.as_ref().is_none_or(|(a, _)| *a != addr) {
             match weir_proto::call::connect(&addr).await {
-                Ok(ch) => client = Some((addr.clone(), BrokerClient::new(ch))),
+                Ok(ch) => client = Some((addr.clone(), ReplicationClient::new(ch))),
                 Err(e) => {
                     tracing::debug!(%leader, error = %e, "cannot reach leader");
                     tokio::time::sleep(FETCH_RETRY_PAUSE).await;
@@ -131,11 +131,11 @@ async fn fetch_from(
         let Some((_, rpc)) = client.as_mut() else {
             continue;
         };
-        let request = pb::ReplicaFetchRequest {
+        let request = ipb::ReplicaFetchRequest {
             follower_id: me.0,
             partitions: asked
                 .iter()
-                .map(|r| pb::ReplicaFetchPartition {
+                .map(|r| ipb::ReplicaFetchPartition {
                     topic: r.topic.clone(),
                     partition: r.partition,
                     fetch_offset: r.durable_end().0,
@@ -192,7 +192,7 @@ struct Step {
 }
 
 impl Step {
-    async fn add(&mut self, replica: &Arc<Replica>, data: pb::ReplicaFetchPartitionData) {
+    async fn add(&mut self, replica: &Arc<Replica>, data: ipb::ReplicaFetchPartitionData) {
         let result = self.apply(replica, data).await;
         if let Err(e) = result {
             tracing::warn!(topic = %replica.topic, partition = replica.partition, error = %e, "replication step failed");
@@ -203,7 +203,7 @@ impl Step {
     async fn apply(
         &mut self,
         replica: &Arc<Replica>,
-        data: pb::ReplicaFetchPartitionData,
+        data: ipb::ReplicaFetchPartitionData,
     ) -> Result<(), String> {
         let closed = |e: crate::replica::Closed| e.to_string();
         if data.error_code != 0 {

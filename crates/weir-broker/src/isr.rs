@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use weir_proto::v1 as pb;
-use weir_proto::v1::broker_registry_client::BrokerRegistryClient;
+use weir_proto::internal::v1 as ipb;
+use weir_proto::internal::v1::broker_registry_client::BrokerRegistryClient;
 
 use crate::config::BrokerConfig;
 use crate::registry::Registry;
@@ -38,7 +38,7 @@ pub async fn run_isr_manager(
             let Ok(Some(wish)) = replica.tick(lag).await else {
                 continue;
             };
-            let request = pb::AlterPartitionRequest {
+            let request = ipb::AlterPartitionRequest {
                 broker_id: registry.me().0,
                 incarnation,
                 topic: replica.topic.clone(),

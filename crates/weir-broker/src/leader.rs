@@ -6,19 +6,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir_proto::v1 as pb;
+use weir_proto::internal::v1 as ipb;
 use weir_types::{BrokerId, ErrorCode, LeaderEpoch, Offset};
 
 use crate::error::BrokerError;
 use crate::registry::Registry;
 use crate::replica::Replica;
-use crate::server::BrokerService;
+use weir_proto::internal::v1::replication_server::Replication;
 
 /// Bytes one replica fetch returns across its partitions.
 pub const REPLICA_FETCH_BYTES_MAX: usize = 8 << 20;
 
-fn answer(replica: &Replica, req: &pb::ReplicaFetchPartition) -> pb::ReplicaFetchPartitionData {
-    pb::ReplicaFetchPartitionData {
+fn answer(replica: &Replica, req: &ipb::ReplicaFetchPartition) -> ipb::ReplicaFetchPartitionData {
+    ipb::ReplicaFetchPartitionData {
         topic: req.topic.clone(),
         partition: req.partition,
         high_watermark: replica.high_watermark().0,
@@ -27,8 +27,8 @@ fn answer(replica: &Replica, req: &pb::ReplicaFetchPartition) -> pb::ReplicaFetc
     }
 }
 
-fn failed(req: &pb::ReplicaFetchPartition, code: ErrorCode) -> pb::ReplicaFetchPartitionData {
-    pb::ReplicaFetchPartitionData {
+fn failed(req: &ipb::ReplicaFetchPartition, code: ErrorCode) -> ipb::ReplicaFetchPartitionData {
+    ipb::ReplicaFetchPartitionData {
         topic: req.topic.clone(),
         partition: req.partition,
         error_code: code.as_i32(),
@@ -40,9 +40,9 @@ fn failed(req: &pb::ReplicaFetchPartition, code: ErrorCode) -> pb::ReplicaFetchP
 async fn fetch_one(
     registry: &Registry,
     follower: BrokerId,
-    req: &pb::ReplicaFetchPartition,
+    req: &ipb::ReplicaFetchPartition,
     budget: usize,
-) -> pb::ReplicaFetchPartitionData {
+) -> ipb::ReplicaFetchPartitionData {
     let Some(replica) = registry.get(&req.topic, req.partition) else {
         return failed(req, ErrorCode::UnknownTopicOrPartition);
     };
@@ -110,20 +110,41 @@ async fn fetch_one(
     out
 }
 
+/// `weir.internal.v1.Replication`, served on the broker's internal listener.
+#[derive(Clone)]
+pub struct ReplicationService {
+    pub registry: Arc<Registry>,
+    /// Longest a replica fetch may wait for data.
+    pub fetch_wait_ms_max: u32,
+}
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    async fn replica_fetch(
+        &self,
+        request: tonic::Request<ipb::ReplicaFetchRequest>,
+    ) -> Result<tonic::Response<ipb::ReplicaFetchResponse>, tonic::Status> {
+        let started = std::time::Instant::now();
+        let result = serve_fetch(self, request.into_inner()).await;
+        crate::server::record("replica_fetch", started, &result);
+        result
+            .map(tonic::Response::new)
+            .map_err(tonic::Status::from)
+    }
+}
+
 /// The leader side of `ReplicaFetch`: answers at once when any partition has news, otherwise
 /// waits (up to the request's wait) for an append on this broker.
-pub async fn serve_fetch(
-    service: &BrokerService,
-    req: pb::ReplicaFetchRequest,
-) -> Result<pb::ReplicaFetchResponse, BrokerError> {
+async fn serve_fetch(
+    service: &ReplicationService,
+    req: ipb::ReplicaFetchRequest,
+) -> Result<ipb::ReplicaFetchResponse, BrokerError> {
     if req.follower_id == 0 {
         return Err(BrokerError::invalid("follower_id", "must be positive"));
     }
     let follower = BrokerId(req.follower_id);
     let budget = (req.max_bytes as usize).clamp(1, REPLICA_FETCH_BYTES_MAX);
-    let wait = Duration::from_millis(u64::from(
-        req.max_wait_ms.min(service.config.fetch_wait_ms_max),
-    ));
+    let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(service.fetch_wait_ms_max)));
     let deadline = tokio::time::Instant::now() + wait;
     let mut activity = service.registry.activity.subscribe();
     loop {
@@ -140,13 +161,13 @@ pub async fn serve_fetch(
             .iter()
             .any(|d| !d.batches.is_empty() || d.error_code != 0 || d.diverged);
         if has_data_or_error || tokio::time::Instant::now() >= deadline {
-            return Ok(pb::ReplicaFetchResponse { partitions });
+            return Ok(ipb::ReplicaFetchResponse { partitions });
         }
         if tokio::time::timeout_at(deadline, activity.changed())
             .await
             .is_err()
         {
-            return Ok(pb::ReplicaFetchResponse { partitions });
+            return Ok(ipb::ReplicaFetchResponse { partitions });
         }
     }
 }

@@ -34,6 +34,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use weir_log::Flusher;
+use weir_proto::internal::v1::replication_server::ReplicationServer;
 use weir_proto::v1::broker_server::BrokerServer;
 
 pub use config::BrokerConfig;
@@ -54,7 +55,10 @@ pub enum StartError {
 
 /// A running broker.
 pub struct Broker {
+    /// The public listener (produce, fetch, offsets).
     pub local_addr: SocketAddr,
+    /// The internal listener (replication), when one was asked for.
+    pub internal_addr: Option<SocketAddr>,
     pub registry: Arc<registry::Registry>,
     pub session: watch::Receiver<SessionState>,
     stop: watch::Sender<bool>,
@@ -74,6 +78,17 @@ impl Broker {
                 })?;
         // Port 0 was asked for: advertise the port actually bound.
         config.listen = local_addr;
+        let internal = match config.internal_listen {
+            Some(addr) => {
+                let (listener, bound) = weir_proto::call::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?;
+                config.internal_listen = Some(bound);
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let internal_addr = internal.as_ref().map(|(_, a)| *a);
         std::fs::create_dir_all(config.data_dir.join("partitions")).map_err(|source| {
             StartError::Storage(weir_log::LogError::Io {
                 context: format!("create {}", config.data_dir.display()),
@@ -129,10 +144,35 @@ impl Broker {
             session: session.clone(),
             producer_ids: Arc::new(tokio::sync::Mutex::new((0, 0))),
         };
+        let replication = ReplicationServer::new(leader::ReplicationService {
+            registry: Arc::clone(&registry),
+            fetch_wait_ms_max: config.fetch_wait_ms_max,
+        });
+        let mut public = tonic::transport::Server::builder();
+        let mut public = public.add_service(BrokerServer::new(service));
+        match internal {
+            Some((listener, addr)) => {
+                let mut server_stop = stopped.clone();
+                let server = tonic::transport::Server::builder()
+                    .add_service(replication)
+                    .serve_with_incoming_shutdown(
+                        weir_proto::call::incoming(listener),
+                        async move {
+                            let _ = server_stop.wait_for(|s| *s).await;
+                        },
+                    );
+                tasks.spawn(async move {
+                    if let Err(e) = server.await {
+                        tracing::error!(error = %e, %addr, "broker internal gRPC server failed");
+                    }
+                });
+            }
+            // no internal listener: replication shares the public one
+            None => public = public.add_service(replication),
+        }
         let mut server_stop = stopped;
-        let server = tonic::transport::Server::builder()
-            .add_service(BrokerServer::new(service))
-            .serve_with_incoming_shutdown(weir_proto::call::incoming(listener), async move {
+        let server =
+            public.serve_with_incoming_shutdown(weir_proto::call::incoming(listener), async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             });
         tasks.spawn(async move {
@@ -140,9 +180,10 @@ impl Broker {
                 tracing::error!(error = %e, "broker gRPC server failed");
             }
         });
-        tracing::info!(id = %config.id, addr = %local_addr, "broker started");
+        tracing::info!(id = %config.id, addr = %local_addr, internal = ?internal_addr, "broker started");
         Ok(Broker {
             local_addr,
+            internal_addr,
             registry,
             session,
             stop,

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::task::JoinHandle;
 use weir_log::{Flusher, LogConfig, PartitionLog, SystemClock};
-use weir_proto::v1 as pb;
-use weir_types::{BrokerId, LeaderEpoch};
+use weir_types::BrokerId;
+use weir_types::metadata::{ClusterView, MetadataUpdate, PartitionInfo, TopicInfo};
 
 use crate::replica::{DiskHealth, Leadership, Replica};
 
@@ -22,7 +22,7 @@ pub struct Registry {
     replicas: RwLock<HashMap<Key, Arc<Replica>>>,
     owners: Mutex<HashMap<Key, JoinHandle<()>>>,
     /// The full metadata as of the last applied update (for leader hints and versions).
-    metadata: RwLock<pb::MetadataUpdate>,
+    metadata: RwLock<ClusterView>,
     /// Serializes snapshot application.
     applying: tokio::sync::Mutex<()>,
     /// Bumped by every replica after each fsynced group of appends.
@@ -41,23 +41,23 @@ pub fn dir_name(topic: &str, partition: u32, topic_id: &str) -> String {
     format!("{topic}-{partition}-{topic_id}")
 }
 
-fn leadership(p: &pb::PartitionDescription, min_isr: u32) -> Leadership {
+fn leadership(p: &PartitionInfo, min_isr: u32) -> Leadership {
     Leadership {
-        leader: (p.leader != 0).then_some(BrokerId(p.leader)),
-        leader_epoch: LeaderEpoch(p.leader_epoch),
-        isr: p.isr.iter().map(|b| BrokerId(*b)).collect(),
-        replicas: p.replicas.iter().map(|b| BrokerId(*b)).collect(),
+        leader: p.leader,
+        leader_epoch: p.leader_epoch,
+        isr: p.isr.clone(),
+        replicas: p.replicas.clone(),
         min_insync_replicas: min_isr,
         partition_epoch: p.partition_epoch,
-        catch_up_bytes_per_s: p.reassign_throttle_bytes_per_s,
+        catch_up_bytes_per_s: p.catch_up_bytes_per_s,
     }
 }
 
-fn log_config(t: &pb::TopicDescription, batch_bytes_max: u32) -> LogConfig {
+fn log_config(t: &TopicInfo, batch_bytes_max: u32) -> LogConfig {
     LogConfig {
         segment_bytes_max: t.segment_bytes,
-        retention_ms: (!t.retention_ms_unlimited).then_some(t.retention_ms),
-        retention_bytes: (!t.retention_bytes_unlimited).then_some(t.retention_bytes),
+        retention_ms: t.retention_ms,
+        retention_bytes: t.retention_bytes,
         batch_bytes_max: batch_bytes_max.min(t.segment_bytes as u32),
         ..LogConfig::default()
     }
@@ -77,7 +77,7 @@ impl Registry {
             flusher,
             replicas: RwLock::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
-            metadata: RwLock::new(pb::MetadataUpdate::default()),
+            metadata: RwLock::new(ClusterView::default()),
             applying: tokio::sync::Mutex::new(()),
             failed: Mutex::new(std::collections::HashSet::new()),
             activity: Arc::new(tokio::sync::watch::channel(0).0),
@@ -91,26 +91,29 @@ impl Registry {
     pub async fn registered(&self, incarnation: u64) -> Result<(), weir_log::LogError> {
         self.incarnation
             .store(incarnation, std::sync::atomic::Ordering::SeqCst);
-        let mut view = self
-            .metadata
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let _serial = self.applying.lock().await;
+        let view = self.view();
         if view.version == 0 {
             return Ok(()); // no metadata yet: the first update applies it
         }
-        view.snapshot = true;
-        self.apply(view).await
+        self.reconcile(&view, false).await
+    }
+
+    /// The metadata as last applied.
+    pub fn view(&self) -> ClusterView {
+        self.metadata
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether `view` reflects this process's own registration (not a predecessor's).
-    fn registered_in(&self, view: &pb::MetadataUpdate) -> bool {
+    fn registered_in(&self, view: &ClusterView) -> bool {
         let mine = self.incarnation.load(std::sync::atomic::Ordering::SeqCst);
         mine != 0
             && view
-                .brokers
-                .iter()
-                .any(|b| b.id == self.id.0 && b.incarnation == mine && !b.fenced)
+                .broker(self.id)
+                .is_some_and(|b| b.incarnation == mine && !b.fenced)
     }
 
     pub fn get(&self, topic: &str, partition: u32) -> Option<Arc<Replica>> {
@@ -155,51 +158,48 @@ impl Registry {
         self.metadata
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .brokers
-            .iter()
-            .find(|b| b.id == broker.0)
-            .map(|b| b.address.clone())
+            .broker_address(broker)
+            .map(str::to_string)
+    }
+
+    /// Where to replicate from `broker`: its internal listener, or its address.
+    pub fn replication_address(&self, broker: BrokerId) -> Option<String> {
+        let metadata = self.metadata.read().unwrap_or_else(|p| p.into_inner());
+        let b = metadata.broker(broker)?;
+        Some(
+            b.internal_address
+                .clone()
+                .unwrap_or_else(|| b.address.clone()),
+        )
     }
 
     /// The leader of a partition this broker does not host, for a redirect.
     pub fn leader_of(&self, topic: &str, partition: u32) -> Option<(BrokerId, Option<String>)> {
         let metadata = self.metadata.read().unwrap_or_else(|p| p.into_inner());
-        let t = metadata.topics.iter().find(|t| t.name == topic)?;
-        let p = t.partitions.get(partition as usize)?;
-        let leader = BrokerId(p.leader);
-        let addr = metadata
-            .brokers
-            .iter()
-            .find(|b| b.id == p.leader)
-            .map(|b| b.address.clone());
-        (p.leader != 0).then_some((leader, addr))
+        let leader = metadata.partition(topic, partition)?.leader?;
+        Some((leader, metadata.broker_address(leader).map(str::to_string)))
     }
 
     /// Merges `update` into the local view, then brings the hosted replicas in line with it:
     /// opens newly assigned partitions, updates leadership, and closes and deletes partitions
     /// no longer assigned here.
-    pub async fn apply(&self, update: pb::MetadataUpdate) -> Result<(), weir_log::LogError> {
+    pub async fn apply(&self, update: MetadataUpdate) -> Result<(), weir_log::LogError> {
         let _serial = self.applying.lock().await;
-        if update.version < self.version() {
+        let mut view = self.view();
+        let first = view.version == 0;
+        if !view.apply(update) {
             return Ok(()); // an older view from a lagging controller
         }
-        let snapshot = if update.snapshot {
-            update
-        } else {
-            let mut view = self
-                .metadata
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            merge(&mut view, update);
-            view
-        };
-        let first = self.version() == 0;
-        let mut wanted: BTreeMap<Key, (&pb::TopicDescription, &pb::PartitionDescription)> =
-            BTreeMap::new();
-        for t in &snapshot.topics {
+        self.reconcile(&view, first).await
+    }
+
+    /// Brings the hosted replicas in line with `view` and makes it the current view (hold
+    /// `applying`).
+    async fn reconcile(&self, view: &ClusterView, first: bool) -> Result<(), weir_log::LogError> {
+        let mut wanted: BTreeMap<Key, (&TopicInfo, &PartitionInfo)> = BTreeMap::new();
+        for t in view.topics.values() {
             for p in &t.partitions {
-                if p.replicas.contains(&self.id.0) {
+                if p.replicas.contains(&self.id) {
                     wanted.insert((t.name.clone(), p.partition), (t, p));
                 }
             }
@@ -221,7 +221,7 @@ impl Registry {
             }
         }
         // Open or update what is ours.
-        let registered = self.registered_in(&snapshot);
+        let registered = self.registered_in(view);
         for (key, (t, p)) in &wanted {
             let mut lead = leadership(p, t.min_insync_replicas);
             if lead.leader == Some(self.id) && (!registered || self.disk.failure().is_some()) {
@@ -287,7 +287,7 @@ impl Registry {
         if first {
             self.remove_strays(&wanted).await;
         }
-        *self.metadata.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        *self.metadata.write().unwrap_or_else(|p| p.into_inner()) = view.clone();
         Ok(())
     }
 
@@ -318,10 +318,7 @@ impl Registry {
     }
 
     /// Deletes partition directories left from topics deleted while this broker was down.
-    async fn remove_strays(
-        &self,
-        wanted: &BTreeMap<Key, (&pb::TopicDescription, &pb::PartitionDescription)>,
-    ) {
+    async fn remove_strays(&self, wanted: &BTreeMap<Key, (&TopicInfo, &PartitionInfo)>) {
         let keep: Vec<String> = wanted
             .values()
             .map(|(t, p)| dir_name(&t.name, p.partition, &t.topic_id))
@@ -356,75 +353,5 @@ impl Registry {
         for owner in owners {
             let _ = owner.await;
         }
-    }
-}
-
-/// Applies a delta to a full view.
-fn merge(view: &mut pb::MetadataUpdate, delta: pb::MetadataUpdate) {
-    view.version = delta.version;
-    view.topics.retain(|t| {
-        !delta.deleted_topics.contains(&t.name) && !delta.topics.iter().any(|d| d.name == t.name)
-    });
-    view.topics.extend(delta.topics);
-    view.topics.sort_by(|a, b| a.name.cmp(&b.name));
-    view.brokers
-        .retain(|b| !delta.brokers.iter().any(|d| d.id == b.id));
-    view.brokers.extend(delta.brokers);
-    view.brokers.sort_by_key(|b| b.id);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn topic(name: &str, partitions: u32) -> pb::TopicDescription {
-        pb::TopicDescription {
-            name: name.into(),
-            partitions: (0..partitions)
-                .map(|p| pb::PartitionDescription {
-                    partition: p,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn deltas_upsert_and_delete() {
-        let mut view = pb::MetadataUpdate {
-            version: 5,
-            snapshot: true,
-            topics: vec![topic("a", 1), topic("b", 1)],
-            brokers: vec![pb::BrokerDescription {
-                id: 1,
-                ..Default::default()
-            }],
-            deleted_topics: vec![],
-        };
-        merge(
-            &mut view,
-            pb::MetadataUpdate {
-                version: 7,
-                snapshot: false,
-                topics: vec![topic("b", 3), topic("c", 1)],
-                brokers: vec![pb::BrokerDescription {
-                    id: 2,
-                    ..Default::default()
-                }],
-                deleted_topics: vec!["a".into()],
-            },
-        );
-        assert_eq!(view.version, 7);
-        let names: Vec<(&str, usize)> = view
-            .topics
-            .iter()
-            .map(|t| (t.name.as_str(), t.partitions.len()))
-            .collect();
-        assert_eq!(names, vec![("b", 3), ("c", 1)]);
-        assert_eq!(
-            view.brokers.iter().map(|b| b.id).collect::<Vec<_>>(),
-            vec![1, 2]
-        );
     }
 }

@@ -7,6 +7,7 @@ use weir_faults::bugs::{self, Bug};
 
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
+use weir_proto::internal::v1 as ipb;
 use weir_proto::v1 as pb;
 use weir_proto::v1::broker_server::Broker;
 use weir_types::{BatchBuilder, Offset, Record, RecordBatch};
@@ -154,7 +155,7 @@ impl Broker for BrokerService {
             let Some(incarnation) = self.session.borrow().incarnation else {
                 return Err(BrokerError::NotRegistered.into());
             };
-            let request = pb::AllocateProducerIdsRequest {
+            let request = ipb::AllocateProducerIdsRequest {
                 broker_id: self.config.id.0,
                 incarnation,
                 count: PRODUCER_ID_BLOCK,
@@ -163,7 +164,7 @@ impl Broker for BrokerService {
                 &self.config.controllers,
                 std::time::Duration::from_secs(5),
                 |ch| async move {
-                    weir_proto::v1::broker_registry_client::BrokerRegistryClient::new(ch)
+                    weir_proto::internal::v1::broker_registry_client::BrokerRegistryClient::new(ch)
                         .allocate_producer_ids(request)
                         .await
                 },
@@ -184,16 +185,6 @@ impl Broker for BrokerService {
         }))
     }
 
-    async fn replica_fetch(
-        &self,
-        request: Request<pb::ReplicaFetchRequest>,
-    ) -> Result<Response<pb::ReplicaFetchResponse>, Status> {
-        let started = std::time::Instant::now();
-        let result = crate::leader::serve_fetch(self, request.into_inner()).await;
-        record("replica_fetch", started, &result);
-        result.map(Response::new).map_err(Status::from)
-    }
-
     async fn list_offsets(
         &self,
         request: Request<pb::ListOffsetsRequest>,
@@ -205,7 +196,11 @@ impl Broker for BrokerService {
     }
 }
 
-fn record<T>(rpc: &'static str, started: std::time::Instant, result: &Result<T, BrokerError>) {
+pub(crate) fn record<T>(
+    rpc: &'static str,
+    started: std::time::Instant,
+    result: &Result<T, BrokerError>,
+) {
     let outcome = match result {
         Ok(_) => "ok",
         Err(e) => e.code().name(),

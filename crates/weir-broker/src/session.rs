@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use weir_proto::call::{self, CallError};
+use weir_proto::internal::v1 as ipb;
+use weir_proto::internal::v1::broker_registry_client::BrokerRegistryClient;
 use weir_proto::v1 as pb;
 use weir_proto::v1::admin_client::AdminClient;
-use weir_proto::v1::broker_registry_client::BrokerRegistryClient;
 
 use crate::config::BrokerConfig;
 use crate::registry::Registry;
@@ -23,11 +24,15 @@ pub struct SessionState {
     pub metadata_version: u64,
 }
 
-async fn register(config: &BrokerConfig) -> Result<pb::RegisterBrokerResponse, CallError> {
-    let request = pb::RegisterBrokerRequest {
+async fn register(config: &BrokerConfig) -> Result<ipb::RegisterBrokerResponse, CallError> {
+    let request = ipb::RegisterBrokerRequest {
         broker_id: config.id.0,
         address: config.listen.to_string(),
         rack: config.rack.clone().unwrap_or_default(),
+        internal_address: config
+            .internal_listen
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
     };
     call::with_controller(&config.controllers, Duration::from_secs(5), |ch| {
         let request = request.clone();
@@ -97,7 +102,7 @@ pub async fn run_lease(
                     _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => return,
                 }
             }
-            let request = pb::BrokerHeartbeatRequest {
+            let request = ipb::BrokerHeartbeatRequest {
                 broker_id: config.id.0,
                 incarnation: registration.incarnation,
             };
@@ -126,7 +131,8 @@ pub async fn run_lease(
     }
 }
 
-/// Follows `WatchMetadata` from any controller and applies every snapshot.
+/// Follows `WatchMetadata` from any controller and applies every update, converted at the
+/// edge into the domain view.
 pub async fn run_watch(
     config: BrokerConfig,
     registry: Arc<Registry>,
@@ -146,9 +152,17 @@ pub async fn run_watch(
                 .await
                 .map_err(CallError::Status)?
                 .into_inner();
-            while let Some(snapshot) = stream.message().await.map_err(CallError::Status)? {
-                let version = snapshot.version;
-                if let Err(e) = registry.apply(snapshot).await {
+            while let Some(update) = stream.message().await.map_err(CallError::Status)? {
+                let version = update.version;
+                let update = match weir_types::metadata::MetadataUpdate::try_from(update) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        // a controller sent what this broker cannot read: try another
+                        tracing::error!(controller = %addr, error = %e, "bad metadata update");
+                        return Ok(());
+                    }
+                };
+                if let Err(e) = registry.apply(update).await {
                     tracing::error!(error = %e, "applying metadata failed");
                 }
                 state.send_modify(|s| s.metadata_version = version);

@@ -447,3 +447,92 @@ async fn a_failed_disk_stops_leading_and_heartbeating() {
     broker.shutdown().await;
     controller.shutdown().await;
 }
+
+/// With an internal listener, replication is served there and only there: the public port
+/// answers `ReplicaFetch` as unimplemented, so firewalling the internal port is enough to
+/// keep clients out of replication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_is_served_on_the_internal_listener_only() {
+    use weir_proto::internal::v1 as ipb;
+    use weir_proto::internal::v1::replication_client::ReplicationClient;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let caddr = free_addr();
+    let controller = Controller::start(ControllerConfig::new(1, caddr, dir.path().join("c")))
+        .await
+        .expect("controller");
+    let mut config = BrokerConfig::new(
+        BrokerId(1),
+        free_addr(),
+        dir.path().join("b"),
+        vec![caddr.to_string()],
+    );
+    config.internal_listen = Some(free_addr());
+    let broker = Broker::start(config).await.expect("broker");
+    let internal = broker.internal_addr.expect("internal listener bound");
+    let request = || ipb::ReplicaFetchRequest {
+        follower_id: 2,
+        partitions: vec![ipb::ReplicaFetchPartition {
+            topic: "none".into(),
+            partition: 0,
+            fetch_offset: 0,
+            last_fetched_epoch: -1,
+            leader_epoch: 0,
+        }],
+        max_wait_ms: 0,
+        max_bytes: 1 << 20,
+    };
+    let mut public = ReplicationClient::new(
+        weir_proto::call::connect(&broker.local_addr.to_string())
+            .await
+            .expect("connect public"),
+    );
+    let refused = public
+        .replica_fetch(request())
+        .await
+        .expect_err("replication on the public port");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    let mut replication = ReplicationClient::new(
+        weir_proto::call::connect(&internal.to_string())
+            .await
+            .expect("connect internal"),
+    );
+    let answer = replication
+        .replica_fetch(request())
+        .await
+        .expect("replication on the internal port")
+        .into_inner();
+    assert_eq!(
+        answer.partitions[0].error_code,
+        ErrorCode::UnknownTopicOrPartition.as_i32()
+    );
+    // the controller tells followers where to replicate from
+    let mut admin = AdminClient::new(
+        weir_proto::call::connect(&caddr.to_string())
+            .await
+            .expect("connect"),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let cluster = admin
+            .describe_cluster(pb::DescribeClusterRequest {})
+            .await
+            .expect("describe")
+            .into_inner();
+        if cluster
+            .brokers
+            .iter()
+            .any(|b| b.id == 1 && b.internal_address == internal.to_string())
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            cluster.brokers
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.shutdown().await;
+    controller.shutdown().await;
+}

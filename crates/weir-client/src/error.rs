@@ -16,12 +16,34 @@ pub enum ClientError {
     /// The producer or consumer was closed.
     #[error("closed")]
     Closed,
-    /// Retried until the deadline; the last failure.
+    /// Retried until the deadline; the last failure, and its code when a server gave one.
     #[error("gave up after {attempts} attempts: {last}")]
-    Exhausted { attempts: u32, last: String },
+    Exhausted {
+        attempts: u32,
+        last: String,
+        code: Option<ErrorCode>,
+    },
 }
 
 impl ClientError {
+    pub(crate) fn exhausted(attempts: u32, last: &ClientError) -> ClientError {
+        ClientError::Exhausted {
+            attempts,
+            last: last.to_string(),
+            code: last.code(),
+        }
+    }
+
+    /// The server's error code, if the failure came from one (for `Exhausted`, the last
+    /// attempt's).
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            ClientError::Exhausted { code, .. } => *code,
+            _ => None,
+        }
+    }
+
     pub(crate) fn from_status(status: &tonic::Status) -> ClientError {
         match weir_proto::status::error_code(status) {
             Some(code) => ClientError::Server {

@@ -11,7 +11,9 @@
 //!   subscribe to topics or a regex, partitions assigned and revoked by the controller,
 //!   rebalance callbacks, auto-commit on an interval and on revoke, manual commits (sync and
 //!   async), resume from committed offsets or the reset policy, static membership.
-//! - `metadata`: topic routes (partition leaders) from the controllers, refreshed on demand.
+//! - `metadata`: the metadata library — a cluster view pushed by the controllers'
+//!   `WatchMetadata` stream, shared broker connections, and the retry loop to partition
+//!   leaders.
 
 mod consumer;
 mod controllers;

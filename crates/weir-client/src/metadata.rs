@@ -1,32 +1,46 @@
-//! Topic routes: which broker leads each partition, asked of the controllers and cached.
+//! The client's metadata library: a [`ClusterView`] kept current by following the
+//! controllers' `WatchMetadata` stream (a snapshot, then deltas) in a background task, the
+//! connections to brokers, and [`Metadata::call_leader`], the one retry loop every call to a
+//! partition leader goes through. Used by the producer, the consumers, the CLI and anything
+//! else built on this crate.
+//!
+//! No lock is held across an `.await`: the view is a `watch` value, and broker connections
+//! are made outside the map that shares them.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tokio::sync::{OnceCell, watch};
 use tonic::transport::Channel;
 use weir_proto::v1 as pb;
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
+use weir_types::metadata::{ClusterView, MetadataUpdate};
 
 use crate::error::ClientError;
 
 /// Where each partition of a topic is led.
 #[derive(Debug, Clone)]
 pub(crate) struct Route {
-    /// Per partition: the leader's address (none while offline).
+    /// Per partition: the leader's address (none while offline or its broker is fenced).
     pub leaders: Vec<Option<String>>,
-    fetched: std::time::Instant,
 }
 
-/// A cached route older than this is fetched again (new partitions show up).
-const ROUTE_AGE_MAX: Duration = Duration::from_secs(30);
+/// How long a refresh waits for the pushed view to move on before asking the controller.
+const REFRESH_WAIT: Duration = Duration::from_millis(100);
+
+/// Pause before following the metadata from the next controller.
+const WATCH_RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 #[derive(Debug)]
 pub(crate) struct Metadata {
     bootstrap: Vec<String>,
-    routes: Mutex<HashMap<String, Arc<Route>>>,
+    /// Started on first use (inside the caller's runtime); stopped when this is dropped.
+    watch: OnceCell<(watch::Receiver<Arc<ClusterView>>, tokio::task::AbortHandle)>,
+    /// Tells the watcher to move to the next controller (the one it follows may be cut off
+    /// from the quorum and serve a view that no longer changes).
+    move_on: Arc<tokio::sync::Notify>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -37,22 +51,151 @@ const PATIENCE: Duration = Duration::from_secs(5);
 /// black-holed leader holding the whole delivery timeout.
 const ATTEMPT_TIMEOUT_MAX: Duration = Duration::from_secs(10);
 
+impl Drop for Metadata {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.watch.get() {
+            task.abort();
+        }
+    }
+}
+
+/// Follows `WatchMetadata` from the controllers in turn, forever (until every receiver is
+/// gone), publishing each new view.
+async fn follow(
+    bootstrap: Vec<String>,
+    tx: watch::Sender<Arc<ClusterView>>,
+    move_on: Arc<tokio::sync::Notify>,
+) {
+    if bootstrap.is_empty() {
+        return; // nothing to follow; callers see no view and say so
+    }
+    let mut next = 0usize;
+    loop {
+        let addr = bootstrap[next % bootstrap.len()].clone();
+        next += 1;
+        let session = async {
+            let channel = weir_proto::call::connect(&addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            let from_version = tx.borrow().version;
+            let mut stream = AdminClient::new(channel)
+                .watch_metadata(pb::WatchMetadataRequest { from_version })
+                .await
+                .map_err(|s| s.message().to_string())?
+                .into_inner();
+            while let Some(update) = stream
+                .message()
+                .await
+                .map_err(|s| s.message().to_string())?
+            {
+                let update = MetadataUpdate::try_from(update).map_err(|e| e.to_string())?;
+                let mut view = ClusterView::clone(&tx.borrow());
+                if view.apply(update) {
+                    tx.send_replace(Arc::new(view));
+                }
+            }
+            Ok::<(), String>(())
+        };
+        tokio::select! {
+            r = session => if let Err(e) = r {
+                tracing::debug!(controller = %addr, error = %e, "metadata watch ended");
+            },
+            _ = move_on.notified() => {
+                tracing::debug!(controller = %addr, "metadata view is stale; following another controller");
+                continue;
+            }
+            _ = tx.closed() => return,
+        }
+        tokio::time::sleep(WATCH_RETRY_PAUSE).await;
+    }
+}
+
+fn route_of(view: &ClusterView, topic: &str) -> Option<Route> {
+    let t = view.topic(topic)?;
+    Some(Route {
+        leaders: (0..t.partitions.len() as u32)
+            .map(|p| {
+                view.leader(topic, p)
+                    .and_then(|(_, address)| address.map(str::to_string))
+            })
+            .collect(),
+    })
+}
+
 impl Metadata {
     pub fn new(bootstrap: Vec<String>) -> Metadata {
         Metadata {
             bootstrap,
-            routes: Mutex::new(HashMap::new()),
+            watch: OnceCell::new(),
+            move_on: Arc::new(tokio::sync::Notify::new()),
             channels: Mutex::new(HashMap::new()),
         }
     }
 
-    pub async fn route(&self, topic: &str, refresh: bool) -> Result<Arc<Route>, ClientError> {
-        if !refresh
-            && let Some(route) = self.routes.lock().await.get(topic)
-            && route.fetched.elapsed() < ROUTE_AGE_MAX
-        {
-            return Ok(Arc::clone(route));
+    /// The view, following the controllers from the first call on.
+    async fn view(&self) -> watch::Receiver<Arc<ClusterView>> {
+        let (rx, _) = self
+            .watch
+            .get_or_init(|| async {
+                let (tx, rx) = watch::channel(Arc::new(ClusterView::default()));
+                let task = tokio::spawn(follow(
+                    self.bootstrap.clone(),
+                    tx,
+                    Arc::clone(&self.move_on),
+                ));
+                (rx, task.abort_handle())
+            })
+            .await;
+        rx.clone()
+    }
+
+    /// The current cluster view, once the first one arrived (waits up to `PATIENCE`).
+    pub async fn cluster(&self) -> Result<Arc<ClusterView>, ClientError> {
+        let mut rx = self.view().await;
+        let view = match tokio::time::timeout(PATIENCE, rx.wait_for(|v| v.version > 0)).await {
+            Ok(Ok(view)) => Some(Arc::clone(&view)),
+            _ => None,
+        };
+        match view {
+            Some(view) => Ok(view),
+            None => Err(ClientError::Unavailable(format!(
+                "no metadata from the controllers at {} within {PATIENCE:?}",
+                self.bootstrap.join(",")
+            ))),
         }
+    }
+
+    /// The partition leaders of `topic`, from the pushed view. The active controller is
+    /// asked directly (a linearizable answer) when the view does not show the topic (it does
+    /// not exist, or was just created), and on `refresh` — the caller was sent to a broker
+    /// that did not lead — when no newer view arrives within `REFRESH_WAIT`; the watcher then
+    /// also moves to another controller, in case the one it follows is cut off.
+    pub async fn route(&self, topic: &str, refresh: bool) -> Result<Arc<Route>, ClientError> {
+        let mut view = self.cluster().await?;
+        if refresh {
+            let mut rx = self.view().await;
+            let seen = view.version;
+            let newer =
+                match tokio::time::timeout(REFRESH_WAIT, rx.wait_for(|v| v.version > seen)).await {
+                    Ok(Ok(newer)) => Some(Arc::clone(&newer)),
+                    _ => None,
+                };
+            match newer {
+                Some(newer) => view = newer,
+                None => {
+                    self.move_on.notify_one();
+                    return self.route_from_controller(topic).await;
+                }
+            }
+        }
+        match route_of(&view, topic) {
+            Some(route) => Ok(Arc::new(route)),
+            None => self.route_from_controller(topic).await,
+        }
+    }
+
+    /// The route as the active controller describes it now.
+    async fn route_from_controller(&self, topic: &str) -> Result<Arc<Route>, ClientError> {
         let name = topic.to_string();
         let t = weir_proto::call::with_controller(&self.bootstrap, PATIENCE, |ch| {
             let name = name.clone();
@@ -83,15 +226,7 @@ impl Metadata {
                     .map(|b| b.address.clone())
             })
             .collect();
-        let route = Arc::new(Route {
-            leaders,
-            fetched: std::time::Instant::now(),
-        });
-        self.routes
-            .lock()
-            .await
-            .insert(topic.to_string(), Arc::clone(&route));
-        Ok(route)
+        Ok(Arc::new(Route { leaders }))
     }
 
     /// A client for the leader of `partition` (connections are shared per address).
@@ -101,11 +236,7 @@ impl Metadata {
         partition: u32,
         refresh: bool,
     ) -> Result<BrokerClient<Channel>, ClientError> {
-        let mut route = self.route(topic, refresh).await?;
-        if !refresh && partition as usize >= route.leaders.len() {
-            // partitions may have been added since the route was cached
-            route = self.route(topic, true).await?;
-        }
+        let route = self.route(topic, refresh).await?;
         let addr = route
             .leaders
             .get(partition as usize)
@@ -117,20 +248,35 @@ impl Metadata {
             .ok_or_else(|| {
                 ClientError::Unavailable(format!("{topic}/{partition} has no leader"))
             })?;
-        let mut channels = self.channels.lock().await;
-        let channel = match channels.get(&addr) {
-            Some(c) => c.clone(),
-            None => {
-                let c = weir_proto::call::connect(&addr).await?;
-                channels.insert(addr, c.clone());
-                c
-            }
-        };
-        Ok(BrokerClient::new(channel))
+        Ok(BrokerClient::new(self.channel(&addr).await?))
     }
 
-    pub async fn forget_channels(&self) {
-        self.channels.lock().await.clear();
+    /// A shared connection to `addr`; connecting happens outside the map's lock (two callers
+    /// racing may both connect; the first to finish is kept).
+    async fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        if let Some(c) = self
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(addr)
+        {
+            return Ok(c.clone());
+        }
+        let c = weir_proto::call::connect(addr).await?;
+        Ok(self
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr.to_string())
+            .or_insert(c)
+            .clone())
+    }
+
+    pub fn forget_channels(&self) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Calls the leader of `partition` until it answers, a final error comes back, or
@@ -177,25 +323,19 @@ impl Metadata {
                 Ok(v) => return Ok(v),
                 Err(e) if e.retriable(idempotent) => {
                     if tokio::time::Instant::now() >= deadline {
-                        return Err(ClientError::Exhausted {
-                            attempts,
-                            last: e.to_string(),
-                        });
+                        return Err(ClientError::exhausted(attempts, &e));
                     }
                     tracing::debug!(%topic, partition, error = %e, "retrying");
                     refresh = true;
                     if matches!(e, ClientError::Unavailable(_)) {
-                        self.forget_channels().await;
+                        self.forget_channels();
                     }
                     let pause = Duration::from_millis(50 * u64::from(attempts.min(10)));
                     tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause))
                         .await;
                     if tokio::time::Instant::now() >= deadline {
                         // no time left for another attempt: report the last real answer
-                        return Err(ClientError::Exhausted {
-                            attempts,
-                            last: e.to_string(),
-                        });
+                        return Err(ClientError::exhausted(attempts, &e));
                     }
                 }
                 Err(e) => return Err(e),

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use tonic::{Request, Response, Status};
+use weir_proto::internal::v1 as ipb;
+use weir_proto::internal::v1::broker_registry_server::BrokerRegistry;
 use weir_proto::status::{redirect, status};
 use weir_proto::v1::admin_server::Admin;
-use weir_proto::v1::broker_registry_server::BrokerRegistry;
 use weir_proto::v1::{self as pb};
 use weir_types::{BrokerId, ErrorCode};
 
@@ -70,6 +71,9 @@ impl Leases {
 /// Shared state of the services.
 #[derive(Clone)]
 pub struct Services {
+    /// Set when the controller shuts down: open metadata watches end, so clients move to
+    /// another controller and the server can finish.
+    pub stopped: tokio::sync::watch::Receiver<bool>,
     pub id: NodeId,
     pub raft: Raft,
     pub sm: StateMachine,
@@ -337,6 +341,7 @@ fn describe_broker(b: &crate::metadata::Broker) -> pb::BrokerDescription {
         rack: b.rack.clone().unwrap_or_default(),
         incarnation: b.incarnation,
         fenced: b.fenced,
+        internal_address: b.internal_address.clone().unwrap_or_default(),
     }
 }
 
@@ -391,6 +396,7 @@ impl Admin for Services {
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_QUEUE_MAX);
         let mut versions = self.sm.subscribe();
         let services = self.clone();
+        let mut stopped = self.stopped.clone();
         tokio::spawn(async move {
             loop {
                 let current = *versions.borrow_and_update();
@@ -407,6 +413,7 @@ impl Admin for Services {
                 tokio::select! {
                     changed = versions.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
+                    _ = stopped.wait_for(|s| *s) => return,
                 }
             }
         });
@@ -632,8 +639,8 @@ impl Admin for Services {
 impl BrokerRegistry for Services {
     async fn register_broker(
         &self,
-        request: Request<pb::RegisterBrokerRequest>,
-    ) -> Result<Response<pb::RegisterBrokerResponse>, Status> {
+        request: Request<ipb::RegisterBrokerRequest>,
+    ) -> Result<Response<ipb::RegisterBrokerResponse>, Status> {
         let req = request.into_inner();
         if req.broker_id == 0 {
             return Err(invalid("broker_id", "must be positive"));
@@ -647,13 +654,15 @@ impl BrokerRegistry for Services {
                 id,
                 address: req.address,
                 rack: (!req.rack.is_empty()).then_some(req.rack),
+                internal_address: (!req.internal_address.is_empty())
+                    .then_some(req.internal_address),
             })
             .await?;
         let Outcome::Registered { incarnation } = outcome else {
             return Err(unexpected(outcome));
         };
         self.leases.renew(id, incarnation);
-        Ok(Response::new(pb::RegisterBrokerResponse {
+        Ok(Response::new(ipb::RegisterBrokerResponse {
             incarnation,
             lease_ms: self.lease.as_millis() as u64,
         }))
@@ -661,8 +670,8 @@ impl BrokerRegistry for Services {
 
     async fn alter_partition(
         &self,
-        request: Request<pb::AlterPartitionRequest>,
-    ) -> Result<Response<pb::AlterPartitionResponse>, Status> {
+        request: Request<ipb::AlterPartitionRequest>,
+    ) -> Result<Response<ipb::AlterPartitionResponse>, Status> {
         let req = request.into_inner();
         let outcome = self
             .propose(Command::AlterIsr {
@@ -679,7 +688,7 @@ impl BrokerRegistry for Services {
             Outcome::IsrChanged {
                 isr,
                 partition_epoch,
-            } => Ok(Response::new(pb::AlterPartitionResponse {
+            } => Ok(Response::new(ipb::AlterPartitionResponse {
                 isr: isr.into_iter().map(|b| b.0).collect(),
                 partition_epoch,
             })),
@@ -689,8 +698,8 @@ impl BrokerRegistry for Services {
 
     async fn allocate_producer_ids(
         &self,
-        request: Request<pb::AllocateProducerIdsRequest>,
-    ) -> Result<Response<pb::AllocateProducerIdsResponse>, Status> {
+        request: Request<ipb::AllocateProducerIdsRequest>,
+    ) -> Result<Response<ipb::AllocateProducerIdsResponse>, Status> {
         let req = request.into_inner();
         match self
             .propose(Command::AllocateProducerIds {
@@ -700,7 +709,7 @@ impl BrokerRegistry for Services {
             .await?
         {
             Outcome::ProducerIds { first, count } => {
-                Ok(Response::new(pb::AllocateProducerIdsResponse {
+                Ok(Response::new(ipb::AllocateProducerIdsResponse {
                     first_id: first,
                     count,
                 }))
@@ -711,8 +720,8 @@ impl BrokerRegistry for Services {
 
     async fn broker_heartbeat(
         &self,
-        request: Request<pb::BrokerHeartbeatRequest>,
-    ) -> Result<Response<pb::BrokerHeartbeatResponse>, Status> {
+        request: Request<ipb::BrokerHeartbeatRequest>,
+    ) -> Result<Response<ipb::BrokerHeartbeatResponse>, Status> {
         let req = request.into_inner();
         self.leader_only()?;
         let id = BrokerId(req.broker_id);
@@ -725,7 +734,7 @@ impl BrokerRegistry for Services {
         if !fenced {
             self.leases.renew(id, req.incarnation);
         }
-        Ok(Response::new(pb::BrokerHeartbeatResponse {
+        Ok(Response::new(ipb::BrokerHeartbeatResponse {
             fenced,
             metadata_version: state.version(),
         }))

@@ -17,6 +17,9 @@ pub struct Broker {
     pub id: BrokerId,
     /// `host:port` of the broker's data-plane gRPC endpoint.
     pub address: String,
+    /// `host:port` of its internal listener (replication); `None`: `address` serves it.
+    #[serde(default)]
+    pub internal_address: Option<String>,
     pub rack: Option<String>,
     /// Bumped on every registration; requests from an older incarnation are fenced.
     pub incarnation: u64,
@@ -128,6 +131,8 @@ pub enum Command {
         id: BrokerId,
         address: String,
         rack: Option<String>,
+        #[serde(default)]
+        internal_address: Option<String>,
     },
     /// The broker's lease expired (or it shut down): it loses leaderships and ISR places.
     FenceBroker {
@@ -341,7 +346,12 @@ fn validate_config(config: &TopicConfig, replication_factor: Option<u32>) -> Res
 impl Metadata {
     pub fn apply(&mut self, command: Command) -> Outcome {
         let result = match command {
-            Command::RegisterBroker { id, address, rack } => self.register(id, address, rack),
+            Command::RegisterBroker {
+                id,
+                address,
+                rack,
+                internal_address,
+            } => self.register(id, address, rack, internal_address),
             Command::FenceBroker { id, incarnation } => self.fence(id, incarnation),
             Command::CreateTopic {
                 id,
@@ -425,9 +435,13 @@ impl Metadata {
         id: BrokerId,
         address: String,
         rack: Option<String>,
+        internal_address: Option<String>,
     ) -> Result<Outcome, Rejection> {
         if address.is_empty() {
             return Err(invalid("address", "must not be empty"));
+        }
+        if internal_address.as_deref() == Some("") {
+            return Err(invalid("internal_address", "must not be empty when given"));
         }
         self.next_incarnation += 1;
         let incarnation = self.next_incarnation;
@@ -437,6 +451,7 @@ impl Metadata {
             Broker {
                 id,
                 address,
+                internal_address,
                 rack,
                 incarnation,
                 fenced: false,
@@ -947,6 +962,7 @@ mod tests {
             id: BrokerId(id),
             address: format!("127.0.0.{id}:9092"),
             rack: rack.map(str::to_string),
+            internal_address: None,
         }) {
             Outcome::Registered { incarnation } => incarnation,
             other => panic!("register failed: {other:?}"),

@@ -11,9 +11,9 @@ use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use weir_proto::internal::v1::broker_registry_server::BrokerRegistryServer;
+use weir_proto::internal::v1::controller_raft_server::ControllerRaftServer;
 use weir_proto::v1::admin_server::AdminServer;
-use weir_proto::v1::broker_registry_server::BrokerRegistryServer;
-use weir_proto::v1::controller_raft_server::ControllerRaftServer;
 
 use crate::admin::{Leases, Services, live_incarnations};
 use crate::coordinator::{
@@ -214,6 +214,7 @@ impl Controller {
         let (stop, stopped) = watch::channel(false);
         let leases = Arc::new(Leases::default());
         let services = Services {
+            stopped: stopped.clone(),
             id: config.id,
             raft: raft.clone(),
             sm: state.clone(),

@@ -18,9 +18,9 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
-use weir_proto::v1::RaftPayload;
-use weir_proto::v1::controller_raft_client::ControllerRaftClient;
-use weir_proto::v1::controller_raft_server::ControllerRaft;
+use weir_proto::internal::v1::RaftPayload;
+use weir_proto::internal::v1::controller_raft_client::ControllerRaftClient;
+use weir_proto::internal::v1::controller_raft_server::ControllerRaft;
 
 use crate::metadata::{Command, Outcome};
 

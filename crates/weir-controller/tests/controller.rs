@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use weir_controller::{Controller, ControllerConfig};
+use weir_proto::internal::v1 as ipb;
+use weir_proto::internal::v1::broker_registry_client::BrokerRegistryClient;
 use weir_proto::v1 as pb;
 use weir_proto::v1::admin_client::AdminClient;
-use weir_proto::v1::broker_registry_client::BrokerRegistryClient;
 
 fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -36,10 +37,11 @@ async fn start_with_a_broker(
         .await
         .expect("connect");
     BrokerRegistryClient::new(channel.clone())
-        .register_broker(pb::RegisterBrokerRequest {
+        .register_broker(ipb::RegisterBrokerRequest {
             broker_id: 1,
             address: "127.0.0.1:1".into(),
             rack: String::new(),
+            internal_address: String::new(),
         })
         .await
         .expect("register");

@@ -189,3 +189,115 @@ mod tests {
         assert_eq!(err.field, "data");
     }
 }
+
+fn broker_ids(ids: &[u32], field: &str) -> Result<Vec<weir_types::BrokerId>, FieldError> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| match id {
+            0 => Err(FieldError::new(
+                format!("{field}[{i}]"),
+                "broker ids are positive",
+            )),
+            id => Ok(weir_types::BrokerId(*id)),
+        })
+        .collect()
+}
+
+impl TryFrom<v1::PartitionDescription> for weir_types::metadata::PartitionInfo {
+    type Error = FieldError;
+
+    fn try_from(p: v1::PartitionDescription) -> Result<Self, Self::Error> {
+        Ok(weir_types::metadata::PartitionInfo {
+            partition: p.partition,
+            leader: (p.leader != 0).then_some(weir_types::BrokerId(p.leader)),
+            leader_epoch: LeaderEpoch(p.leader_epoch),
+            replicas: broker_ids(&p.replicas, "replicas")?,
+            isr: broker_ids(&p.isr, "isr")?,
+            partition_epoch: p.partition_epoch,
+            catch_up_bytes_per_s: p.reassign_throttle_bytes_per_s,
+        })
+    }
+}
+
+impl TryFrom<v1::TopicDescription> for weir_types::metadata::TopicInfo {
+    type Error = FieldError;
+
+    fn try_from(t: v1::TopicDescription) -> Result<Self, Self::Error> {
+        if t.name.is_empty() {
+            return Err(FieldError::new("name", "must not be empty"));
+        }
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for (i, p) in t.partitions.into_iter().enumerate() {
+            if p.partition as usize != i {
+                return Err(FieldError::new(
+                    format!("partitions[{i}].partition"),
+                    format!("is {}, expected {i}", p.partition),
+                ));
+            }
+            partitions.push(
+                weir_types::metadata::PartitionInfo::try_from(p)
+                    .map_err(|e| e.within(format!("partitions[{i}]")))?,
+            );
+        }
+        Ok(weir_types::metadata::TopicInfo {
+            name: t.name,
+            topic_id: t.topic_id,
+            retention_ms: (!t.retention_ms_unlimited).then_some(t.retention_ms),
+            retention_bytes: (!t.retention_bytes_unlimited).then_some(t.retention_bytes),
+            segment_bytes: t.segment_bytes,
+            min_insync_replicas: t.min_insync_replicas,
+            partitions,
+        })
+    }
+}
+
+impl TryFrom<v1::BrokerDescription> for weir_types::metadata::BrokerInfo {
+    type Error = FieldError;
+
+    fn try_from(b: v1::BrokerDescription) -> Result<Self, Self::Error> {
+        if b.id == 0 {
+            return Err(FieldError::new("id", "broker ids are positive"));
+        }
+        Ok(weir_types::metadata::BrokerInfo {
+            id: weir_types::BrokerId(b.id),
+            address: b.address,
+            internal_address: (!b.internal_address.is_empty()).then_some(b.internal_address),
+            rack: (!b.rack.is_empty()).then_some(b.rack),
+            incarnation: b.incarnation,
+            fenced: b.fenced,
+        })
+    }
+}
+
+/// A whole `WatchMetadata` update; the first bad field names where it is.
+impl TryFrom<v1::MetadataUpdate> for weir_types::metadata::MetadataUpdate {
+    type Error = FieldError;
+
+    fn try_from(u: v1::MetadataUpdate) -> Result<Self, Self::Error> {
+        let topics = u
+            .topics
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                weir_types::metadata::TopicInfo::try_from(t)
+                    .map_err(|e| e.within(format!("topics[{i}]")))
+            })
+            .collect::<Result<_, _>>()?;
+        let brokers = u
+            .brokers
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                weir_types::metadata::BrokerInfo::try_from(b)
+                    .map_err(|e| e.within(format!("brokers[{i}]")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(weir_types::metadata::MetadataUpdate {
+            version: u.version,
+            snapshot: u.snapshot,
+            topics,
+            brokers,
+            deleted_topics: u.deleted_topics,
+        })
+    }
+}

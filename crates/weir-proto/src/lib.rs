@@ -1,7 +1,10 @@
-//! Weir's gRPC contract, generated from `proto/weir/v1/*.proto`, and the edge where protobuf
-//! types become `weir-types` values.
+//! Weir's gRPC contract, generated from `proto/`, and the edge where protobuf types become
+//! `weir-types` values.
 //!
-//! - [`v1`]: the generated messages (and, as they arrive, services).
+//! - [`v1`]: the public API (`weir.v1`): produce, fetch, offsets, admin, metadata, groups.
+//! - [`internal::v1`]: what only cluster members speak (`weir.internal.v1`): replication
+//!   between brokers, the broker registry, Raft between controllers. Served on separate
+//!   listeners where the binary is told to, so it can be firewalled.
 //! - `convert`: `TryFrom` conversions that check every field, failing with a
 //!   [`FieldError`] that names the field.
 //! - [`status`]: the only place a `tonic::Status` is built from Weir's errors.
@@ -15,6 +18,15 @@ pub mod status;
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("weir.v1");
+}
+
+/// Generated code for package `weir.internal.v1` (its references to `weir.v1` resolve to
+/// [`v1`]).
+pub mod internal {
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic, missing_docs)]
+        tonic::include_proto!("weir.internal.v1");
+    }
 }
 
 pub use convert::FieldError;

@@ -7,11 +7,14 @@
 //!   recompressed, only decompressed to validate or to read records.
 //! - [`varint`]: zig-zag varints used inside records.
 //! - [`error`]: the wire `ErrorCode` enum with its retriable / definite classification.
+//! - [`metadata`]: the cluster view (brokers, topics, leadership) brokers and clients keep
+//!   current from the controllers' updates.
 
 pub mod batch;
 pub mod compression;
 pub mod error;
 pub mod id;
+pub mod metadata;
 pub mod varint;
 
 pub use batch::{BatchBuilder, BatchError, Header, Record, RecordBatch};

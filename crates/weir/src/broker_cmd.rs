@@ -25,6 +25,10 @@ pub struct BrokerArgs {
     /// [default: 127.0.0.1:9092].
     #[arg(long)]
     pub(crate) listen: Option<SocketAddr>,
+    /// Address for replication between brokers (the internal API: firewall it); advertised
+    /// to the controller [default: none, `--listen` serves it too].
+    #[arg(long)]
+    pub(crate) internal_listen: Option<SocketAddr>,
     /// Controller addresses (`host:port` or `id=host:port`), comma separated
     /// [default: 127.0.0.1:9093].
     #[arg(long, env = "WEIR_CONTROLLERS")]
@@ -71,6 +75,12 @@ pub(crate) fn resolve(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, Option
         controller_addresses(&controllers)?,
     );
     config.rack = args.rack.clone().or(file.rack);
+    config.internal_listen = args.internal_listen.or(file.internal_listen);
+    anyhow::ensure!(
+        config.internal_listen != Some(config.listen),
+        "--internal-listen must differ from --listen ({})",
+        config.listen
+    );
     if let Some(v) = file.replica_lag_ms_max {
         config.replica_lag_ms_max = v;
     }
@@ -120,6 +130,9 @@ pub async fn run_broker(args: BrokerArgs) -> anyhow::Result<i32> {
     crate::http::metrics_handle()?;
     let broker = Broker::start(config).await?;
     println!("broker {id} listening on {}", broker.local_addr);
+    if let Some(addr) = broker.internal_addr {
+        println!("broker {id} internal (replication) on {addr}");
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     if let Some(addr) = http {
         let bound =

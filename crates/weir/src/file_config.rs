@@ -40,6 +40,7 @@ pub struct ControllerFile {
 pub struct BrokerFile {
     pub id: Option<u32>,
     pub listen: Option<SocketAddr>,
+    pub internal_listen: Option<SocketAddr>,
     pub controllers: Option<String>,
     pub rack: Option<String>,
     pub data_dir: Option<PathBuf>,

@@ -25,9 +25,13 @@ pub struct NodeArgs {
     /// The controller's address (Raft, admin, broker traffic) [default: 127.0.0.1:9093].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// The broker's address (produce, fetch, replication) [default: 127.0.0.1:9092].
+    /// The broker's address (produce, fetch) [default: 127.0.0.1:9092].
     #[arg(long)]
     broker_listen: Option<SocketAddr>,
+    /// The broker's internal address (replication between brokers; firewall it)
+    /// [default: none, `--broker-listen` serves it too].
+    #[arg(long)]
+    broker_internal_listen: Option<SocketAddr>,
     /// Every controller, `id=host:port,...`, including this node's. Bootstraps an empty
     /// quorum (unless `--join`); the broker finds the active controller among them.
     #[arg(long, env = "WEIR_CONTROLLERS")]
@@ -78,6 +82,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
         config: args.config.clone(),
         id: Some(args.id),
         listen: args.broker_listen,
+        internal_listen: args.broker_internal_listen,
         controllers: Some(args.controllers.clone()),
         rack: args.rack.clone(),
         data_dir: Some(args.data_dir.join("broker")),
@@ -99,6 +104,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
     );
     let broker = Broker::start(broker_config).await?;
     println!("node {id}: broker listening on {}", broker.local_addr);
+    if let Some(addr) = broker.internal_addr {
+        println!("node {id}: broker internal (replication) on {addr}");
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     if let Some(addr) = args.http {
         let ready = {

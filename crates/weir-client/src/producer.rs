@@ -46,6 +46,9 @@ pub struct ProducerConfig {
     /// Bytes of records accepted but not yet answered, over all partitions; `send` waits
     /// for room beyond it (Kafka's `buffer.memory`).
     pub buffer_bytes_max: usize,
+    /// Batches in flight per partition, 1 to 5 (Kafka's `max.in.flight`); records keep their
+    /// order. Without idempotence always 1.
+    pub max_in_flight: usize,
 }
 
 impl ProducerConfig {
@@ -59,6 +62,7 @@ impl ProducerConfig {
             idempotence: true,
             delivery_timeout: Duration::from_secs(30),
             buffer_bytes_max: 32 << 20,
+            max_in_flight: 5,
         }
     }
 }
@@ -123,6 +127,15 @@ impl Producer {
             return Err(ClientError::Invalid {
                 field: "batch_bytes_max".into(),
                 reason: "must be positive".into(),
+            });
+        }
+        if !(1..=5).contains(&config.max_in_flight) {
+            return Err(ClientError::Invalid {
+                field: "max_in_flight".into(),
+                reason: format!(
+                    "{} is outside 1..=5 (the broker remembers 5 batches per producer)",
+                    config.max_in_flight
+                ),
             });
         }
         if config.buffer_bytes_max < config.batch_bytes_max
@@ -284,7 +297,215 @@ impl Gathered {
     }
 }
 
-/// One partition: gather, send with retries, answer, in order.
+/// A batch sent and not yet answered.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<Option<Offset>, ClientError>>,
+    records: Arc<Vec<Record>>,
+    waiters: Vec<Waiter>,
+    /// Answered after this batch (and so after every earlier one).
+    flushes: Vec<oneshot::Sender<()>>,
+    _room: Vec<OwnedSemaphorePermit>,
+    producer: Option<(ProducerId, ProducerEpoch)>,
+    sequence: i32,
+    deadline: tokio::time::Instant,
+}
+
+/// Times one batch is sent again after `OUT_OF_ORDER_SEQUENCE` before it fails.
+const RESENDS_MAX: u32 = 8;
+
+/// One partition's sender: gathers records into batches and keeps up to `max_in_flight`
+/// of them in flight, answering them in order.
+///
+/// Order with several in flight rests on the broker's sequence check: a batch that reaches
+/// the leader before its predecessor is refused with `OUT_OF_ORDER_SEQUENCE`, never
+/// appended. Answers are handled oldest first; such a batch is then sent again, alone and
+/// awaited, once everything before it is settled — with the same sequence if its
+/// predecessors were appended, or under a fresh producer id if one of them failed. After any
+/// failure nothing new is sent until every batch in flight is settled, so a batch sent again
+/// never overtakes a newer one.
+struct PartitionSender {
+    shared: Arc<Shared>,
+    topic: String,
+    partition: u32,
+    producer: Option<(ProducerId, ProducerEpoch)>,
+    sequence: i32,
+    in_flight: std::collections::VecDeque<InFlight>,
+    /// Set by a failure; cleared once nothing is in flight.
+    draining: bool,
+}
+
+impl PartitionSender {
+    fn max_in_flight(&self) -> usize {
+        if self.shared.config.idempotence {
+            self.shared.config.max_in_flight
+        } else {
+            1 // without sequences a retry could overtake a newer batch
+        }
+    }
+
+    fn can_send(&self) -> bool {
+        !self.draining && self.in_flight.len() < self.max_in_flight()
+    }
+
+    /// The producer id to send under, asked for when there is none.
+    async fn ensure_producer(
+        &mut self,
+    ) -> Result<Option<(ProducerId, ProducerEpoch)>, ClientError> {
+        if self.shared.config.idempotence && self.producer.is_none() {
+            let p = init_producer(&self.shared, &self.topic, self.partition).await?;
+            self.producer = Some(p);
+            self.sequence = 0;
+        }
+        Ok(self.producer)
+    }
+
+    fn next_sequence(&mut self, count: usize) -> i32 {
+        let seq = self.sequence;
+        self.sequence = seq.wrapping_add(count as i32) & i32::MAX;
+        seq
+    }
+
+    /// Sends what was gathered (it must hold records).
+    async fn send(&mut self, gathered: Gathered) {
+        let Gathered {
+            records,
+            waiters,
+            flushes,
+            room,
+            ..
+        } = gathered;
+        let producer = match self.ensure_producer().await {
+            Ok(p) => p,
+            Err(e) => {
+                for w in waiters {
+                    let _ = w.send(Err(e.clone()));
+                }
+                self.answer_flushes(flushes);
+                return;
+            }
+        };
+        let sequence = self.next_sequence(records.len());
+        let records = Arc::new(records);
+        let deadline = tokio::time::Instant::now() + self.shared.config.delivery_timeout;
+        let task = self.spawn_send(&records, producer, sequence, deadline);
+        self.in_flight.push_back(InFlight {
+            task,
+            records,
+            waiters,
+            flushes,
+            _room: room,
+            producer,
+            sequence,
+            deadline,
+        });
+    }
+
+    fn spawn_send(
+        &self,
+        records: &Arc<Vec<Record>>,
+        producer: Option<(ProducerId, ProducerEpoch)>,
+        sequence: i32,
+        deadline: tokio::time::Instant,
+    ) -> tokio::task::JoinHandle<Result<Option<Offset>, ClientError>> {
+        let (shared, topic, partition) =
+            (Arc::clone(&self.shared), self.topic.clone(), self.partition);
+        let records = Arc::clone(records);
+        tokio::spawn(async move {
+            send_batch(
+                &shared, &topic, partition, &records, producer, sequence, deadline,
+            )
+            .await
+        })
+    }
+
+    /// Flushes wait for everything sent before them.
+    fn answer_flushes(&mut self, flushes: Vec<oneshot::Sender<()>>) {
+        match self.in_flight.back_mut() {
+            Some(last) => last.flushes.extend(flushes),
+            None => {
+                for f in flushes {
+                    let _ = f.send(());
+                }
+            }
+        }
+    }
+
+    /// Settles the oldest batch in flight, given its answer.
+    async fn settle(
+        &mut self,
+        mut entry: InFlight,
+        mut result: Result<Option<Offset>, ClientError>,
+    ) {
+        let mut resends = 0;
+        loop {
+            match result {
+                Err(e)
+                    if e.code() == Some(weir_types::ErrorCode::OutOfOrderSequence)
+                        && entry.producer.is_some()
+                        && resends < RESENDS_MAX
+                        && tokio::time::Instant::now() < entry.deadline =>
+                {
+                    // it reached the leader before a predecessor, which is settled now
+                    resends += 1;
+                    if entry.producer != self.producer {
+                        // a predecessor failed and the producer id was replaced: this batch
+                        // was never appended, so it takes the next sequence of the new id
+                        match self.ensure_producer().await {
+                            Ok(p) => {
+                                entry.producer = p;
+                                entry.sequence = self.next_sequence(entry.records.len());
+                            }
+                            Err(e) => {
+                                result = Err(e);
+                                continue;
+                            }
+                        }
+                    }
+                    tracing::debug!(topic = %self.topic, partition = self.partition, sequence = entry.sequence, "sending a batch again after a predecessor");
+                    let task = self.spawn_send(
+                        &entry.records,
+                        entry.producer,
+                        entry.sequence,
+                        entry.deadline,
+                    );
+                    result = task.await.unwrap_or_else(|e| {
+                        Err(ClientError::Unavailable(format!("send task failed: {e}")))
+                    });
+                }
+                Ok(base) => {
+                    for (i, w) in std::mem::take(&mut entry.waiters).into_iter().enumerate() {
+                        let _ = w.send(Ok(RecordMetadata {
+                            partition: self.partition,
+                            offset: base.map(|b| b.plus(i as i64)),
+                        }));
+                    }
+                    break;
+                }
+                Err(e) => {
+                    // The batch's fate may be unknown: a new producer id keeps later batches
+                    // from being mistaken for it, and nothing new is sent until the batches
+                    // in flight are settled.
+                    if entry.producer.is_some() && entry.producer == self.producer {
+                        self.producer = None;
+                    }
+                    self.draining = true;
+                    for w in std::mem::take(&mut entry.waiters) {
+                        let _ = w.send(Err(e.clone()));
+                    }
+                    break;
+                }
+            }
+        }
+        for f in std::mem::take(&mut entry.flushes) {
+            let _ = f.send(());
+        }
+        if self.in_flight.is_empty() {
+            self.draining = false;
+        }
+    }
+}
+
+/// One partition: gather, send (up to `max_in_flight` batches at once), answer, in order.
 async fn run_partition(
     shared: Arc<Shared>,
     topic: String,
@@ -292,67 +513,76 @@ async fn run_partition(
     mut rx: mpsc::Receiver<Item>,
 ) {
     let linger = Duration::from_millis(shared.config.linger_ms);
-    let mut producer: Option<(ProducerId, ProducerEpoch)> = None;
-    let mut sequence: i32 = 0;
-    while let Some(first) = rx.recv().await {
-        let mut gathered = Gathered::default();
-        gathered.push(first);
-        let deadline = tokio::time::Instant::now() + linger;
-        while gathered.bytes < shared.config.batch_bytes_max && gathered.flushes.is_empty() {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(item)) => gathered.push(item),
-                _ => break,
-            }
+    let batch_bytes_max = shared.config.batch_bytes_max;
+    let mut sender = PartitionSender {
+        shared,
+        topic,
+        partition,
+        producer: None,
+        sequence: 0,
+        in_flight: std::collections::VecDeque::new(),
+        draining: false,
+    };
+    let mut gathered = Gathered::default();
+    let mut linger_until: Option<tokio::time::Instant> = None;
+    let mut open = true;
+    loop {
+        let full = gathered.bytes >= batch_bytes_max;
+        let flushing = !gathered.flushes.is_empty();
+        // send now: a full batch, or one a flush is waiting for
+        if !gathered.records.is_empty() && (full || flushing) && sender.can_send() {
+            sender.send(std::mem::take(&mut gathered)).await;
+            linger_until = None;
+            continue;
         }
-        let Gathered {
-            records,
-            waiters,
-            flushes,
-            room: _room,
-            ..
-        } = gathered;
-        if !records.is_empty() {
-            if shared.config.idempotence && producer.is_none() {
-                match init_producer(&shared, &topic, partition).await {
-                    Ok(p) => {
-                        producer = Some(p);
-                        sequence = 0;
-                    }
-                    Err(e) => {
-                        for w in waiters {
-                            let _ = w.send(Err(e.clone()));
-                        }
-                        for f in flushes {
-                            let _ = f.send(());
-                        }
-                        continue;
-                    }
-                }
-            }
-            let count = records.len() as i32;
-            let result = send_batch(&shared, &topic, partition, records, producer, sequence).await;
-            match result {
-                Ok(base) => {
-                    sequence = sequence.wrapping_add(count) & i32::MAX;
-                    for (i, w) in waiters.into_iter().enumerate() {
-                        let _ = w.send(Ok(RecordMetadata {
-                            partition,
-                            offset: base.map(|b| b.plus(i as i64)),
-                        }));
-                    }
-                }
-                Err(e) => {
-                    // The batch's fate may be unknown: a new producer id keeps later batches
-                    // from being mistaken for it.
-                    producer = None;
-                    for w in waiters {
-                        let _ = w.send(Err(e.clone()));
-                    }
-                }
-            }
+        if gathered.records.is_empty() && flushing {
+            let flushes = std::mem::take(&mut gathered.flushes);
+            sender.answer_flushes(flushes);
+            continue;
         }
-        for f in flushes {
-            let _ = f.send(());
+        if !open && gathered.records.is_empty() && sender.in_flight.is_empty() {
+            return;
+        }
+        let lingering = !gathered.records.is_empty() && sender.can_send();
+        let wake = linger_until.unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            biased;
+            result = async {
+                match sender.in_flight.front_mut() {
+                    Some(front) => (&mut front.task).await,
+                    None => std::future::pending().await,
+                }
+            }, if !sender.in_flight.is_empty() => {
+                let result = result.unwrap_or_else(|e| {
+                    Err(ClientError::Unavailable(format!("send task failed: {e}")))
+                });
+                if let Some(entry) = sender.in_flight.pop_front() {
+                    sender.settle(entry, result).await;
+                }
+            }
+            _ = tokio::time::sleep_until(wake), if lingering => {
+                sender.send(std::mem::take(&mut gathered)).await;
+                linger_until = None;
+            }
+            item = rx.recv(), if open && !full && !flushing => match item {
+                Some(item) => {
+                    if gathered.records.is_empty() && matches!(item, Item::Record(..)) {
+                        linger_until = Some(tokio::time::Instant::now() + linger);
+                    }
+                    gathered.push(item);
+                }
+                None => {
+                    open = false;
+                    // closing: what is gathered goes without waiting for the linger
+                    if !gathered.records.is_empty() {
+                        linger_until = Some(tokio::time::Instant::now());
+                    }
+                }
+            },
+            else => {
+                // nothing to wait for but the draining batches' room: they are awaited above
+                tokio::task::yield_now().await;
+            }
         }
     }
 }
@@ -380,16 +610,17 @@ async fn send_batch(
     shared: &Shared,
     topic: &str,
     partition: u32,
-    records: Vec<Record>,
+    records: &[Record],
     producer: Option<(ProducerId, ProducerEpoch)>,
     sequence: i32,
+    deadline: tokio::time::Instant,
 ) -> Result<Option<Offset>, ClientError> {
     let mut builder = BatchBuilder::new(shared.config.compression);
     if let Some((id, epoch)) = producer {
         builder = builder.producer(id, epoch, Sequence(sequence));
     }
     for r in records {
-        builder.push(r);
+        builder.push(r.clone());
     }
     let batch: pb::RecordBatch = builder
         .build()
@@ -403,7 +634,6 @@ async fn send_batch(
         Acks::Leader => pb::Acks::Leader,
         Acks::All => pb::Acks::All,
     };
-    let deadline = tokio::time::Instant::now() + shared.config.delivery_timeout;
     let r = shared
         .metadata
         .call_leader(

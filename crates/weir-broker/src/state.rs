@@ -268,6 +268,15 @@ mod tests {
         }
     }
 
+    /// The metadata makes `leadership` current (nothing fsynced yet counts).
+    fn elect(s: &mut ReplicaState, leadership: Leadership, now: Instant) -> Vec<Action> {
+        s.step(Event::Leadership {
+            leadership,
+            durable_end: Offset(0),
+            now,
+        })
+    }
+
     fn fetch(follower: BrokerId, offset: i64, end: i64, now: Instant) -> Event {
         Event::FollowerFetch {
             follower,
@@ -282,11 +291,7 @@ mod tests {
     fn the_leader_moves_the_high_watermark_only_over_the_isr() {
         let t = Instant::now();
         let mut s = ReplicaState::new(L, Offset(0), t);
-        s.step(Event::Leadership {
-            leadership: lead(L, 1, &[L, F2, F3]),
-            durable_end: Offset(0),
-            now: t,
-        });
+        elect(&mut s, lead(L, 1, &[L, F2, F3]), t);
         // the leader's own fsync alone does not move it
         assert_eq!(
             s.step(Event::Durable {
@@ -300,11 +305,7 @@ mod tests {
             vec![Action::HighWatermark(Offset(6))]
         );
         // F3 leaves the ISR: the high watermark follows F2 and the leader
-        s.step(Event::Leadership {
-            leadership: lead(L, 1, &[L, F2]),
-            durable_end: Offset(0),
-            now: t,
-        });
+        elect(&mut s, lead(L, 1, &[L, F2]), t);
         assert_eq!(
             s.step(Event::Durable {
                 durable_end: Offset(10)
@@ -320,26 +321,14 @@ mod tests {
     fn a_new_term_forgets_progress_reported_to_the_old_one() {
         let t = Instant::now();
         let mut s = ReplicaState::new(L, Offset(0), t);
-        s.step(Event::Leadership {
-            leadership: lead(L, 1, &[L, F2]),
-            durable_end: Offset(0),
-            now: t,
-        });
+        elect(&mut s, lead(L, 1, &[L, F2]), t);
         assert_eq!(
             s.step(fetch(F2, 5, 5, t)),
             vec![Action::HighWatermark(Offset(5))]
         );
         // another broker led epoch 2 and this one leads again in epoch 3
-        s.step(Event::Leadership {
-            leadership: lead(F2, 2, &[L, F2]),
-            durable_end: Offset(0),
-            now: t,
-        });
-        s.step(Event::Leadership {
-            leadership: lead(L, 3, &[L, F2]),
-            durable_end: Offset(0),
-            now: t,
-        });
+        elect(&mut s, lead(F2, 2, &[L, F2]), t);
+        elect(&mut s, lead(L, 3, &[L, F2]), t);
         // F2's old report does not count: the log grew, the high watermark waits for F2
         assert_eq!(
             s.step(Event::Durable {
@@ -357,11 +346,7 @@ mod tests {
     fn followers_take_the_leaders_high_watermark_capped_by_their_own_data() {
         let t = Instant::now();
         let mut s = ReplicaState::new(F2, Offset(0), t);
-        s.step(Event::Leadership {
-            leadership: lead(L, 1, &[L, F2]),
-            durable_end: Offset(0),
-            now: t,
-        });
+        elect(&mut s, lead(L, 1, &[L, F2]), t);
         let cases = [
             (10, 4, Some(4)),
             (10, 10, Some(10)),
@@ -406,11 +391,7 @@ mod tests {
         let lag = Duration::from_millis(1000);
         let at = |ms| t + Duration::from_millis(ms);
         let mut s = ReplicaState::new(L, Offset(0), t);
-        s.step(Event::Leadership {
-            leadership: lead(L, 1, &[L, F2, F3]),
-            durable_end: Offset(0),
-            now: t,
-        });
+        elect(&mut s, lead(L, 1, &[L, F2, F3]), t);
         assert_eq!(
             s.step(Event::Tick {
                 lag_max: lag,
@@ -450,11 +431,7 @@ mod tests {
         );
         // a follower never asks
         let mut f = ReplicaState::new(F2, Offset(0), t);
-        f.step(Event::Leadership {
-            leadership: lead(L, 1, &[L, F2, F3]),
-            durable_end: Offset(0),
-            now: t,
-        });
+        elect(&mut f, lead(L, 1, &[L, F2, F3]), t);
         assert_eq!(
             f.step(Event::Tick {
                 lag_max: lag,

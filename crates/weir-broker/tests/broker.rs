@@ -373,6 +373,37 @@ async fn idempotent_producers_get_ids_and_retries_are_not_written_twice() {
     controller.shutdown().await;
 }
 
+/// Waits (up to `within`) until the controller at `controller` describes broker 1 so that
+/// `ok` holds.
+async fn until_broker(
+    controller: std::net::SocketAddr,
+    within: Duration,
+    ok: impl Fn(&pb::BrokerDescription) -> bool,
+) {
+    let mut admin = AdminClient::new(
+        weir_proto::call::connect(&controller.to_string())
+            .await
+            .expect("connect"),
+    );
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let cluster = admin
+            .describe_cluster(pb::DescribeClusterRequest {})
+            .await
+            .expect("describe")
+            .into_inner();
+        if cluster.brokers.iter().any(|b| b.id == 1 && ok(b)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "broker 1 never got there: {:?}",
+            cluster.brokers
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Fail-stop: once the disk fails (as an fsync error reports it), the broker is not ready,
 /// leads nothing, and stops heartbeating, so the controller fences it when its lease runs out
 /// (and would move its leaderships to replicas that still hold their data).
@@ -417,28 +448,7 @@ async fn a_failed_disk_stops_leading_and_heartbeating() {
     }
 
     // no heartbeats: fenced once the lease (6 s) runs out
-    let mut admin = AdminClient::new(
-        weir_proto::call::connect(&controller.local_addr.to_string())
-            .await
-            .expect("connect"),
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let cluster = admin
-            .describe_cluster(pb::DescribeClusterRequest {})
-            .await
-            .expect("describe")
-            .into_inner();
-        if cluster.brokers.iter().any(|b| b.id == 1 && b.fenced) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the broker was never fenced: {:?}",
-            cluster.brokers
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_broker(controller.local_addr, Duration::from_secs(15), |b| b.fenced).await;
     assert!(
         !broker.is_ready(),
         "a failed disk never becomes ready again"
@@ -507,32 +517,11 @@ async fn replication_is_served_on_the_internal_listener_only() {
         ErrorCode::UnknownTopicOrPartition.as_i32()
     );
     // the controller tells followers where to replicate from
-    let mut admin = AdminClient::new(
-        weir_proto::call::connect(&caddr.to_string())
-            .await
-            .expect("connect"),
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let cluster = admin
-            .describe_cluster(pb::DescribeClusterRequest {})
-            .await
-            .expect("describe")
-            .into_inner();
-        if cluster
-            .brokers
-            .iter()
-            .any(|b| b.id == 1 && b.internal_address == internal.to_string())
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            cluster.brokers
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let internal = internal.to_string();
+    until_broker(caddr, Duration::from_secs(10), |b| {
+        b.internal_address == internal
+    })
+    .await;
     broker.shutdown().await;
     controller.shutdown().await;
 }

@@ -16,8 +16,11 @@ fn free_addr() -> std::net::SocketAddr {
         .expect("free port")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn producer_batches_and_consumer_reads_everything_back() {
+/// A controller and a broker in this process, with `topic` created (RF 1) and open.
+async fn cluster(
+    topic: &str,
+    partitions: u32,
+) -> (Controller, Broker, Vec<String>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let caddr = free_addr();
     let controller = Controller::start(ControllerConfig::new(1, caddr, dir.path().join("c")))
@@ -34,7 +37,6 @@ async fn producer_batches_and_consumer_reads_everything_back() {
     while !broker.is_ready() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let bootstrap = vec![caddr.to_string()];
     let mut admin = pb::admin_client::AdminClient::new(
         weir_proto::call::connect(&caddr.to_string())
             .await
@@ -42,16 +44,22 @@ async fn producer_batches_and_consumer_reads_everything_back() {
     );
     admin
         .create_topic(pb::CreateTopicRequest {
-            name: "c".into(),
-            partitions: 4,
+            name: topic.into(),
+            partitions,
             replication_factor: 1,
             config: None,
         })
         .await
         .expect("create");
-    while (0..4).any(|p| broker.registry.get("c", p).is_none()) {
+    while (0..partitions).any(|p| broker.registry.get(topic, p).is_none()) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (controller, broker, vec![caddr.to_string()], dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_batches_and_consumer_reads_everything_back() {
+    let (controller, broker, bootstrap, _dir) = cluster("c", 4).await;
 
     let mut config = ProducerConfig::new(bootstrap.clone());
     config.compression = Compression::Lz4;
@@ -194,40 +202,8 @@ async fn producer_batches_and_consumer_reads_everything_back() {
 /// the producer sends it again after it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_batches_keep_their_order() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let caddr = free_addr();
-    let controller = Controller::start(ControllerConfig::new(1, caddr, dir.path().join("c")))
-        .await
-        .expect("controller");
-    let broker = Broker::start(BrokerConfig::new(
-        BrokerId(1),
-        free_addr(),
-        dir.path().join("b"),
-        vec![caddr.to_string()],
-    ))
-    .await
-    .expect("broker");
-    while !broker.is_ready() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut admin = pb::admin_client::AdminClient::new(
-        weir_proto::call::connect(&caddr.to_string())
-            .await
-            .expect("connect"),
-    );
-    admin
-        .create_topic(pb::CreateTopicRequest {
-            name: "ordered".into(),
-            partitions: 1,
-            replication_factor: 1,
-            config: None,
-        })
-        .await
-        .expect("create");
-    while broker.registry.get("ordered", 0).is_none() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut config = ProducerConfig::new(vec![caddr.to_string()]);
+    let (controller, broker, bootstrap, _dir) = cluster("ordered", 1).await;
+    let mut config = ProducerConfig::new(bootstrap);
     config.linger_ms = 0;
     config.batch_bytes_max = 512; // many small batches, so several are in flight at once
     config.max_in_flight = 5;

@@ -311,6 +311,13 @@ fn run(args: &TestArgs) -> anyhow::Result<Report> {
         None => PathBuf::from("jepsen/results").join(unix_secs().to_string()),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
+    // every run starts a new cluster: one left by an earlier run in the same --dir would
+    // bring back its Raft state, with that run's node addresses
+    let cluster_dir = dir.join("cluster");
+    if cluster_dir.exists() {
+        std::fs::remove_dir_all(&cluster_dir)
+            .with_context(|| format!("remove the earlier run's {}", cluster_dir.display()))?;
+    }
     let mut env = nemesis::node_env(&faults)?;
     if let Some(bugs) = &args.bug {
         env.push(("WEIR_JEPSEN_BUGS".to_string(), bugs.clone()));

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_PER_RUN=${1:-15}
 WORK=target/compare-nats
-rm -rf "$WORK/weir" "$WORK/nats"
+rm -rf "$WORK/weir" "$WORK/nats" "$WORK/nats.jsonl"
 mkdir -p "$WORK"
 
 echo "== build (release)"

@@ -292,6 +292,33 @@ async fn main() -> anyhow::Result<()> {
         args.seconds
     );
 
+    // Warm up: one acknowledged batch per partition, so the measurement does not start with
+    // followers still opening the new partitions (the first acks=all requests would wait
+    // for them, and an open-loop run would never catch up with its schedule).
+    for (p, client) in leaders.iter().enumerate() {
+        let mut client = client.clone();
+        let ready_by = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = client
+                .produce(pb::ProduceRequest {
+                    topic: topic.clone(),
+                    partition: p as u32,
+                    acks,
+                    leader_epoch: None,
+                    batch: Some(make_batch()?),
+                    records: Vec::new(),
+                })
+                .await;
+            match r {
+                Ok(_) => break,
+                Err(_) if Instant::now() < ready_by => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => bail!("partition {p}: warm-up produce failed: {}", e.message()),
+            }
+        }
+    }
+
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let consumed = Arc::new(AtomicU64::new(0));
     let end_to_end = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3)?));

@@ -9,8 +9,9 @@
 //!   the disk ([`replica::DiskHealth`]) and the broker stops leading and heartbeating.
 //! - [`registry`]: the set of hosted replicas, reconciled with each metadata snapshot.
 //! - [`session`]: registration, heartbeats, re-registration when fenced, metadata watch.
-//! - [`server`]: the gRPC service; [`error`]: its typed failures, turned into a gRPC status
-//!   only at the edge.
+//! - [`server`]: the gRPC service, on [`request`] values (each request converted whole at
+//!   the edge, every field checked) and [`error`]'s typed failures, turned into a gRPC
+//!   status only there.
 //! - Replication, three parts: [`leader`] serves `ReplicaFetch`; [`fetcher`] runs one
 //!   fetcher per followed leader (one fsync wait per response, throttles only catching-up
 //!   partitions); [`isr`] sends the owners' ISR wishes to the controller and checkpoints.
@@ -23,6 +24,7 @@ pub mod leader;
 pub mod progress;
 pub mod registry;
 pub mod replica;
+pub mod request;
 pub mod server;
 pub mod session;
 pub mod state;

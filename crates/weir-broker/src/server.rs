@@ -10,12 +10,13 @@ use tonic::{Request, Response, Status};
 use weir_proto::internal::v1 as ipb;
 use weir_proto::v1 as pb;
 use weir_proto::v1::broker_server::Broker;
-use weir_types::{BatchBuilder, Offset, Record, RecordBatch};
+use weir_types::{Offset, RecordBatch};
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::registry::Registry;
 use crate::replica::{AppendRequest, Replica};
+use crate::request::{Acks, Fetch, ListOffsets, OffsetQuery, Produce};
 
 #[derive(Clone)]
 pub struct BrokerService {
@@ -29,24 +30,14 @@ pub struct BrokerService {
 /// Producer ids reserved from the controller at a time.
 const PRODUCER_ID_BLOCK: u32 = 1000;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl BrokerService {
     /// The replica if this broker leads it (and the epoch matches, when given).
     pub(crate) fn leader_replica(
         &self,
         topic: &str,
         partition: u32,
-        epoch: Option<i32>,
+        epoch: Option<weir_types::LeaderEpoch>,
     ) -> Result<Arc<Replica>, BrokerError> {
-        if topic.is_empty() {
-            return Err(BrokerError::invalid("topic", "must not be empty"));
-        }
         let Some(replica) = self.registry.get(topic, partition) else {
             return Err(match self.registry.leader_of(topic, partition) {
                 Some((leader, address)) => BrokerError::NotLeader {
@@ -76,8 +67,8 @@ impl BrokerService {
                 },
             });
         }
-        if let Some(epoch) = epoch {
-            let (given, current) = (weir_types::LeaderEpoch(epoch), lead.leader_epoch);
+        if let Some(given) = epoch {
+            let current = lead.leader_epoch;
             if given < current {
                 return Err(BrokerError::FencedLeaderEpoch { given, current });
             }
@@ -89,37 +80,6 @@ impl BrokerService {
     }
 }
 
-fn batch_from_request(req: &mut pb::ProduceRequest) -> Result<RecordBatch, BrokerError> {
-    match (req.batch.take(), req.records.is_empty()) {
-        (Some(_), false) => Err(BrokerError::invalid(
-            "batch",
-            "set together with records; send one of them",
-        )),
-        (None, true) => Err(BrokerError::invalid(
-            "records",
-            "no batch and no records given",
-        )),
-        (Some(batch), true) => RecordBatch::try_from(batch)
-            .map_err(|e| BrokerError::invalid(format!("batch.{}", e.field), e.reason)),
-        (None, false) => {
-            let now = now_ms();
-            let mut builder = BatchBuilder::default();
-            for (i, r) in std::mem::take(&mut req.records).into_iter().enumerate() {
-                let mut record = Record::try_from(r).map_err(|e| {
-                    BrokerError::invalid(format!("records[{i}].{}", e.field), e.reason)
-                })?;
-                if record.timestamp_ms == 0 {
-                    record.timestamp_ms = now;
-                }
-                builder.push(record);
-            }
-            builder
-                .build()
-                .map_err(|e| BrokerError::invalid("records", e.to_string()))
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl Broker for BrokerService {
     async fn produce(
@@ -127,7 +87,10 @@ impl Broker for BrokerService {
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let started = std::time::Instant::now();
-        let result = self.produce_inner(request.into_inner()).await;
+        let result = match Produce::try_from(request.into_inner()) {
+            Ok(req) => self.produce_inner(req).await,
+            Err(e) => Err(e),
+        };
         record("produce", started, &result);
         result.map(Response::new).map_err(Status::from)
     }
@@ -137,7 +100,10 @@ impl Broker for BrokerService {
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let started = std::time::Instant::now();
-        let result = self.fetch_inner(request.into_inner()).await;
+        let result = match Fetch::try_from(request.into_inner()) {
+            Ok(req) => self.fetch_inner(req).await,
+            Err(e) => Err(e),
+        };
         if let Ok(r) = &result {
             let bytes: usize = r.batches.iter().map(|b| b.data.len()).sum();
             metrics::counter!("weir_broker_fetch_bytes_total").increment(bytes as u64);
@@ -190,7 +156,10 @@ impl Broker for BrokerService {
         request: Request<pb::ListOffsetsRequest>,
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
         let started = std::time::Instant::now();
-        let result = self.list_offsets_inner(request.into_inner()).await;
+        let result = match ListOffsets::try_from(request.into_inner()) {
+            Ok(req) => self.list_offsets_inner(req).await,
+            Err(e) => Err(e),
+        };
         record("list_offsets", started, &result);
         result.map(Response::new).map_err(Status::from)
     }
@@ -255,17 +224,17 @@ impl BrokerService {
         Ok(())
     }
 
-    async fn produce_inner(
-        &self,
-        mut req: pb::ProduceRequest,
-    ) -> Result<pb::ProduceResponse, BrokerError> {
-        let acks = pb::Acks::try_from(req.acks).map_err(|_| {
-            BrokerError::invalid("acks", format!("{} is not an Acks value", req.acks))
-        })?;
-        let replica = self.leader_replica(&req.topic, req.partition, req.leader_epoch)?;
-        let batch = batch_from_request(&mut req)?;
+    async fn produce_inner(&self, req: Produce) -> Result<pb::ProduceResponse, BrokerError> {
+        let Produce {
+            topic,
+            partition,
+            acks,
+            leader_epoch,
+            batch,
+        } = req;
+        let replica = self.leader_replica(&topic, partition, leader_epoch)?;
         let lead = replica.leadership();
-        let all = matches!(acks, pb::Acks::All | pb::Acks::Unspecified);
+        let all = acks == Acks::All;
         if all
             && (lead.isr.len() as u32) < lead.min_insync_replicas
             && !bugs::active(Bug::SkipMinIsr)
@@ -284,8 +253,7 @@ impl BrokerService {
         if replica.append(append).await.is_err() {
             return Err(BrokerError::Closing);
         }
-        if acks == pb::Acks::None {
-            let (topic, partition) = (req.topic.clone(), req.partition);
+        if acks == Acks::None {
             tokio::spawn(async move {
                 if let Ok(Err(e)) = rx.await {
                     tracing::warn!(%topic, partition, error = %e, "acks=none append failed");
@@ -313,9 +281,9 @@ impl BrokerService {
         })
     }
 
-    async fn fetch_inner(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, BrokerError> {
+    async fn fetch_inner(&self, req: Fetch) -> Result<pb::FetchResponse, BrokerError> {
         let replica = self.leader_replica(&req.topic, req.partition, req.leader_epoch)?;
-        let from = Offset(req.offset);
+        let from = req.offset;
         let max_bytes = if req.max_bytes == 0 {
             1 << 20
         } else {
@@ -385,19 +353,15 @@ impl BrokerService {
 
     async fn list_offsets_inner(
         &self,
-        req: pb::ListOffsetsRequest,
+        req: ListOffsets,
     ) -> Result<pb::ListOffsetsResponse, BrokerError> {
         let replica = self.leader_replica(&req.topic, req.partition, None)?;
-        let spec = pb::OffsetSpec::try_from(req.spec).map_err(|_| {
-            BrokerError::invalid("spec", format!("{} is not an OffsetSpec value", req.spec))
-        })?;
         let (start, hw) = (replica.log.start_offset(), replica.high_watermark());
-        let (offset, timestamp) = match spec {
-            pb::OffsetSpec::Earliest => (start, -1),
-            pb::OffsetSpec::Latest => (hw, -1),
-            pb::OffsetSpec::Timestamp => {
+        let (offset, timestamp) = match req.query {
+            OffsetQuery::Earliest => (start, -1),
+            OffsetQuery::Latest => (hw, -1),
+            OffsetQuery::Timestamp(ts) => {
                 let log = Arc::clone(&replica.log);
-                let ts = req.timestamp_ms;
                 let found =
                     tokio::task::spawn_blocking(move || log.offset_for_timestamp(ts)).await??;
                 match found {

@@ -142,8 +142,6 @@ pub struct Replica {
     leadership: watch::Sender<Leadership>,
     /// Taken on close: once every sender is gone the owner drains its queues and stops.
     mailboxes: Mutex<Option<(mpsc::Sender<AppendRequest>, mpsc::Sender<Command>)>>,
-    /// The durable end offset, announced after every fsynced group of appends.
-    durable: watch::Sender<Offset>,
     /// Consumers read below this offset. Announced whenever it moves.
     high_watermark: watch::Sender<Offset>,
 }
@@ -183,7 +181,6 @@ impl Replica {
             partition,
             dir,
             leadership: watch::channel(Leadership::none()).0,
-            durable: watch::channel(log.durable_end()).0,
             high_watermark: watch::channel(hw).0,
             log,
             mailboxes: Mutex::new(Some((appends_tx, control_tx))),
@@ -213,10 +210,6 @@ impl Replica {
 
     pub fn subscribe_high_watermark(&self) -> watch::Receiver<Offset> {
         self.high_watermark.subscribe()
-    }
-
-    pub fn subscribe_durable(&self) -> watch::Receiver<Offset> {
-        self.durable.subscribe()
     }
 
     /// Where this replica's fsynced data ends: what it may count, and report, as held.
@@ -486,10 +479,9 @@ impl Owner {
         self.durable_moved();
     }
 
-    /// Fsynced data grew: announce it and let the high watermark follow.
+    /// Fsynced data grew: the high watermark may follow; wake waiting replica fetches.
     fn durable_moved(&mut self) {
         let durable_end = durable_end(&self.replica.log);
-        self.replica.durable.send_replace(durable_end);
         let actions = self.state.step(Event::Durable { durable_end });
         self.perform_hw(actions);
         self.activity.send_modify(|n| *n = n.wrapping_add(1));
@@ -553,7 +545,6 @@ impl Owner {
             }
             Command::Copied { leader_hw } => {
                 let durable_end = durable_end(&log);
-                self.replica.durable.send_replace(durable_end);
                 let actions = self.state.step(Event::LeaderHighWatermark {
                     leader_hw,
                     durable_end,
@@ -632,16 +623,13 @@ impl Owner {
         }
     }
 
-    /// After a truncation or reset: the durable end and high watermark follow the log.
+    /// After a truncation or reset: the high watermark follows the log.
     fn truncated(&mut self, result: &Result<Offset, LogError>) {
         match result {
             Ok(end) => {
                 self.state.step(Event::Truncated { log_end: *end });
                 let hw = self.state.high_watermark();
                 self.replica.high_watermark.send_replace(hw);
-                self.replica
-                    .durable
-                    .send_replace(durable_end(&self.replica.log));
             }
             Err(LogError::FlushFailed(e)) => self.disk.fail(e.clone()),
             Err(_) => {}

@@ -6,7 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "weir/v1/record.proto",
         "weir/v1/controller.proto",
+        "weir/v1/subscription.proto",
         "weir/v1/broker.proto",
+        "google/pubsub/v1/pubsub.proto",
         "weir/internal/v1/replication.proto",
         "weir/internal/v1/cluster.proto",
     ];

@@ -11,6 +11,9 @@
 //!   incremental reconciliation, fencing, committed offsets.
 //! - [`coordinator`]: the `GroupCoordinator` gRPC service — heartbeats written to Raft only
 //!   when they change something, coalesced offset commits, session expiry.
+//! - [`subscription`]: subscriptions, snapshots and the cursors partition leaders commit
+//!   (fenced by leader epoch), as a pure state machine; [`subscriptions`] serves them
+//!   (`Subscriptions`, and the internal `SubscriptionCursors` for partition leaders).
 //! - [`node`]: a running controller — bootstrap, server, broker lease task, shutdown.
 
 pub mod admin;
@@ -20,5 +23,7 @@ pub mod metadata;
 pub mod node;
 pub mod raft;
 pub mod store;
+pub mod subscription;
+pub mod subscriptions;
 
 pub use node::{Controller, ControllerConfig, StartError};

@@ -196,6 +196,8 @@ pub enum Command {
     },
     /// A consumer-group change, applied by [`crate::group::Groups`].
     Group(crate::group::GroupCommand),
+    /// A subscription change, applied by [`crate::subscription::Subscriptions`].
+    Subscription(crate::subscription::SubscriptionCommand),
 }
 
 /// Why a command was rejected. Rejections change nothing.
@@ -273,6 +275,9 @@ pub enum Outcome {
         partition_epoch: i32,
     },
     Group(crate::group::GroupOutcome),
+    Subscription(
+        Result<crate::subscription::SubscriptionOutcome, crate::subscription::SubscriptionError>,
+    ),
     Rejected(Rejection),
 }
 
@@ -410,9 +415,9 @@ impl Metadata {
                 partition_epoch,
                 isr,
             ),
-            Command::Group(_) => Err(invalid(
+            Command::Group(_) | Command::Subscription(_) => Err(invalid(
                 "command",
-                "group commands are applied to the groups, not the metadata",
+                "group and subscription commands are applied to their own state",
             )),
         };
         result.unwrap_or_else(Outcome::Rejected)
@@ -1421,5 +1426,16 @@ mod tests {
             Outcome::TopicDeleted { .. }
         ));
         assert!(m.topics.is_empty());
+    }
+}
+
+impl crate::subscription::Topics for Metadata {
+    fn partitions(&self, topic: &str) -> Option<u32> {
+        self.topics.get(topic).map(|t| t.partitions.len() as u32)
+    }
+
+    fn leader(&self, topic: &str, partition: u32) -> Option<(BrokerId, LeaderEpoch)> {
+        let p = self.topics.get(topic)?.partitions.get(partition as usize)?;
+        Some((p.leader?, p.leader_epoch))
     }
 }

@@ -240,6 +240,14 @@ impl Controller {
             .add_service(AdminServer::new(services.clone()))
             .add_service(BrokerRegistryServer::new(services.clone()))
             .add_service(GroupCoordinatorServer::new(coordinator))
+            .add_service(
+                weir_proto::v1::subscriptions_server::SubscriptionsServer::new(services.clone()),
+            )
+            .add_service(
+                weir_proto::internal::v1::subscription_cursors_server::SubscriptionCursorsServer::new(
+                    services.clone(),
+                ),
+            )
             .serve_with_incoming_shutdown(weir_proto::call::incoming(listener), async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             });

@@ -227,6 +227,8 @@ pub struct Applied {
     pub metadata: Metadata,
     #[serde(default)]
     pub groups: Groups,
+    #[serde(default)]
+    pub subscriptions: crate::subscription::Subscriptions,
     /// Changes after `changes_from`, oldest first, at most [`CHANGES_MAX`].
     #[serde(skip)]
     pub changes: std::collections::VecDeque<Change>,
@@ -261,6 +263,9 @@ impl Applied {
                 };
                 Outcome::Group(self.groups.apply(gc, &topics))
             }
+            Command::Subscription(sc) => {
+                Outcome::Subscription(self.subscriptions.apply(sc, version, &self.metadata))
+            }
             command => {
                 let outcome = self.metadata.apply(command.clone());
                 if matches!(outcome, Outcome::Rejected(_)) {
@@ -268,6 +273,7 @@ impl Applied {
                 }
                 if let Command::DeleteTopic { name } = &command {
                     self.groups.topic_deleted(name);
+                    self.subscriptions.topic_deleted(name);
                 }
                 let (topics, brokers) = touched(&command, &self.metadata);
                 self.record(Change {
@@ -308,7 +314,7 @@ fn touched(
             (metadata.topics.keys().cloned().collect(), Vec::new())
         }
         Command::Reassign { topic, .. } => (vec![topic.clone()], Vec::new()),
-        Command::Group(_) => (Vec::new(), Vec::new()),
+        Command::Group(_) | Command::Subscription(_) => (Vec::new(), Vec::new()),
         Command::RegisterBroker { id, .. } | Command::FenceBroker { id, .. } => {
             let topics = metadata
                 .topics
@@ -385,6 +391,7 @@ impl Applied {
             membership: meta.last_membership.clone(),
             metadata: installed.metadata,
             groups: installed.groups,
+            subscriptions: installed.subscriptions,
             changes: Default::default(),
             // history before a snapshot is unknown: watchers resync
             changes_from: version,

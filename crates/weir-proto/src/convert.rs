@@ -301,3 +301,100 @@ mod tests {
         assert_eq!(err.field, "data");
     }
 }
+
+impl From<v1::Cursor> for weir_types::subscription::Cursor {
+    fn from(c: v1::Cursor) -> Self {
+        weir_types::subscription::Cursor {
+            low: c.low,
+            acked: c.acked.into_iter().map(|r| (r.start, r.end)).collect(),
+        }
+    }
+}
+
+impl From<&weir_types::subscription::Cursor> for v1::Cursor {
+    fn from(c: &weir_types::subscription::Cursor) -> Self {
+        v1::Cursor {
+            low: c.low,
+            acked: c
+                .acked
+                .iter()
+                .map(|(start, end)| v1::OffsetRange {
+                    start: *start,
+                    end: *end,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A cursor from the network, checked.
+pub fn cursor(
+    field: &str,
+    c: Option<v1::Cursor>,
+) -> Result<weir_types::subscription::Cursor, FieldError> {
+    let c: weir_types::subscription::Cursor = c
+        .ok_or_else(|| FieldError::new(field, "must be set"))?
+        .into();
+    c.validate().map_err(|e| FieldError::new(field, e))?;
+    Ok(c)
+}
+
+impl From<v1::SubscriptionSpec> for weir_types::subscription::SubscriptionSpec {
+    fn from(s: v1::SubscriptionSpec) -> Self {
+        weir_types::subscription::SubscriptionSpec {
+            name: s.name,
+            topic: s.topic,
+            ack_deadline_seconds: s.ack_deadline_seconds,
+            retain_acked_messages: s.retain_acked_messages,
+            message_retention_seconds: s.message_retention_seconds,
+            expiration_ttl_seconds: s.expiration_ttl_seconds,
+            enable_message_ordering: s.enable_message_ordering,
+            enable_exactly_once_delivery: s.enable_exactly_once_delivery,
+            filter: s.filter,
+            labels: s.labels.into_iter().collect(),
+            push: s.push.map(|p| weir_types::subscription::Push {
+                endpoint: p.endpoint,
+                attributes: p.attributes.into_iter().collect(),
+                no_wrapper: p.no_wrapper,
+                write_metadata: p.write_metadata,
+                oidc_service_account_email: p.oidc_service_account_email,
+                oidc_audience: p.oidc_audience,
+            }),
+            retry_minimum_backoff_ms: s.retry_minimum_backoff_ms,
+            retry_maximum_backoff_ms: s.retry_maximum_backoff_ms,
+            dead_letter_topic: s.dead_letter_topic,
+            max_delivery_attempts: s.max_delivery_attempts,
+            detached: s.detached,
+        }
+    }
+}
+
+impl From<&weir_types::subscription::SubscriptionSpec> for v1::SubscriptionSpec {
+    fn from(s: &weir_types::subscription::SubscriptionSpec) -> Self {
+        v1::SubscriptionSpec {
+            name: s.name.clone(),
+            topic: s.topic.clone(),
+            ack_deadline_seconds: s.ack_deadline_seconds,
+            retain_acked_messages: s.retain_acked_messages,
+            message_retention_seconds: s.message_retention_seconds,
+            expiration_ttl_seconds: s.expiration_ttl_seconds,
+            enable_message_ordering: s.enable_message_ordering,
+            enable_exactly_once_delivery: s.enable_exactly_once_delivery,
+            filter: s.filter.clone(),
+            labels: s.labels.clone().into_iter().collect(),
+            push: s.push.as_ref().map(|p| v1::PushSpec {
+                endpoint: p.endpoint.clone(),
+                attributes: p.attributes.clone().into_iter().collect(),
+                no_wrapper: p.no_wrapper,
+                write_metadata: p.write_metadata,
+                oidc_service_account_email: p.oidc_service_account_email.clone(),
+                oidc_audience: p.oidc_audience.clone(),
+            }),
+            retry_minimum_backoff_ms: s.retry_minimum_backoff_ms,
+            retry_maximum_backoff_ms: s.retry_maximum_backoff_ms,
+            dead_letter_topic: s.dead_letter_topic.clone(),
+            max_delivery_attempts: s.max_delivery_attempts,
+            detached: s.detached,
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! - [`internal::v1`]: what only cluster members speak (`weir.internal.v1`): replication
 //!   between brokers, the broker registry, Raft between controllers. Served on separate
 //!   listeners where the binary is told to, so it can be firewalled.
+//! - [`google::pubsub::v1`]: Google's Pub/Sub API, for the gateway.
 //! - `convert`: `TryFrom` conversions that check every field, failing with a
 //!   [`FieldError`] that names the field.
 //! - [`status`]: the only place a `tonic::Status` is built from Weir's errors.
@@ -26,6 +27,17 @@ pub mod internal {
     pub mod v1 {
         #![allow(clippy::all, clippy::pedantic, missing_docs)]
         tonic::include_proto!("weir.internal.v1");
+    }
+}
+
+/// Google's Pub/Sub API (`google.pubsub.v1`, vendored under `proto/google`), served by the
+/// gateway so Google's own client libraries work against Weir.
+pub mod google {
+    pub mod pubsub {
+        pub mod v1 {
+            #![allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+            tonic::include_proto!("google.pubsub.v1");
+        }
     }
 }
 

@@ -35,7 +35,12 @@ pub fn status(code: ErrorCode, message: impl Into<String>) -> tonic::Status {
         | ErrorCode::FencedBroker
         | ErrorCode::GroupNotEmpty
         | ErrorCode::NotEnoughReplicasAfterAppend => tonic::Code::FailedPrecondition,
-        ErrorCode::GroupIdNotFound => tonic::Code::NotFound,
+        ErrorCode::GroupIdNotFound
+        | ErrorCode::SubscriptionNotFound
+        | ErrorCode::SnapshotNotFound => tonic::Code::NotFound,
+        ErrorCode::SubscriptionAlreadyExists | ErrorCode::SnapshotAlreadyExists => {
+            tonic::Code::AlreadyExists
+        }
         ErrorCode::LeaderChangedAfterAppend => tonic::Code::Unavailable,
         ErrorCode::CorruptRecord => tonic::Code::DataLoss,
         ErrorCode::Unknown => tonic::Code::Unknown,

@@ -118,6 +118,14 @@ error_codes! {
     GroupNotEmpty = 26, "GROUP_NOT_EMPTY", retriable: false, outcome: Definite;
     /// The consumer group does not exist.
     GroupIdNotFound = 27, "GROUP_ID_NOT_FOUND", retriable: false, outcome: Definite;
+    /// The subscription does not exist.
+    SubscriptionNotFound = 28, "SUBSCRIPTION_NOT_FOUND", retriable: false, outcome: Definite;
+    /// A subscription with this name already exists.
+    SubscriptionAlreadyExists = 29, "SUBSCRIPTION_ALREADY_EXISTS", retriable: false, outcome: Definite;
+    /// The snapshot does not exist.
+    SnapshotNotFound = 30, "SNAPSHOT_NOT_FOUND", retriable: false, outcome: Definite;
+    /// A snapshot with this name already exists.
+    SnapshotAlreadyExists = 31, "SNAPSHOT_ALREADY_EXISTS", retriable: false, outcome: Definite;
 }
 
 impl fmt::Display for ErrorCode {

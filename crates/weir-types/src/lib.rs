@@ -7,6 +7,7 @@
 //!   recompressed, only decompressed to validate or to read records.
 //! - [`varint`]: zig-zag varints used inside records.
 //! - [`error`]: the wire `ErrorCode` enum with its retriable / definite classification.
+//! - [`subscription`]: subscription definitions and per-partition cursors.
 //! - [`metadata`]: the cluster view (brokers, topics, leadership) brokers and clients keep
 //!   current from the controllers' updates.
 
@@ -15,6 +16,7 @@ pub mod compression;
 pub mod error;
 pub mod id;
 pub mod metadata;
+pub mod subscription;
 pub mod varint;
 
 pub use batch::{BatchBuilder, BatchError, Header, Record, RecordBatch};

@@ -61,6 +61,9 @@ pub enum BrokerError {
     Log(#[from] weir_log::LogError),
     #[error("internal task failed: {0}")]
     Task(String),
+    /// The controllers' answer to a call made for the request (e.g. loading a cursor).
+    #[error("{message}")]
+    Remote { code: ErrorCode, message: String },
 }
 
 impl BrokerError {
@@ -93,6 +96,7 @@ impl BrokerError {
             BrokerError::OwnerStopped => ErrorCode::StorageError,
             BrokerError::Log(e) => e.code(),
             BrokerError::Task(_) => ErrorCode::Unknown,
+            BrokerError::Remote { code, .. } => *code,
         }
     }
 }

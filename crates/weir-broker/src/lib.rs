@@ -12,6 +12,10 @@
 //! - [`server`]: the gRPC service, on [`request`] values (each request converted whole at
 //!   the edge, every field checked) and [`error`]'s typed failures, turned into a gRPC
 //!   status only there.
+//! - Subscriptions: [`lease`] is one subscription's delivery state in one partition as a
+//!   pure state machine (cursor, leases, redelivery with backoff, ordering holds);
+//!   [`subscriber`] loads it from the controllers' stored cursor when this broker leads the
+//!   partition, serves pull/ack/modify/seek on it, and stores changed cursors every 100 ms.
 //! - Replication, three parts: [`leader`] serves `ReplicaFetch`; [`fetcher`] runs one
 //!   fetcher per followed leader (one fsync wait per response, throttles only catching-up
 //!   partitions); [`isr`] sends the owners' ISR wishes to the controller and checkpoints.
@@ -20,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod fetcher;
 pub mod isr;
+pub mod lease;
 pub mod leader;
 pub mod progress;
 pub mod registry;
@@ -28,6 +33,7 @@ pub mod request;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod subscriber;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -140,7 +146,14 @@ impl Broker {
             Duration::from_millis(config.retention_check_ms),
             stopped.clone(),
         ));
+        let subscriber = Arc::new(subscriber::Subscriber::new(config.clone()));
+        tasks.spawn(subscriber::run_committer(
+            Arc::clone(&subscriber),
+            Arc::clone(&registry),
+            stopped.clone(),
+        ));
         let service = server::BrokerService {
+            subscriber,
             config: config.clone(),
             registry: Arc::clone(&registry),
             session: session.clone(),

@@ -20,6 +20,7 @@ use crate::request::{Acks, Fetch, ListOffsets, OffsetQuery, Produce};
 
 #[derive(Clone)]
 pub struct BrokerService {
+    pub subscriber: Arc<crate::subscriber::Subscriber>,
     pub config: BrokerConfig,
     pub registry: Arc<Registry>,
     pub session: tokio::sync::watch::Receiver<crate::session::SessionState>,
@@ -80,8 +81,170 @@ impl BrokerService {
     }
 }
 
+fn leases(raw: Vec<pb::LeaseId>) -> Vec<crate::lease::Delivered> {
+    raw.into_iter()
+        .map(|l| crate::lease::Delivered {
+            offset: l.offset,
+            attempt: l.attempt,
+        })
+        .collect()
+}
+
+fn lease_ids(raw: Vec<crate::lease::Delivered>) -> Vec<pb::LeaseId> {
+    raw.into_iter()
+        .map(|d| pb::LeaseId {
+            offset: d.offset,
+            attempt: d.attempt,
+        })
+        .collect()
+}
+
+impl BrokerService {
+    async fn subscription_entry(
+        &self,
+        subscription: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(Arc<Replica>, Arc<crate::subscriber::Entry>), BrokerError> {
+        if subscription.is_empty() {
+            return Err(BrokerError::invalid("subscription", "must be set"));
+        }
+        let replica = self.leader_replica(topic, partition, None)?;
+        let entry = self.subscriber.entry(&replica, subscription).await?;
+        Ok((replica, entry))
+    }
+
+    async fn pull_inner(
+        &self,
+        r: pb::SubscriptionPullRequest,
+    ) -> Result<pb::SubscriptionPullResponse, BrokerError> {
+        let (replica, entry) = self
+            .subscription_entry(&r.subscription, &r.topic, r.partition)
+            .await?;
+        if r.ack_deadline_seconds != 0 && !(10..=600).contains(&r.ack_deadline_seconds) {
+            return Err(BrokerError::invalid(
+                "ack_deadline_seconds",
+                "must be 0 (the subscription's) or 10 to 600",
+            ));
+        }
+        let deadline = match r.ack_deadline_seconds {
+            0 => entry.spec.ack_deadline_seconds,
+            s => s,
+        };
+        let max_bytes = match r.max_bytes {
+            0 => self.config.fetch_bytes_max,
+            b => b.min(self.config.fetch_bytes_max),
+        } as usize;
+        let pulled = self
+            .subscriber
+            .pull(
+                &replica,
+                &entry,
+                r.max_messages.min(crate::subscriber::PULL_MESSAGES_MAX),
+                max_bytes,
+                Duration::from_millis(u64::from(r.wait_ms.min(self.config.fetch_wait_ms_max))),
+                Duration::from_secs(u64::from(deadline)),
+            )
+            .await?;
+        Ok(pb::SubscriptionPullResponse {
+            deliveries: pulled.deliveries,
+            available: pulled.available,
+            exactly_once: pulled.exactly_once,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Broker for BrokerService {
+    async fn pull(
+        &self,
+        request: Request<pb::SubscriptionPullRequest>,
+    ) -> Result<Response<pb::SubscriptionPullResponse>, Status> {
+        let started = std::time::Instant::now();
+        let result = self.pull_inner(request.into_inner()).await;
+        record("pull", started, &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<pb::SubscriptionAckRequest>,
+    ) -> Result<Response<pb::SubscriptionAckResponse>, Status> {
+        let started = std::time::Instant::now();
+        let r = request.into_inner();
+        let result = async {
+            let (_, entry) = self
+                .subscription_entry(&r.subscription, &r.topic, r.partition)
+                .await?;
+            let invalid = self.subscriber.acknowledge(&entry, &leases(r.leases)).await?;
+            Ok::<_, BrokerError>(pb::SubscriptionAckResponse {
+                invalid: lease_ids(invalid),
+            })
+        }
+        .await;
+        record("acknowledge", started, &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn modify_ack_deadline(
+        &self,
+        request: Request<pb::SubscriptionModifyRequest>,
+    ) -> Result<Response<pb::SubscriptionAckResponse>, Status> {
+        let r = request.into_inner();
+        let result = async {
+            if r.deadline_seconds > 600 {
+                return Err(BrokerError::invalid("deadline_seconds", "must be 0 to 600"));
+            }
+            let (_, entry) = self
+                .subscription_entry(&r.subscription, &r.topic, r.partition)
+                .await?;
+            let invalid = self
+                .subscriber
+                .modify(&entry, &leases(r.leases), r.deadline_seconds);
+            Ok::<_, BrokerError>(pb::SubscriptionAckResponse {
+                invalid: lease_ids(invalid),
+            })
+        }
+        .await;
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn seek_subscription(
+        &self,
+        request: Request<pb::SeekSubscriptionRequest>,
+    ) -> Result<Response<pb::SeekSubscriptionResponse>, Status> {
+        let r = request.into_inner();
+        let result = async {
+            let cursor = weir_proto::convert::cursor("cursor", r.cursor)
+                .map_err(|e| BrokerError::invalid(e.field, e.reason))?;
+            let (_, entry) = self
+                .subscription_entry(&r.subscription, &r.topic, r.partition)
+                .await?;
+            self.subscriber.seek(&entry, &cursor).await?;
+            Ok::<_, BrokerError>(pb::SeekSubscriptionResponse {})
+        }
+        .await;
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn get_cursor(
+        &self,
+        request: Request<pb::GetCursorRequest>,
+    ) -> Result<Response<pb::GetCursorResponse>, Status> {
+        let r = request.into_inner();
+        let result = async {
+            let (_, entry) = self
+                .subscription_entry(&r.subscription, &r.topic, r.partition)
+                .await?;
+            let cursor = self.subscriber.cursor(&entry).await?;
+            Ok::<_, BrokerError>(pb::GetCursorResponse {
+                cursor: Some((&cursor).into()),
+            })
+        }
+        .await;
+        result.map(Response::new).map_err(Status::from)
+    }
+
     async fn produce(
         &self,
         request: Request<pb::ProduceRequest>,

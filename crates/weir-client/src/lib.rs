@@ -27,4 +27,5 @@ pub use error::ClientError;
 pub use group::{
     GroupConsumer, GroupConsumerConfig, OffsetReset, RebalanceListener, TopicPartition,
 };
+pub use metadata::{Metadata, Route};
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, RecordMetadata};

@@ -22,7 +22,7 @@ use crate::error::ClientError;
 
 /// Where each partition of a topic is led.
 #[derive(Debug, Clone)]
-pub(crate) struct Route {
+pub struct Route {
     /// Per partition: the leader's address (none while offline or its broker is fenced).
     pub leaders: Vec<Option<String>>,
 }
@@ -34,7 +34,9 @@ const REFRESH_WAIT: Duration = Duration::from_millis(100);
 const WATCH_RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 #[derive(Debug)]
-pub(crate) struct Metadata {
+/// The cluster view pushed by the controllers, shared broker connections, and the retry
+/// loop to partition leaders.
+pub struct Metadata {
     bootstrap: Vec<String>,
     /// Started on first use (inside the caller's runtime); stopped when this is dropped.
     watch: OnceCell<(watch::Receiver<Arc<ClusterView>>, tokio::task::AbortHandle)>,

@@ -57,7 +57,11 @@ pub enum CommitResult {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SubscriptionCommand {
-    Create(SubscriptionSpec),
+    Create {
+        spec: SubscriptionSpec,
+        /// Partition → where delivery starts.
+        start: BTreeMap<u32, Cursor>,
+    },
     /// Replaces the named fields (SubscriptionSpec field names).
     Update {
         spec: SubscriptionSpec,
@@ -158,7 +162,7 @@ impl Subscriptions {
         topics: &dyn Topics,
     ) -> Result<SubscriptionOutcome, SubscriptionError> {
         match command {
-            SubscriptionCommand::Create(mut spec) => {
+            SubscriptionCommand::Create { mut spec, start } => {
                 spec.normalize()
                     .map_err(|(field, reason)| invalid(&field, reason))?;
                 if self.subscriptions.contains_key(&spec.name) {
@@ -175,11 +179,20 @@ impl Subscriptions {
                         format!("topic {:?} does not exist", spec.dead_letter_topic),
                     ));
                 }
+                let mut cursors = BTreeMap::new();
+                for (p, c) in start {
+                    c.validate()
+                        .map_err(|e| invalid(&format!("start[{p}]"), e))?;
+                    let epoch = topics
+                        .leader(&spec.topic, p)
+                        .map_or(LeaderEpoch(-1), |(_, e)| e);
+                    cursors.insert(p, (epoch, c));
+                }
                 let sub = Subscription {
                     spec,
                     uid: version,
                     topic_deleted: false,
-                    cursors: BTreeMap::new(),
+                    cursors,
                 };
                 self.subscriptions
                     .insert(sub.spec.name.clone(), sub.clone());
@@ -368,6 +381,13 @@ mod tests {
         }
     }
 
+    fn create(name: &str, topic: &str) -> SubscriptionCommand {
+        SubscriptionCommand::Create {
+            spec: SubscriptionSpec::new(name, topic),
+            start: BTreeMap::new(),
+        }
+    }
+
     fn commit(uid: u64, epoch: i32, low: i64) -> SubscriptionCommand {
         SubscriptionCommand::Commit {
             broker: BrokerId(1),
@@ -388,7 +408,7 @@ mod tests {
             leader: (BrokerId(1), LeaderEpoch(3)),
         };
         let created = subs.apply(
-            SubscriptionCommand::Create(SubscriptionSpec::new("s", "t")),
+            create("s", "t"),
             7,
             &topics,
         );
@@ -409,7 +429,7 @@ mod tests {
             .expect("deleted");
         topics.leader = (BrokerId(1), LeaderEpoch(4));
         subs.apply(
-            SubscriptionCommand::Create(SubscriptionSpec::new("s", "t")),
+            create("s", "t"),
             11,
             &topics,
         )
@@ -428,14 +448,14 @@ mod tests {
         };
         assert_eq!(
             subs.apply(
-                SubscriptionCommand::Create(SubscriptionSpec::new("s", "nope")),
+                create("s", "nope"),
                 1,
                 &topics
             ),
             Err(SubscriptionError::UnknownTopic("nope".into()))
         );
         subs.apply(
-            SubscriptionCommand::Create(SubscriptionSpec::new("s", "t")),
+            create("s", "t"),
             2,
             &topics,
         )

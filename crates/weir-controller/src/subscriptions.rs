@@ -125,11 +125,13 @@ fn cursors_from(raw: Vec<pb::PartitionCursor>) -> Result<BTreeMap<u32, Cursor>, 
 impl SubscriptionsApi for Services {
     async fn create_subscription(
         &self,
-        request: Request<pb::SubscriptionSpec>,
+        request: Request<pb::CreateSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionDescription>, Status> {
-        let spec: SubscriptionSpec = request.into_inner().into();
+        let r = request.into_inner();
+        let spec: SubscriptionSpec = r.spec.ok_or_else(|| error_status(invalid_spec()))?.into();
+        let start = cursors_from(r.start)?;
         let outcome = self
-            .propose_subscription(SubscriptionCommand::Create(spec))
+            .propose_subscription(SubscriptionCommand::Create { spec, start })
             .await?;
         Ok(Response::new(self.subscription_description(outcome).await?))
     }

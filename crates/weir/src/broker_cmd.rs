@@ -160,6 +160,9 @@ pub struct DevArgs {
     /// /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9080")]
     http: SocketAddr,
+    /// Google Pub/Sub gRPC API (`PUBSUB_EMULATOR_HOST=127.0.0.1:8085`).
+    #[arg(long, default_value = "127.0.0.1:8085")]
+    gateway: SocketAddr,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -204,6 +207,11 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<i32> {
         std::sync::Arc::new(move || c() && b())
     };
     let http = crate::http::serve(args.http, ready, stopped).await?;
+    let gateway = weir_gateway::Gateway::start(weir_gateway::GatewayConfig::new(
+        args.gateway,
+        vec![controller_addr.clone()],
+    ))
+    .await?;
     println!("weir dev: single-node cluster ready (Ctrl-C to stop)");
     println!(
         "  controller 1  {controller_addr:<21}  admin and metadata   data {}",
@@ -218,6 +226,11 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<i32> {
         "  http          {:<21}  /metrics /healthz /readyz",
         http.to_string()
     );
+    println!(
+        "  gateway       {:<21}  google.pubsub.v1     PUBSUB_EMULATOR_HOST={}",
+        gateway.local_addr.to_string(),
+        gateway.local_addr
+    );
     println!("try:");
     println!("  weir topic create demo --partitions 3");
     println!("  echo hello | weir produce demo");
@@ -225,6 +238,7 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<i32> {
     wait_for_signal().await?;
     println!("weir dev: shutting down");
     let _ = stop.send(true);
+    gateway.shutdown().await;
     broker.shutdown().await;
     controller.shutdown().await;
     Ok(0)

@@ -6,6 +6,7 @@ mod controller_cmd;
 mod data_cmd;
 mod faults;
 mod file_config;
+mod gateway_cmd;
 mod group_cmd;
 mod http;
 mod log_cmd;
@@ -23,7 +24,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a single-node cluster (one controller, one broker) in this process.
+    /// Start a single-node cluster (one controller, one broker, a Pub/Sub gateway) in this
+    /// process.
     Dev(broker_cmd::DevArgs),
     /// Run a broker: stores and serves the partitions assigned to it.
     Broker(broker_cmd::BrokerArgs),
@@ -31,6 +33,8 @@ enum Command {
     Controller(controller_cmd::ControllerArgs),
     /// Run a controller and a broker in one process (one machine of a small cluster).
     Node(node_cmd::NodeArgs),
+    /// Serve Google Pub/Sub's gRPC API (Publisher, Subscriber) over the cluster; stateless.
+    Gateway(gateway_cmd::GatewayArgs),
     /// Create, list, describe, alter and delete topics.
     #[command(subcommand)]
     Topic(admin_cmd::TopicCommand),
@@ -61,6 +65,7 @@ fn main() {
             runtime().and_then(|rt| rt.block_on(controller_cmd::run(args)))
         }
         Command::Node(args) => runtime().and_then(|rt| rt.block_on(node_cmd::run(args))),
+        Command::Gateway(args) => runtime().and_then(|rt| rt.block_on(gateway_cmd::run(args))),
         Command::Topic(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_topic(cmd))),
         Command::Group(cmd) => runtime().and_then(|rt| rt.block_on(group_cmd::run(cmd))),
         Command::Cluster(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_cluster(cmd))),

@@ -1,0 +1,560 @@
+//! Subscriptions served by the partition leader: per (subscription, partition) a [`Leases`]
+//! state, loaded from the controllers' stored cursor the first time it is needed under a
+//! leader epoch, and stored back by [`run_committer`] every `COMMIT_INTERVAL` (coalesced: one
+//! request for every changed cursor). A failover therefore redelivers at most the unacked
+//! messages and the acks of the last interval; with exactly-once delivery an ack is stored
+//! before it is confirmed, so none of those.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+use weir_proto::internal::v1 as ipb;
+use weir_proto::internal::v1::subscription_cursors_client::SubscriptionCursorsClient;
+use weir_proto::v1 as pb;
+use weir_types::subscription::{Cursor, SubscriptionSpec};
+use weir_types::{ErrorCode, LeaderEpoch, Offset};
+
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::lease::{Delivered, Leases, Policy};
+use crate::replica::Replica;
+
+/// How often changed cursors are stored.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// Leased plus waiting messages per subscription and partition (about 100 bytes each).
+pub const OUTSTANDING_MAX: usize = 1_000_000;
+/// Most messages one pull returns.
+pub const PULL_MESSAGES_MAX: u32 = 10_000;
+const CONTROLLER_PATIENCE: Duration = Duration::from_secs(5);
+
+/// One subscription's state in one partition this broker leads.
+pub struct Entry {
+    pub subscription: String,
+    pub topic: String,
+    pub partition: u32,
+    pub uid: u64,
+    pub leader_epoch: LeaderEpoch,
+    pub spec: SubscriptionSpec,
+    leases: Mutex<Leases>,
+    /// Pinged when a nack makes something deliverable.
+    changed: Notify,
+}
+
+impl Entry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn policy(spec: &SubscriptionSpec) -> Policy {
+    Policy {
+        ordered: spec.enable_message_ordering,
+        exactly_once: spec.enable_exactly_once_delivery,
+        retry_minimum_backoff: Duration::from_millis(spec.retry_minimum_backoff_ms),
+        retry_maximum_backoff: Duration::from_millis(spec.retry_maximum_backoff_ms),
+        outstanding_max: OUTSTANDING_MAX,
+    }
+}
+
+type Key = (String, u32);
+
+pub struct Subscriber {
+    config: BrokerConfig,
+    entries: Mutex<HashMap<Key, Arc<Entry>>>,
+}
+
+fn controller_error(e: weir_proto::call::CallError) -> BrokerError {
+    match e {
+        weir_proto::call::CallError::Status(s) => BrokerError::Remote {
+            code: weir_proto::status::error_code(&s).unwrap_or(ErrorCode::Unknown),
+            message: s.message().to_string(),
+        },
+        other => BrokerError::Remote {
+            code: ErrorCode::NotController,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// What one pull produced.
+pub struct Pulled {
+    pub deliveries: Vec<pb::Delivery>,
+    pub available: bool,
+    pub exactly_once: bool,
+}
+
+impl Subscriber {
+    pub fn new(config: BrokerConfig) -> Subscriber {
+        Subscriber {
+            config,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Entry>>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state of `subscription` in this partition under the replica's current leader
+    /// epoch, loaded from the controllers when there is none yet.
+    pub async fn entry(
+        &self,
+        replica: &Replica,
+        subscription: &str,
+    ) -> Result<Arc<Entry>, BrokerError> {
+        let epoch = replica.leadership().leader_epoch;
+        let key = (subscription.to_string(), replica.partition);
+        if let Some(e) = self.entries().get(&key)
+            && e.leader_epoch == epoch
+            && e.topic == replica.topic
+        {
+            return Ok(Arc::clone(e));
+        }
+        let request = ipb::LoadCursorRequest {
+            subscription: subscription.to_string(),
+            partition: replica.partition,
+        };
+        let loaded = weir_proto::call::with_controller(
+            &self.config.controllers,
+            CONTROLLER_PATIENCE,
+            |ch| {
+                let request = request.clone();
+                async move { SubscriptionCursorsClient::new(ch).load_cursor(request).await }
+            },
+        )
+        .await
+        .map_err(controller_error)?
+        .into_inner();
+        let description = loaded
+            .subscription
+            .ok_or_else(|| BrokerError::Task("load_cursor answered without a subscription".into()))?;
+        let spec: SubscriptionSpec = description
+            .spec
+            .ok_or_else(|| BrokerError::Task("load_cursor answered without a spec".into()))?
+            .into();
+        if spec.topic != replica.topic {
+            return Err(BrokerError::invalid(
+                "topic",
+                format!(
+                    "subscription {subscription:?} is on topic {:?}, not {:?}",
+                    spec.topic, replica.topic
+                ),
+            ));
+        }
+        let cursor = match loaded.cursor {
+            Some(c) => {
+                let c = Cursor::from(c);
+                c.validate().map_err(|e| BrokerError::Corrupt(format!("stored cursor: {e}")))?;
+                c
+            }
+            None => Cursor::at(replica.log.start_offset().0),
+        };
+        let entry = Arc::new(Entry {
+            subscription: subscription.to_string(),
+            topic: replica.topic.clone(),
+            partition: replica.partition,
+            uid: description.uid,
+            leader_epoch: epoch,
+            leases: Mutex::new(Leases::new(&cursor, policy(&spec))),
+            spec,
+            changed: Notify::new(),
+        });
+        let mut entries = self.entries();
+        match entries.get(&key) {
+            // another request loaded it meanwhile
+            Some(e) if e.leader_epoch == epoch && e.uid == entry.uid => Ok(Arc::clone(e)),
+            _ => {
+                entries.insert(key, Arc::clone(&entry));
+                Ok(entry)
+            }
+        }
+    }
+
+    /// Leases up to `max_messages` (redeliveries first), waiting up to `wait` for some.
+    pub async fn pull(
+        &self,
+        replica: &Arc<Replica>,
+        entry: &Arc<Entry>,
+        max_messages: u32,
+        max_bytes: usize,
+        wait: Duration,
+        ack_deadline: Duration,
+    ) -> Result<Pulled, BrokerError> {
+        let wait_until = tokio::time::Instant::now() + wait;
+        let mut hw_changes = replica.subscribe_high_watermark();
+        let exactly_once = entry.spec.enable_exactly_once_delivery;
+        loop {
+            let now = Instant::now();
+            let hw = replica.high_watermark();
+            let start = replica.log.start_offset();
+            let (redeliveries, fresh, room, wake) = {
+                let mut l = entry.lock();
+                if l.low() < start.0 {
+                    // retention removed messages never acknowledged: they are gone
+                    l.seek(&Cursor::at(start.0));
+                }
+                l.expire(now);
+                if max_messages == 0 {
+                    if l.deliverable(now, hw.0) {
+                        return Ok(Pulled {
+                            deliveries: Vec::new(),
+                            available: true,
+                            exactly_once,
+                        });
+                    }
+                    (Vec::new(), None, 0, l.next_wake())
+                } else {
+                    let deadline = now + ack_deadline;
+                    let redeliveries =
+                        l.take_redeliveries(now, max_messages as usize, deadline);
+                    let room = (max_messages as usize - redeliveries.len()).min(l.fresh_room());
+                    let fresh = l.fresh_from().filter(|n| room > 0 && *n < hw.0);
+                    (redeliveries, fresh, room, l.next_wake())
+                }
+            };
+            let mut deliveries = Vec::new();
+            if !redeliveries.is_empty() {
+                deliveries.extend(read_offsets(replica, &redeliveries, hw).await?);
+            }
+            if let Some(from) = fresh {
+                let log = Arc::clone(&replica.log);
+                let budget = max_bytes.saturating_sub(
+                    deliveries
+                        .iter()
+                        .map(|d: &pb::Delivery| d.record.as_ref().map_or(0, record_bytes))
+                        .sum(),
+                );
+                let batches = tokio::task::spawn_blocking(move || {
+                    log.read(Offset(from), budget.max(1), Some(hw))
+                })
+                .await??;
+                let mut records = Vec::new();
+                let mut read_end = from;
+                let mut bytes = 0usize;
+                'batches: for batch in &batches {
+                    let stored = weir_proto::convert::stored_records(batch)
+                        .map_err(|e| BrokerError::Corrupt(e.to_string()))?;
+                    for r in stored {
+                        if r.offset < from || r.offset >= hw.0 {
+                            continue;
+                        }
+                        let size = r.record.as_ref().map_or(0, record_bytes);
+                        if records.len() >= room || (!records.is_empty() && bytes + size > budget)
+                        {
+                            break 'batches;
+                        }
+                        bytes += size;
+                        read_end = r.offset + 1;
+                        records.push(r);
+                    }
+                }
+                let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+                let leased = {
+                    let mut l = entry.lock();
+                    l.lease_fresh(from, &offsets, read_end, Instant::now() + ack_deadline)
+                };
+                if let Some(leased) = leased {
+                    let mut by_offset: HashMap<i64, pb::StoredRecord> =
+                        records.into_iter().map(|r| (r.offset, r)).collect();
+                    for d in leased {
+                        if let Some(r) = by_offset.remove(&d.offset) {
+                            deliveries.push(pb::Delivery {
+                                offset: d.offset,
+                                attempt: d.attempt,
+                                record: r.record,
+                            });
+                        }
+                    }
+                }
+            }
+            if !deliveries.is_empty() {
+                metrics::counter!("weir_subscription_delivered_total")
+                    .increment(deliveries.len() as u64);
+                return Ok(Pulled {
+                    deliveries,
+                    available: true,
+                    exactly_once,
+                });
+            }
+            if tokio::time::Instant::now() >= wait_until {
+                return Ok(Pulled {
+                    deliveries,
+                    available: false,
+                    exactly_once,
+                });
+            }
+            let wake_at = wake
+                .map(|w| tokio::time::Instant::from_std(w).min(wait_until))
+                .unwrap_or(wait_until);
+            tokio::select! {
+                _ = hw_changes.changed() => {}
+                _ = entry.changed.notified() => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+            if replica.leadership().leader_epoch != entry.leader_epoch {
+                return Err(BrokerError::Closing);
+            }
+        }
+    }
+
+    /// Acknowledges; returns the leases that no longer held.
+    pub async fn acknowledge(
+        &self,
+        entry: &Arc<Entry>,
+        leases: &[Delivered],
+    ) -> Result<Vec<Delivered>, BrokerError> {
+        let now = Instant::now();
+        let invalid: Vec<Delivered> = {
+            let mut l = entry.lock();
+            leases
+                .iter()
+                .filter(|d| !l.ack(d.offset, d.attempt, now))
+                .copied()
+                .collect()
+        };
+        metrics::counter!("weir_subscription_acks_total").increment(leases.len() as u64);
+        if entry.spec.enable_exactly_once_delivery {
+            self.commit_now(entry).await?;
+        }
+        Ok(invalid)
+    }
+
+    /// New deadlines (0: nack); returns the leases that no longer held.
+    pub fn modify(&self, entry: &Arc<Entry>, leases: &[Delivered], seconds: u32) -> Vec<Delivered> {
+        let now = Instant::now();
+        let invalid = {
+            let mut l = entry.lock();
+            leases
+                .iter()
+                .filter(|d| !l.modify(d.offset, d.attempt, seconds, now))
+                .copied()
+                .collect()
+        };
+        if seconds == 0 {
+            entry.changed.notify_waiters();
+        }
+        invalid
+    }
+
+    /// Replaces the cursor and stores it.
+    pub async fn seek(&self, entry: &Arc<Entry>, cursor: &Cursor) -> Result<(), BrokerError> {
+        entry.lock().seek(cursor);
+        entry.changed.notify_waiters();
+        self.commit_now(entry).await
+    }
+
+    /// The cursor now, stored first.
+    pub async fn cursor(&self, entry: &Arc<Entry>) -> Result<Cursor, BrokerError> {
+        let cursor = entry.lock().cursor();
+        entry.lock().mark_dirty();
+        self.commit_now(entry).await?;
+        Ok(cursor)
+    }
+
+    async fn commit_now(&self, entry: &Arc<Entry>) -> Result<(), BrokerError> {
+        let Some(cursor) = entry.lock().take_dirty() else {
+            return Ok(());
+        };
+        let results = self.commit(vec![(Arc::clone(entry), cursor)]).await?;
+        match results.first() {
+            Some(ipb::CommitResult::Stored) => Ok(()),
+            Some(ipb::CommitResult::Gone) => Err(BrokerError::Remote {
+                code: ErrorCode::SubscriptionNotFound,
+                message: format!("subscription {:?} was deleted", entry.subscription),
+            }),
+            _ => Err(BrokerError::Closing),
+        }
+    }
+
+    /// Stores cursors; entries whose commit was refused are forgotten (the subscription is
+    /// gone, or this broker no longer leads the partition at that epoch). A failed request
+    /// leaves them dirty for the next round.
+    async fn commit(
+        &self,
+        batch: Vec<(Arc<Entry>, Cursor)>,
+    ) -> Result<Vec<ipb::CommitResult>, BrokerError> {
+        let request = ipb::CommitCursorsRequest {
+            broker_id: self.config.id.0,
+            commits: batch
+                .iter()
+                .map(|(e, c)| ipb::CursorCommit {
+                    subscription: e.subscription.clone(),
+                    uid: e.uid,
+                    partition: e.partition,
+                    leader_epoch: e.leader_epoch.0,
+                    cursor: Some(c.into()),
+                })
+                .collect(),
+        };
+        let answer = weir_proto::call::with_controller(
+            &self.config.controllers,
+            CONTROLLER_PATIENCE,
+            |ch| {
+                let request = request.clone();
+                async move { SubscriptionCursorsClient::new(ch).commit_cursors(request).await }
+            },
+        )
+        .await;
+        let results: Vec<ipb::CommitResult> = match answer {
+            Ok(r) => r
+                .into_inner()
+                .results
+                .into_iter()
+                .map(|r| ipb::CommitResult::try_from(r).unwrap_or(ipb::CommitResult::Fenced))
+                .collect(),
+            Err(e) => {
+                for (entry, _) in &batch {
+                    entry.lock().mark_dirty();
+                }
+                return Err(controller_error(e));
+            }
+        };
+        let mut entries = self.entries();
+        for ((entry, _), result) in batch.iter().zip(&results) {
+            if *result != ipb::CommitResult::Stored {
+                let key = (entry.subscription.clone(), entry.partition);
+                if entries.get(&key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+                    entries.remove(&key);
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Forgets the state of partitions no longer led at the entry's epoch.
+    fn sweep(&self, registry: &crate::registry::Registry) {
+        let id = self.config.id;
+        self.entries().retain(|_, e| {
+            registry.get(&e.topic, e.partition).is_some_and(|r| {
+                let lead = r.leadership();
+                lead.leader == Some(id) && lead.leader_epoch == e.leader_epoch
+            })
+        });
+    }
+
+    /// Backlog and outstanding counts per subscription, for the metrics.
+    fn gauges(&self, registry: &crate::registry::Registry) -> HashMap<String, (i64, usize)> {
+        let entries: Vec<Arc<Entry>> = self.entries().values().cloned().collect();
+        let mut out: HashMap<String, (i64, usize)> = HashMap::new();
+        for e in entries {
+            let Some(replica) = registry.get(&e.topic, e.partition) else {
+                continue;
+            };
+            let hw = replica.high_watermark().0;
+            let l = e.lock();
+            let slot = out.entry(e.subscription.clone()).or_default();
+            slot.0 += l.backlog(hw);
+            slot.1 += l.outstanding();
+        }
+        out
+    }
+}
+
+fn record_bytes(r: &pb::Record) -> usize {
+    r.value.as_ref().map_or(0, |v| v.len())
+        + r.key.as_ref().map_or(0, |k| k.len())
+        + r.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
+            .sum::<usize>()
+}
+
+/// The records of redelivered offsets (ascending), read in as few reads as they allow.
+async fn read_offsets(
+    replica: &Arc<Replica>,
+    wanted: &[Delivered],
+    hw: Offset,
+) -> Result<Vec<pb::Delivery>, BrokerError> {
+    let log = Arc::clone(&replica.log);
+    let wanted = wanted.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut i = 0;
+        while i < wanted.len() {
+            let from = wanted[i].offset;
+            let batches = log.read(Offset(from), 1 << 20, Some(hw))?;
+            if batches.is_empty() {
+                break;
+            }
+            let mut found = HashMap::new();
+            for batch in &batches {
+                for r in weir_proto::convert::stored_records(batch)
+                    .map_err(|e| BrokerError::Corrupt(e.to_string()))?
+                {
+                    found.insert(r.offset, r);
+                }
+            }
+            let before = i;
+            while i < wanted.len() {
+                let d = wanted[i];
+                match found.remove(&d.offset) {
+                    Some(r) => out.push(pb::Delivery {
+                        offset: d.offset,
+                        attempt: d.attempt,
+                        record: r.record,
+                    }),
+                    None if d.offset < found.keys().copied().max().unwrap_or(i64::MIN) => {}
+                    None => break,
+                }
+                i += 1;
+            }
+            if i == before {
+                // the offset is not in the log (compacted away): skip it
+                i += 1;
+            }
+        }
+        Ok::<_, BrokerError>(out)
+    })
+    .await?
+}
+
+/// Stores changed cursors every `COMMIT_INTERVAL`, forgets partitions no longer led, and
+/// publishes the subscription gauges.
+pub async fn run_committer(
+    subscriber: Arc<Subscriber>,
+    registry: Arc<crate::registry::Registry>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut last_gauges = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(COMMIT_INTERVAL) => {}
+            _ = stopped.wait_for(|s| *s) => break,
+        }
+        subscriber.flush().await;
+        if last_gauges.elapsed() >= Duration::from_secs(1) {
+            last_gauges = Instant::now();
+            subscriber.sweep(&registry);
+            for (sub, (backlog, outstanding)) in subscriber.gauges(&registry) {
+                metrics::gauge!("weir_subscription_backlog_messages", "subscription" => sub.clone())
+                    .set(backlog as f64);
+                metrics::gauge!("weir_subscription_outstanding_messages", "subscription" => sub)
+                    .set(outstanding as f64);
+            }
+        }
+    }
+    // stopping: store what changed last
+    subscriber.flush().await;
+}
+
+impl Subscriber {
+    /// Stores every changed cursor in one request.
+    pub async fn flush(&self) {
+        let entries: Vec<Arc<Entry>> = self.entries().values().cloned().collect();
+        let batch: Vec<(Arc<Entry>, Cursor)> = entries
+            .into_iter()
+            .filter_map(|e| {
+                let c = e.lock().take_dirty()?;
+                Some((e, c))
+            })
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.commit(batch).await {
+            tracing::warn!(error = %e, "storing subscription cursors failed; retrying");
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Weir's gateway: a stateless front door that serves Google Pub/Sub's `google.pubsub.v1`
+//! Publisher and Subscriber APIs over Weir, so Google's own client libraries work against a
+//! durable, replicated cluster (`PUBSUB_EMULATOR_HOST=<gateway>`). Run any number of them.
+//!
+//! - [`names`]: Google resource names ↔ Weir names (`projects/p/topics/t` ↔ topic `p.t`).
+//! - [`backend`]: calls to the controllers and the partition leaders, and Weir's errors as
+//!   the status codes Google's clients expect.
+//! - [`convert`]: Google's resources ↔ Weir's subscription specs and records.
+//! - [`publisher`]: topics and Publish (ordering key → partition by hash).
+//! - [`subscriber`]: subscriptions, Pull, StreamingPull (per-partition pull loops under the
+//!   stream's flow control), acks and deadlines routed to partition leaders by ack id,
+//!   snapshots and Seek.
+//!
+//! The gateway keeps no state that matters: delivery state lives with the partition leaders,
+//! definitions with the controllers. A killed gateway loses only its streams; the client
+//! reconnects (to it or another) and unacknowledged messages are redelivered when their
+//! deadlines pass.
+
+pub mod backend;
+pub mod convert;
+pub mod names;
+pub mod publisher;
+pub mod subscriber;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use weir_proto::google::pubsub::v1::publisher_server::PublisherServer;
+use weir_proto::google::pubsub::v1::subscriber_server::SubscriberServer;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    /// Controller addresses.
+    pub controllers: Vec<String>,
+    /// Partitions of a topic created through the gateway (unless its `weir-partitions`
+    /// label says otherwise).
+    pub topic_partitions: u32,
+    /// Replicas of a topic created through the gateway; 0: the cluster default.
+    pub replication_factor: u32,
+}
+
+impl GatewayConfig {
+    pub fn new(listen: SocketAddr, controllers: Vec<String>) -> GatewayConfig {
+        GatewayConfig {
+            listen,
+            controllers,
+            topic_partitions: 4,
+            replication_factor: 0,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.controllers.is_empty() {
+            return Err("controllers: at least one address is needed".into());
+        }
+        if self.topic_partitions == 0 || self.topic_partitions > 10_000 {
+            return Err("topic_partitions: must be 1 to 10000".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid gateway config: {0}")]
+    Config(String),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Client(#[from] weir_client::ClientError),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    pub async fn start(config: GatewayConfig) -> Result<Gateway, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let (listener, local_addr) = weir_proto::call::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let backend = Arc::new(backend::Backend::new(config.controllers.clone())?);
+        let (stop, stopped) = watch::channel(false);
+        let publisher = publisher::PublisherService {
+            backend: Arc::clone(&backend),
+            topic_partitions: config.topic_partitions,
+            replication_factor: config.replication_factor,
+        };
+        let subscriber = subscriber::SubscriberService::new(Arc::clone(&backend), stopped.clone());
+        let mut server_stop = stopped;
+        let server = tonic::transport::Server::builder()
+            .add_service(PublisherServer::new(publisher))
+            .add_service(SubscriberServer::new(subscriber))
+            .serve_with_incoming_shutdown(weir_proto::call::incoming(listener), async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "gateway gRPC server failed");
+            }
+        });
+        tracing::info!(addr = %local_addr, "gateway started");
+        Ok(Gateway {
+            local_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Ends every stream and stops serving.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,1172 @@
+//! Google's `Subscriber` service over Weir subscriptions.
+//!
+//! Delivery state lives with the partition leaders; the gateway fans a pull out to the
+//! partitions' leaders and routes each ack id (`partition.offset.attempt`) back to its
+//! partition's leader, so any gateway can take any ack. A StreamingPull runs one pull loop
+//! per partition under the stream's flow control (outstanding messages and bytes; a message
+//! stops counting when it is acked or nacked through this gateway, or when its lease runs
+//! out), and answers acks and deadline changes sent on the stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use weir_proto::google::pubsub::v1 as gpb;
+use weir_proto::google::pubsub::v1::subscriber_server::Subscriber;
+use weir_proto::v1 as pb;
+use weir_types::subscription::Cursor;
+
+use crate::backend::{BROKER_PATIENCE, Backend, SubscriptionInfo, client_status, futures_join};
+use crate::convert::{self, AckId};
+use crate::names::{self, Kind, Name};
+use crate::publisher::{not_found, page};
+
+/// Messages one partition pull of a stream asks for at most.
+const STREAM_PULL_MESSAGES_MAX: usize = 500;
+/// How long a stream's partition pull waits at the leader for messages.
+const STREAM_PULL_WAIT_MS: u32 = 5_000;
+/// Flow control when the client sets none.
+const STREAM_OUTSTANDING_MESSAGES_DEFAULT: usize = 1_000;
+const STREAM_OUTSTANDING_BYTES_DEFAULT: usize = 100 << 20;
+/// Responses queued for a stream.
+const STREAM_RESPONSES_MAX: usize = 16;
+/// How long a unary Pull without `return_immediately` waits for messages.
+const PULL_WAIT: Duration = Duration::from_secs(10);
+/// Pause after a failed partition pull.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Snapshots expire after this long (Google: at most 7 days).
+const SNAPSHOT_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One stream's flow control.
+struct Flow {
+    /// Each partition's pull may hold at most its share of the room, so a long poll on an
+    /// idle partition never starves the others.
+    partitions: usize,
+    messages_max: usize,
+    bytes_max: usize,
+    state: Mutex<FlowState>,
+    room: Notify,
+    /// The stream's ack deadline, seconds.
+    deadline_seconds: AtomicU32,
+}
+
+#[derive(Default)]
+struct FlowState {
+    /// Delivered on this stream and not settled: bytes and when the lease runs out.
+    outstanding: HashMap<AckId, (usize, Instant)>,
+    bytes: usize,
+    /// Room promised to pulls in progress.
+    reserved_messages: usize,
+    reserved_bytes: usize,
+}
+
+impl Flow {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlowState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves room for one pull: (messages, bytes), or `None` when full.
+    fn reserve(&self) -> Option<(usize, usize)> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        let lapsed: Vec<AckId> = s
+            .outstanding
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lapsed {
+            if let Some((b, _)) = s.outstanding.remove(&id) {
+                s.bytes -= b;
+            }
+        }
+        let used = s.outstanding.len() + s.reserved_messages;
+        let used_bytes = s.bytes + s.reserved_bytes;
+        if used >= self.messages_max || used_bytes >= self.bytes_max {
+            return None;
+        }
+        let share = self.messages_max.div_ceil(self.partitions.max(1)).max(1);
+        let m = (self.messages_max - used).min(share).min(STREAM_PULL_MESSAGES_MAX);
+        let b = (self.bytes_max - used_bytes)
+            .min(self.bytes_max.div_ceil(self.partitions.max(1)).max(1));
+        s.reserved_messages += m;
+        s.reserved_bytes += b;
+        Some((m, b))
+    }
+
+    /// Ends a reservation, counting what was delivered.
+    fn settle_reservation(&self, reserved: (usize, usize), delivered: &[(AckId, usize)]) {
+        let deadline =
+            Instant::now() + Duration::from_secs(u64::from(self.deadline_seconds.load(Ordering::Relaxed)));
+        let mut s = self.lock();
+        s.reserved_messages -= reserved.0;
+        s.reserved_bytes -= reserved.1;
+        for (id, bytes) in delivered {
+            s.outstanding.insert(*id, (*bytes, deadline));
+            s.bytes += bytes;
+        }
+        drop(s);
+        self.room.notify_waiters();
+    }
+
+    fn release(&self, ids: &[AckId]) {
+        let mut s = self.lock();
+        for id in ids {
+            if let Some((b, _)) = s.outstanding.remove(id) {
+                s.bytes -= b;
+            }
+        }
+        drop(s);
+        self.room.notify_waiters();
+    }
+
+    fn extend(&self, ids: &[AckId], seconds: u32) {
+        let until = Instant::now() + Duration::from_secs(u64::from(seconds));
+        let mut s = self.lock();
+        for id in ids {
+            if let Some(entry) = s.outstanding.get_mut(id) {
+                entry.1 = until;
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SubscriberService {
+    backend: Arc<Backend>,
+    stopped: watch::Receiver<bool>,
+    /// Open streams of this gateway per subscription, so acks sent by unary calls release
+    /// the stream's flow control too.
+    flows: Arc<Mutex<HashMap<String, Vec<Weak<Flow>>>>>,
+    rotation: Arc<AtomicU32>,
+}
+
+/// Ack ids grouped by partition.
+fn by_partition(ids: &[AckId]) -> BTreeMap<u32, Vec<AckId>> {
+    let mut out: BTreeMap<u32, Vec<AckId>> = BTreeMap::new();
+    for id in ids {
+        out.entry(id.partition).or_default().push(*id);
+    }
+    out
+}
+
+fn parse_ack_ids(field: &str, raw: &[String], partitions: u32) -> Result<Vec<AckId>, Status> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            AckId::parse(a)
+                .filter(|id| id.partition < partitions)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("Invalid [{field}[{i}]]: {a:?} is not an ack id"))
+                })
+        })
+        .collect()
+}
+
+fn lease_ids(ids: &[AckId]) -> Vec<pb::LeaseId> {
+    ids.iter()
+        .map(|id| pb::LeaseId {
+            offset: id.offset,
+            attempt: id.attempt,
+        })
+        .collect()
+}
+
+type PullStream = Pin<Box<dyn Stream<Item = Result<gpb::StreamingPullResponse, Status>> + Send>>;
+
+impl SubscriberService {
+    pub fn new(backend: Arc<Backend>, stopped: watch::Receiver<bool>) -> SubscriberService {
+        SubscriberService {
+            backend,
+            stopped,
+            flows: Arc::new(Mutex::new(HashMap::new())),
+            rotation: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    async fn info(&self, field: &str, raw: &str) -> Result<(Name, Arc<SubscriptionInfo>), Status> {
+        let name = Name::parse(field, raw, Kind::Subscriptions)?;
+        let info = self
+            .backend
+            .subscription(&name.weir())
+            .await
+            .map_err(|s| not_found(s, "subscription", &name.weir()))?;
+        Ok((name, info))
+    }
+
+    fn flows_of(&self, sub: &str) -> Vec<Arc<Flow>> {
+        let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = flows.get_mut(sub) else {
+            return Vec::new();
+        };
+        list.retain(|w| w.strong_count() > 0);
+        list.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Acknowledges at the partition leaders; returns the ids whose lease no longer held.
+    async fn ack(&self, info: &SubscriptionInfo, ids: &[AckId]) -> Result<Vec<AckId>, Status> {
+        let topic = &info.spec.topic;
+        let calls = by_partition(ids).into_iter().map(|(partition, ids)| {
+            let request = pb::SubscriptionAckRequest {
+                subscription: info.spec.name.clone(),
+                topic: topic.clone(),
+                partition,
+                leases: lease_ids(&ids),
+            };
+            async move {
+                self.backend
+                    .leader(topic, partition, BROKER_PATIENCE, |mut c| {
+                        let request = request.clone();
+                        async move { c.acknowledge(request).await }
+                    })
+                    .await
+                    .map(|r| {
+                        r.invalid
+                            .into_iter()
+                            .map(|l| AckId {
+                                partition,
+                                offset: l.offset,
+                                attempt: l.attempt,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+            }
+        });
+        let mut invalid = Vec::new();
+        for r in futures_join(calls).await {
+            invalid.extend(r.map_err(|e| client_status(&e))?);
+        }
+        for flow in self.flows_of(&info.spec.name) {
+            flow.release(ids);
+        }
+        Ok(invalid)
+    }
+
+    /// New deadlines at the partition leaders (0: nack).
+    async fn modify(
+        &self,
+        info: &SubscriptionInfo,
+        ids: &[AckId],
+        seconds: u32,
+    ) -> Result<Vec<AckId>, Status> {
+        let topic = &info.spec.topic;
+        let calls = by_partition(ids).into_iter().map(|(partition, ids)| {
+            let request = pb::SubscriptionModifyRequest {
+                subscription: info.spec.name.clone(),
+                topic: topic.clone(),
+                partition,
+                leases: lease_ids(&ids),
+                deadline_seconds: seconds,
+            };
+            async move {
+                self.backend
+                    .leader(topic, partition, BROKER_PATIENCE, |mut c| {
+                        let request = request.clone();
+                        async move { c.modify_ack_deadline(request).await }
+                    })
+                    .await
+                    .map(|r| {
+                        r.invalid
+                            .into_iter()
+                            .map(|l| AckId {
+                                partition,
+                                offset: l.offset,
+                                attempt: l.attempt,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+            }
+        });
+        let mut invalid = Vec::new();
+        for r in futures_join(calls).await {
+            invalid.extend(r.map_err(|e| client_status(&e))?);
+        }
+        for flow in self.flows_of(&info.spec.name) {
+            if seconds == 0 {
+                flow.release(ids);
+            } else {
+                flow.extend(ids, seconds);
+            }
+        }
+        Ok(invalid)
+    }
+
+    /// One pull of one partition.
+    async fn pull_partition(
+        &self,
+        info: &SubscriptionInfo,
+        partition: u32,
+        max_messages: usize,
+        max_bytes: usize,
+        wait_ms: u32,
+        ack_deadline_seconds: u32,
+    ) -> Result<pb::SubscriptionPullResponse, weir_client::ClientError> {
+        let request = pb::SubscriptionPullRequest {
+            subscription: info.spec.name.clone(),
+            topic: info.spec.topic.clone(),
+            partition,
+            max_messages: max_messages as u32,
+            max_bytes: max_bytes.min(u32::MAX as usize) as u32,
+            wait_ms,
+            ack_deadline_seconds,
+        };
+        let patience = BROKER_PATIENCE + Duration::from_millis(u64::from(wait_ms));
+        self.backend
+            .leader(&info.spec.topic, partition, patience, |mut c| {
+                let request = request.clone();
+                async move { c.pull(request).await }
+            })
+            .await
+    }
+
+    /// Pulls up to `max` messages spread over the partitions, without waiting: each round
+    /// splits what is left among the partitions that may have more (the first round, all;
+    /// later ones, those that filled their quota).
+    async fn pull_once(
+        &self,
+        info: &SubscriptionInfo,
+        max: usize,
+    ) -> Result<Vec<gpb::ReceivedMessage>, Status> {
+        let n = info.partitions.max(1) as usize;
+        let first = self.rotation.fetch_add(1, Ordering::Relaxed) as usize;
+        let mut candidates: Vec<u32> = (0..n).map(|i| ((first + i) % n) as u32).collect();
+        let mut out = Vec::new();
+        let mut failure = None;
+        for _round in 0..4 {
+            let left = max - out.len();
+            if left == 0 || candidates.is_empty() {
+                break;
+            }
+            let k = candidates.len();
+            let quotas: Vec<(u32, usize)> = candidates
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (*p, left / k + usize::from(i < left % k)))
+                .filter(|(_, q)| *q > 0)
+                .collect();
+            let calls = quotas.into_iter().map(|(p, q)| async move {
+                (p, q, self.pull_partition(info, p, q, usize::MAX, 0, 0).await)
+            });
+            candidates.clear();
+            for (partition, quota, r) in futures_join(calls).await {
+                match r {
+                    Ok(r) => {
+                        if r.deliveries.len() >= quota {
+                            candidates.push(partition);
+                        }
+                        out.extend(received(partition, r.deliveries));
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+        }
+        match failure {
+            Some(e) if out.is_empty() => Err(client_status(&e)),
+            _ => Ok(out),
+        }
+    }
+
+    fn spawn_stream(
+        &self,
+        name: Name,
+        info: Arc<SubscriptionInfo>,
+        first: gpb::StreamingPullRequest,
+        inbound: Streaming<gpb::StreamingPullRequest>,
+    ) -> Result<PullStream, Status> {
+        let deadline = first.stream_ack_deadline_seconds;
+        if !(10..=600).contains(&deadline) {
+            return Err(Status::invalid_argument(
+                "Invalid [stream_ack_deadline_seconds]: must be 10 to 600",
+            ));
+        }
+        let limit = |raw: i64, default: usize| if raw <= 0 { default } else { raw as usize };
+        let flow = Arc::new(Flow {
+            partitions: info.partitions as usize,
+            messages_max: limit(first.max_outstanding_messages, STREAM_OUTSTANDING_MESSAGES_DEFAULT),
+            bytes_max: limit(first.max_outstanding_bytes, STREAM_OUTSTANDING_BYTES_DEFAULT),
+            state: Mutex::new(FlowState::default()),
+            room: Notify::new(),
+            deadline_seconds: AtomicU32::new(deadline as u32),
+        });
+        self.flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(info.spec.name.clone())
+            .or_default()
+            .push(Arc::downgrade(&flow));
+        let (tx, rx) = mpsc::channel(STREAM_RESPONSES_MAX);
+        let service = self.clone();
+        tokio::spawn(async move {
+            service.run_stream(name, info, first, inbound, flow, tx).await;
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn run_stream(
+        self,
+        name: Name,
+        info: Arc<SubscriptionInfo>,
+        first: gpb::StreamingPullRequest,
+        mut inbound: Streaming<gpb::StreamingPullRequest>,
+        flow: Arc<Flow>,
+        tx: mpsc::Sender<Result<gpb::StreamingPullResponse, Status>>,
+    ) {
+        let mut loops = tokio::task::JoinSet::new();
+        for partition in 0..info.partitions {
+            let service = self.clone();
+            let (info, flow, tx) = (Arc::clone(&info), Arc::clone(&flow), tx.clone());
+            loops.spawn(async move { service.partition_loop(info, partition, flow, tx).await });
+        }
+        let mut stopped = self.stopped.clone();
+        let mut request = Some(first);
+        loop {
+            if let Some(r) = request.take()
+                && let Err(e) = self.stream_request(&info, &flow, r, &tx).await
+            {
+                let _ = tx.send(Err(e)).await;
+                break;
+            }
+            tokio::select! {
+                next = inbound.message() => match next {
+                    Ok(Some(r)) => {
+                        if !r.subscription.is_empty() && r.subscription != name.google() {
+                            let _ = tx.send(Err(Status::invalid_argument(
+                                "Invalid [subscription]: only the first request names it",
+                            ))).await;
+                            break;
+                        }
+                        request = Some(r);
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                _ = tx.closed() => break,
+                _ = async { let _ = stopped.wait_for(|s| *s).await; } => {
+                    let _ = tx.send(Err(Status::unavailable("the gateway is shutting down"))).await;
+                    break;
+                }
+                Some(_) = loops.join_next() => {
+                    // a partition loop ended: the stream has failed (the loop sent why)
+                    break;
+                }
+            }
+        }
+        loops.abort_all();
+        tracing::debug!(subscription = %info.spec.name, "stream closed");
+    }
+
+    /// Acks, deadline changes and a new stream deadline sent on the stream.
+    async fn stream_request(
+        &self,
+        info: &SubscriptionInfo,
+        flow: &Flow,
+        r: gpb::StreamingPullRequest,
+        tx: &mpsc::Sender<Result<gpb::StreamingPullResponse, Status>>,
+    ) -> Result<(), Status> {
+        if r.stream_ack_deadline_seconds != 0 {
+            if !(10..=600).contains(&r.stream_ack_deadline_seconds) {
+                return Err(Status::invalid_argument(
+                    "Invalid [stream_ack_deadline_seconds]: must be 10 to 600",
+                ));
+            }
+            flow.deadline_seconds
+                .store(r.stream_ack_deadline_seconds as u32, Ordering::Relaxed);
+        }
+        if r.modify_deadline_ack_ids.len() != r.modify_deadline_seconds.len() {
+            return Err(Status::invalid_argument(
+                "Invalid [modify_deadline_seconds]: must have one entry per modify_deadline_ack_ids entry",
+            ));
+        }
+        let exactly_once = info.spec.enable_exactly_once_delivery;
+        if !r.ack_ids.is_empty() {
+            let ids = parse_ack_ids("ack_ids", &r.ack_ids, info.partitions)?;
+            let invalid = self.ack(info, &ids).await?;
+            if exactly_once {
+                let confirmation = confirmation(&ids, &invalid);
+                let _ = tx
+                    .send(Ok(gpb::StreamingPullResponse {
+                        acknowledge_confirmation: Some(
+                            gpb::streaming_pull_response::AcknowledgeConfirmation {
+                                ack_ids: confirmation.0,
+                                invalid_ack_ids: confirmation.1,
+                                ..Default::default()
+                            },
+                        ),
+                        subscription_properties: Some(properties(info)),
+                        ..Default::default()
+                    }))
+                    .await;
+            }
+        }
+        let mut by_seconds: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+        for (id, s) in r.modify_deadline_ack_ids.into_iter().zip(r.modify_deadline_seconds) {
+            by_seconds.entry(s).or_default().push(id);
+        }
+        for (seconds, raw) in by_seconds {
+            if !(0..=600).contains(&seconds) {
+                return Err(Status::invalid_argument(
+                    "Invalid [modify_deadline_seconds]: must be 0 to 600",
+                ));
+            }
+            let ids = parse_ack_ids("modify_deadline_ack_ids", &raw, info.partitions)?;
+            let invalid = self.modify(info, &ids, seconds as u32).await?;
+            if exactly_once {
+                let confirmation = confirmation(&ids, &invalid);
+                let _ = tx
+                    .send(Ok(gpb::StreamingPullResponse {
+                        modify_ack_deadline_confirmation: Some(
+                            gpb::streaming_pull_response::ModifyAckDeadlineConfirmation {
+                                ack_ids: confirmation.0,
+                                invalid_ack_ids: confirmation.1,
+                                ..Default::default()
+                            },
+                        ),
+                        subscription_properties: Some(properties(info)),
+                        ..Default::default()
+                    }))
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pulls one partition for a stream while it is open.
+    async fn partition_loop(
+        self,
+        info: Arc<SubscriptionInfo>,
+        partition: u32,
+        flow: Arc<Flow>,
+        tx: mpsc::Sender<Result<gpb::StreamingPullResponse, Status>>,
+    ) {
+        loop {
+            let Some(reserved) = flow.reserve() else {
+                tokio::select! {
+                    _ = flow.room.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tx.closed() => return,
+                }
+                continue;
+            };
+            let deadline = flow.deadline_seconds.load(Ordering::Relaxed);
+            let pulled = tokio::select! {
+                r = self.pull_partition(&info, partition, reserved.0, reserved.1, STREAM_PULL_WAIT_MS, deadline) => r,
+                _ = tx.closed() => {
+                    flow.settle_reservation(reserved, &[]);
+                    return;
+                }
+            };
+            match pulled {
+                Ok(r) => {
+                    tracing::debug!(subscription = %info.spec.name, partition, delivered = r.deliveries.len(), "stream pull");
+                    let messages = received(partition, r.deliveries);
+                    let counted: Vec<(AckId, usize)> = messages
+                        .iter()
+                        .filter_map(|m| {
+                            let bytes = m.message.as_ref().map_or(0, |m| m.data.len());
+                            AckId::parse(&m.ack_id).map(|id| (id, bytes))
+                        })
+                        .collect();
+                    flow.settle_reservation(reserved, &counted);
+                    if messages.is_empty() {
+                        continue;
+                    }
+                    metrics::counter!("weir_gateway_delivered_total")
+                        .increment(messages.len() as u64);
+                    let response = gpb::StreamingPullResponse {
+                        received_messages: messages,
+                        subscription_properties: Some(properties(&info)),
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(response)).await.is_err() {
+                        // the client is gone: hand the messages back at once
+                        let ids: Vec<AckId> = counted.iter().map(|(id, _)| *id).collect();
+                        let _ = self.modify(&info, &ids, 0).await;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    flow.settle_reservation(reserved, &[]);
+                    let status = client_status(&e);
+                    if matches!(
+                        status.code(),
+                        tonic::Code::NotFound | tonic::Code::InvalidArgument
+                    ) {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    tracing::debug!(subscription = %info.spec.name, partition, error = %e, "stream pull failed; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    /// The cursors of every partition, as the leaders hold them now (stored first).
+    async fn cursors(&self, info: &SubscriptionInfo) -> Result<Vec<pb::PartitionCursor>, Status> {
+        let calls = (0..info.partitions).map(|partition| {
+            let request = pb::GetCursorRequest {
+                subscription: info.spec.name.clone(),
+                topic: info.spec.topic.clone(),
+                partition,
+            };
+            async move {
+                self.backend
+                    .leader(&info.spec.topic, partition, BROKER_PATIENCE, |mut c| {
+                        let request = request.clone();
+                        async move { c.get_cursor(request).await }
+                    })
+                    .await
+                    .map(|r| pb::PartitionCursor {
+                        partition,
+                        cursor: r.cursor,
+                    })
+            }
+        });
+        futures_join(calls)
+            .await
+            .into_iter()
+            .map(|r| r.map_err(|e| client_status(&e)))
+            .collect()
+    }
+
+    /// Replaces the cursor of each partition given.
+    async fn seek_to(&self, info: &SubscriptionInfo, cursors: Vec<(u32, Cursor)>) -> Result<(), Status> {
+        let calls = cursors.into_iter().map(|(partition, cursor)| {
+            let request = pb::SeekSubscriptionRequest {
+                subscription: info.spec.name.clone(),
+                topic: info.spec.topic.clone(),
+                partition,
+                cursor: Some((&cursor).into()),
+            };
+            async move {
+                self.backend
+                    .leader(&info.spec.topic, partition, BROKER_PATIENCE, |mut c| {
+                        let request = request.clone();
+                        async move { c.seek_subscription(request).await }
+                    })
+                    .await
+            }
+        });
+        for r in futures_join(calls).await {
+            r.map_err(|e| client_status(&e))?;
+        }
+        Ok(())
+    }
+
+    async fn update(&self, spec: &weir_types::subscription::SubscriptionSpec, mask: Vec<String>) -> Result<gpb::Subscription, Status> {
+        let request = pb::UpdateSubscriptionRequest {
+            spec: Some(spec.into()),
+            update_mask: mask,
+        };
+        let d = self
+            .backend
+            .subscriptions(|mut c| {
+                let request = request.clone();
+                async move { c.update_subscription(request).await }
+            })
+            .await?;
+        self.backend.forget(&spec.name);
+        Ok(convert::subscription(&SubscriptionInfo::try_from(d)?))
+    }
+}
+
+fn properties(info: &SubscriptionInfo) -> gpb::streaming_pull_response::SubscriptionProperties {
+    gpb::streaming_pull_response::SubscriptionProperties {
+        exactly_once_delivery_enabled: info.spec.enable_exactly_once_delivery,
+        message_ordering_enabled: info.spec.enable_message_ordering,
+    }
+}
+
+/// (confirmed, invalid) ack ids.
+fn confirmation(ids: &[AckId], invalid: &[AckId]) -> (Vec<String>, Vec<String>) {
+    let (bad, good): (Vec<&AckId>, Vec<&AckId>) = ids.iter().partition(|id| invalid.contains(id));
+    (
+        good.into_iter().map(AckId::encode).collect(),
+        bad.into_iter().map(AckId::encode).collect(),
+    )
+}
+
+fn received(partition: u32, deliveries: Vec<pb::Delivery>) -> Vec<gpb::ReceivedMessage> {
+    deliveries
+        .into_iter()
+        .map(|d| gpb::ReceivedMessage {
+            ack_id: AckId {
+                partition,
+                offset: d.offset,
+                attempt: d.attempt,
+            }
+            .encode(),
+            message: Some(convert::message(
+                partition,
+                d.offset,
+                d.record.unwrap_or_default(),
+            )),
+            delivery_attempt: d.attempt as i32,
+        })
+        .collect()
+}
+
+fn google_snapshot(s: &pb::SnapshotDescription) -> gpb::Snapshot {
+    gpb::Snapshot {
+        name: names::google(&s.name, Kind::Snapshots),
+        topic: names::google(&s.topic, Kind::Topics),
+        expire_time: Some(convert::timestamp(s.expire_time_ms)),
+        labels: s.labels.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl Subscriber for SubscriberService {
+    async fn create_subscription(
+        &self,
+        request: Request<gpb::Subscription>,
+    ) -> Result<Response<gpb::Subscription>, Status> {
+        let sub = request.into_inner();
+        let name = Name::parse("subscription", &sub.name, Kind::Subscriptions)?;
+        let topic = Name::parse("topic", &sub.topic, Kind::Topics)?;
+        let spec = convert::spec(sub, &name, &topic)?;
+        let describe = pb::DescribeTopicRequest { name: topic.weir() };
+        let t = self
+            .backend
+            .admin(|mut c| {
+                let describe = describe.clone();
+                async move { c.describe_topic(describe).await }
+            })
+            .await
+            .map_err(|s| not_found(s, "topic", &topic.weir()))?;
+        // delivery starts at each partition's end now: messages published from here on
+        let ends = self
+            .backend
+            .offsets(&topic.weir(), t.partitions.len() as u32, pb::OffsetSpec::Latest, 0)
+            .await?;
+        let request = pb::CreateSubscriptionRequest {
+            spec: Some((&spec).into()),
+            start: ends
+                .iter()
+                .enumerate()
+                .map(|(p, end)| pb::PartitionCursor {
+                    partition: p as u32,
+                    cursor: Some((&Cursor::at(*end)).into()),
+                })
+                .collect(),
+        };
+        let d = self
+            .backend
+            .subscriptions(|mut c| {
+                let request = request.clone();
+                async move { c.create_subscription(request).await }
+            })
+            .await
+            .map_err(|s| {
+                if s.code() == tonic::Code::AlreadyExists {
+                    Status::already_exists("Subscription already exists")
+                } else {
+                    s
+                }
+            })?;
+        Ok(Response::new(convert::subscription(&SubscriptionInfo::try_from(d)?)))
+    }
+
+    async fn get_subscription(
+        &self,
+        request: Request<gpb::GetSubscriptionRequest>,
+    ) -> Result<Response<gpb::Subscription>, Status> {
+        let name = Name::parse(
+            "subscription",
+            &request.into_inner().subscription,
+            Kind::Subscriptions,
+        )?;
+        self.backend.forget(&name.weir());
+        let info = self
+            .backend
+            .subscription(&name.weir())
+            .await
+            .map_err(|s| not_found(s, "subscription", &name.weir()))?;
+        Ok(Response::new(convert::subscription(&info)))
+    }
+
+    async fn update_subscription(
+        &self,
+        request: Request<gpb::UpdateSubscriptionRequest>,
+    ) -> Result<Response<gpb::Subscription>, Status> {
+        let r = request.into_inner();
+        let sub = r
+            .subscription
+            .ok_or_else(|| Status::invalid_argument("Invalid [subscription]: must be set"))?;
+        let mask = convert::update_mask(&r.update_mask.map(|m| m.paths).unwrap_or_default())?;
+        let name = Name::parse("subscription", &sub.name, Kind::Subscriptions)?;
+        self.backend.forget(&name.weir());
+        let current = self
+            .backend
+            .subscription(&name.weir())
+            .await
+            .map_err(|s| not_found(s, "subscription", &name.weir()))?;
+        let topic = Name::from_weir(&current.spec.topic, Kind::Topics)
+            .ok_or_else(|| Status::internal("subscription on a topic outside any project"))?;
+        let mut sub = sub;
+        // fields not in the mask keep their stored values; the spec is checked whole
+        if !mask.iter().any(|f| f == "ack_deadline_seconds") {
+            sub.ack_deadline_seconds = current.spec.ack_deadline_seconds as i32;
+        }
+        if !mask.iter().any(|f| f == "message_retention_seconds") {
+            sub.message_retention_duration =
+                convert::duration(current.spec.message_retention_seconds * 1000);
+        }
+        let spec = convert::spec(sub, &name, &topic)?;
+        Ok(Response::new(self.update(&spec, mask).await?))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<gpb::ListSubscriptionsRequest>,
+    ) -> Result<Response<gpb::ListSubscriptionsResponse>, Status> {
+        let r = request.into_inner();
+        let project = names::project("project", &r.project)?;
+        let request = pb::ListSubscriptionsRequest {
+            prefix: format!("{project}."),
+            topic: String::new(),
+        };
+        let list = self
+            .backend
+            .subscriptions(|mut c| {
+                let request = request.clone();
+                async move { c.list_subscriptions(request).await }
+            })
+            .await?;
+        let mut subs = Vec::with_capacity(list.subscriptions.len());
+        for d in list.subscriptions {
+            subs.push(convert::subscription(&SubscriptionInfo::try_from(d)?));
+        }
+        subs.sort_by(|a, b| a.name.cmp(&b.name));
+        let (subscriptions, next_page_token) = page(subs, |s| &s.name, r.page_size, &r.page_token);
+        Ok(Response::new(gpb::ListSubscriptionsResponse {
+            subscriptions,
+            next_page_token,
+        }))
+    }
+
+    async fn delete_subscription(
+        &self,
+        request: Request<gpb::DeleteSubscriptionRequest>,
+    ) -> Result<Response<()>, Status> {
+        let name = Name::parse(
+            "subscription",
+            &request.into_inner().subscription,
+            Kind::Subscriptions,
+        )?;
+        let request = pb::DeleteSubscriptionRequest { name: name.weir() };
+        self.backend
+            .subscriptions(|mut c| {
+                let request = request.clone();
+                async move { c.delete_subscription(request).await }
+            })
+            .await
+            .map_err(|s| not_found(s, "subscription", &name.weir()))?;
+        self.backend.forget(&name.weir());
+        Ok(Response::new(()))
+    }
+
+    async fn modify_ack_deadline(
+        &self,
+        request: Request<gpb::ModifyAckDeadlineRequest>,
+    ) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        if !(0..=600).contains(&r.ack_deadline_seconds) {
+            return Err(Status::invalid_argument(
+                "Invalid [ack_deadline_seconds]: must be 0 to 600",
+            ));
+        }
+        let (_, info) = self.info("subscription", &r.subscription).await?;
+        let ids = parse_ack_ids("ack_ids", &r.ack_ids, info.partitions)?;
+        if ids.is_empty() {
+            return Err(Status::invalid_argument("Invalid [ack_ids]: none given"));
+        }
+        self.modify(&info, &ids, r.ack_deadline_seconds as u32).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<gpb::AcknowledgeRequest>,
+    ) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        let (_, info) = self.info("subscription", &r.subscription).await?;
+        let ids = parse_ack_ids("ack_ids", &r.ack_ids, info.partitions)?;
+        if ids.is_empty() {
+            return Err(Status::invalid_argument("Invalid [ack_ids]: none given"));
+        }
+        self.ack(&info, &ids).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn pull(
+        &self,
+        request: Request<gpb::PullRequest>,
+    ) -> Result<Response<gpb::PullResponse>, Status> {
+        let r = request.into_inner();
+        if r.max_messages <= 0 {
+            return Err(Status::invalid_argument(
+                "Invalid [max_messages]: must be positive",
+            ));
+        }
+        let (_, info) = self.info("subscription", &r.subscription).await?;
+        let max = (r.max_messages as usize).min(1000);
+        #[allow(deprecated)]
+        let immediately = r.return_immediately;
+        let until = tokio::time::Instant::now() + PULL_WAIT;
+        loop {
+            let received_messages = self.pull_once(&info, max).await?;
+            if !received_messages.is_empty() || immediately {
+                return Ok(Response::new(gpb::PullResponse { received_messages }));
+            }
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(Response::new(gpb::PullResponse::default()));
+            }
+            // wait until some partition has something, then pull again
+            let wait_ms = left.as_millis().min(5_000) as u32;
+            let waits = (0..info.partitions).map(|p| {
+                let info = Arc::clone(&info);
+                Box::pin(async move {
+                    match self.pull_partition(&info, p, 0, 0, wait_ms, 0).await {
+                        Ok(r) if r.available => Ok(()),
+                        Ok(_) => Err(None),
+                        Err(e) => Err(Some(e)),
+                    }
+                })
+            });
+            if let Err(Some(e)) = futures_util::future::select_ok(waits).await.map(|_| ())
+                .map_err(|e: Option<weir_client::ClientError>| e)
+            {
+                return Err(client_status(&e));
+            }
+        }
+    }
+
+    type StreamingPullStream = PullStream;
+
+    async fn streaming_pull(
+        &self,
+        request: Request<Streaming<gpb::StreamingPullRequest>>,
+    ) -> Result<Response<Self::StreamingPullStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("Invalid [subscription]: the stream sent nothing"))?;
+        let (name, info) = self.info("subscription", &first.subscription).await?;
+        tracing::debug!(
+            subscription = %info.spec.name,
+            partitions = info.partitions,
+            deadline = first.stream_ack_deadline_seconds,
+            max_messages = first.max_outstanding_messages,
+            max_bytes = first.max_outstanding_bytes,
+            "stream opened"
+        );
+        if info.topic_deleted || info.spec.detached {
+            return Err(Status::failed_precondition(
+                "the subscription is detached or its topic was deleted",
+            ));
+        }
+        Ok(Response::new(self.spawn_stream(name, info, first, inbound)?))
+    }
+
+    async fn modify_push_config(
+        &self,
+        request: Request<gpb::ModifyPushConfigRequest>,
+    ) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        let (_, info) = self.info("subscription", &r.subscription).await?;
+        let mut spec = info.spec.clone();
+        spec.push = convert::push(r.push_config);
+        spec.normalize()
+            .map_err(|(f, why)| Status::invalid_argument(format!("Invalid [{f}]: {why}")))?;
+        self.update(&spec, vec!["push".into()]).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<gpb::GetSnapshotRequest>,
+    ) -> Result<Response<gpb::Snapshot>, Status> {
+        let name = Name::parse("snapshot", &request.into_inner().snapshot, Kind::Snapshots)?;
+        let request = pb::GetSnapshotRequest { name: name.weir() };
+        let s = self
+            .backend
+            .subscriptions(|mut c| {
+                let request = request.clone();
+                async move { c.get_snapshot(request).await }
+            })
+            .await?;
+        Ok(Response::new(google_snapshot(&s)))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<gpb::ListSnapshotsRequest>,
+    ) -> Result<Response<gpb::ListSnapshotsResponse>, Status> {
+        let r = request.into_inner();
+        let project = names::project("project", &r.project)?;
+        let request = pb::ListSnapshotsRequest {
+            prefix: format!("{project}."),
+            topic: String::new(),
+        };
+        let list = self
+            .backend
+            .subscriptions(|mut c| {
+                let request = request.clone();
+                async move { c.list_snapshots(request).await }
+            })
+            .await?;
+        let mut snaps: Vec<gpb::Snapshot> = list.snapshots.iter().map(google_snapshot).collect();
+        snaps.sort_by(|a, b| a.name.cmp(&b.name));
+        let (snapshots, next_page_token) = page(snaps, |s| &s.name, r.page_size, &r.page_token);
+        Ok(Response::new(gpb::ListSnapshotsResponse {
+            snapshots,
+            next_page_token,
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<gpb::CreateSnapshotRequest>,
+    ) -> Result<Response<gpb::Snapshot>, Status> {
+        let r = request.into_inner();
+        let name = Name::parse("name", &r.name, Kind::Snapshots)?;
+        let (_, info) = self.info("subscription", &r.subscription).await?;
+        let cursors = self.cursors(&info).await?;
+        let request = pb::CreateSnapshotRequest {
+            name: name.weir(),
+            subscription: info.spec.name.clone(),
+            cursors,
+            labels: r.labels,
+            expire_time_ms: now_ms() + SNAPSHOT_LIFETIME_MS,
+        };
+        let s = self
+            .backend
+            .subscriptions(|mut c| {
+                let request = request.clone();
+                async move { c.create_snapshot(request).await }
+            })
+            .await?;
+        Ok(Response::new(google_snapshot(&s)))
+    }
+
+    async fn update_snapshot(
+        &self,
+        request: Request<gpb::UpdateSnapshotRequest>,
+    ) -> Result<Response<gpb::Snapshot>, Status> {
+        let r = request.into_inner();
+        let snap = r
+            .snapshot
+            .ok_or_else(|| Status::invalid_argument("Invalid [snapshot]: must be set"))?;
+        let name = Name::parse("snapshot.name", &snap.name, Kind::Snapshots)?;
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let mut expire = None;
+        for p in &paths {
+            match p.as_str() {
+                "labels" => {}
+                "expire_time" => expire = snap.expire_time.as_ref().map(convert::timestamp_ms),
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "Invalid [update_mask]: field {other:?} cannot be updated"
+                    )));
+                }
+            }
+        }
+        let request = pb::UpdateSnapshotRequest {
+            name: name.weir(),
+            labels: snap.labels,
+            expire_time_ms: expire,
+        };
+        let s = self
+            .backend
+            .subscriptions(|mut c| {
+                let request = request.clone();
+                async move { c.update_snapshot(request).await }
+            })
+            .await?;
+        Ok(Response::new(google_snapshot(&s)))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<gpb::DeleteSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        let name = Name::parse("snapshot", &request.into_inner().snapshot, Kind::Snapshots)?;
+        let request = pb::DeleteSnapshotRequest { name: name.weir() };
+        self.backend
+            .subscriptions(|mut c| {
+                let request = request.clone();
+                async move { c.delete_snapshot(request).await }
+            })
+            .await?;
+        Ok(Response::new(()))
+    }
+
+    async fn seek(
+        &self,
+        request: Request<gpb::SeekRequest>,
+    ) -> Result<Response<gpb::SeekResponse>, Status> {
+        let r = request.into_inner();
+        let (_, info) = self.info("subscription", &r.subscription).await?;
+        let cursors: Vec<(u32, Cursor)> = match r.target {
+            Some(gpb::seek_request::Target::Time(t)) => {
+                // everything published before the time counts as acknowledged, the rest not
+                let offsets = self
+                    .backend
+                    .offsets(
+                        &info.spec.topic,
+                        info.partitions,
+                        pb::OffsetSpec::Timestamp,
+                        convert::timestamp_ms(&t),
+                    )
+                    .await?;
+                offsets
+                    .into_iter()
+                    .enumerate()
+                    .map(|(p, o)| (p as u32, Cursor::at(o)))
+                    .collect()
+            }
+            Some(gpb::seek_request::Target::Snapshot(raw)) => {
+                let name = Name::parse("snapshot", &raw, Kind::Snapshots)?;
+                let request = pb::GetSnapshotRequest { name: name.weir() };
+                let s = self
+                    .backend
+                    .subscriptions(|mut c| {
+                        let request = request.clone();
+                        async move { c.get_snapshot(request).await }
+                    })
+                    .await?;
+                if s.topic != info.spec.topic {
+                    return Err(Status::failed_precondition(format!(
+                        "snapshot {raw} is of topic {}, the subscription's is {}",
+                        names::google(&s.topic, Kind::Topics),
+                        names::google(&info.spec.topic, Kind::Topics)
+                    )));
+                }
+                s.cursors
+                    .into_iter()
+                    .map(|pc| (pc.partition, pc.cursor.map(Cursor::from).unwrap_or_default()))
+                    .collect()
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "Invalid [target]: give a time or a snapshot",
+                ));
+            }
+        };
+        self.seek_to(&info, cursors).await?;
+        Ok(Response::new(gpb::SeekResponse {}))
+    }
+}

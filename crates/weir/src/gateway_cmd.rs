@@ -1,0 +1,57 @@
+//! `weir gateway`: Google Pub/Sub's gRPC API in front of a cluster.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+use weir_gateway::{Gateway, GatewayConfig};
+
+use crate::logging::{self, LogFormat};
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Where Pub/Sub clients connect (`PUBSUB_EMULATOR_HOST`).
+    #[arg(long, default_value = "127.0.0.1:8085")]
+    listen: SocketAddr,
+    /// Controller addresses, comma separated.
+    #[arg(long, env = "WEIR_BOOTSTRAP", default_value = "127.0.0.1:9093")]
+    bootstrap: String,
+    /// Partitions of a topic created through the gateway (a `weir-partitions` label on the
+    /// topic overrides it).
+    #[arg(long, default_value_t = 4)]
+    topic_partitions: u32,
+    /// Replicas of a topic created through the gateway; 0: the cluster default.
+    #[arg(long, default_value_t = 0)]
+    replication_factor: u32,
+    /// /metrics, /healthz and /readyz; none when not given.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<i32> {
+    logging::init(args.log_format);
+    let controllers = weir_proto::call::parse_bootstrap(&args.bootstrap)
+        .map_err(|e| anyhow::anyhow!("--bootstrap: {e}"))?;
+    let mut config = GatewayConfig::new(args.listen, controllers);
+    config.topic_partitions = args.topic_partitions;
+    config.replication_factor = args.replication_factor;
+    config.validate().map_err(|e| anyhow::anyhow!("--{}", e.replacen('_', "-", 1)))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let http = match args.http {
+        Some(addr) => {
+            crate::http::metrics_handle()?;
+            Some(crate::http::serve(addr, std::sync::Arc::new(|| true), stopped).await?)
+        }
+        None => None,
+    };
+    let gateway = Gateway::start(config).await?;
+    println!("weir gateway: google.pubsub.v1 on {}", gateway.local_addr);
+    if let Some(http) = http {
+        println!("  http {http}  /metrics /healthz /readyz");
+    }
+    crate::controller_cmd::wait_for_signal().await?;
+    let _ = stop.send(true);
+    gateway.shutdown().await;
+    Ok(0)
+}

@@ -1,0 +1,366 @@
+"""Google's Pub/Sub client library (unmodified) against Weir: a 3-node cluster and two
+gateways. The disruptive tests (a gateway killed, a partition leader killed) come last."""
+
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+from google.api_core import exceptions
+from google.cloud import pubsub_v1
+from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.pubsub_v1 import types
+
+from conftest import PROJECT, wait_until
+
+
+def create(cluster, names, **sub_fields):
+    topic, sub = names
+    publisher, subscriber = cluster.publisher(), cluster.subscriber()
+    publisher.create_topic(request={"name": topic})
+    subscriber.create_subscription(request={"name": sub, "topic": topic, **sub_fields})
+    return publisher, subscriber
+
+
+def pull_all(subscriber, sub, want, timeout=20.0, ack=True):
+    """Pulls (unary) until `want` messages arrived; returns them."""
+    got = []
+    deadline = time.time() + timeout
+    while len(got) < want and time.time() < deadline:
+        r = subscriber.pull(request={"subscription": sub, "max_messages": 100}, timeout=15)
+        got.extend(r.received_messages)
+        if ack and r.received_messages:
+            subscriber.acknowledge(
+                request={"subscription": sub, "ack_ids": [m.ack_id for m in r.received_messages]}
+            )
+    return got
+
+
+def test_topic_calls_and_google_errors(cluster, names):
+    topic, sub = names
+    publisher, subscriber = cluster.publisher(), cluster.subscriber()
+    created = publisher.create_topic(request={"name": topic, "labels": {"team": "a"}})
+    assert created.name == topic
+    assert publisher.get_topic(request={"topic": topic}).name == topic
+    listed = [t.name for t in publisher.list_topics(request={"project": f"projects/{PROJECT}"})]
+    assert topic in listed
+    updated = publisher.update_topic(
+        request={
+            "topic": {"name": topic, "message_retention_duration": {"seconds": 8 * 24 * 3600}},
+            "update_mask": field_mask_pb2.FieldMask(paths=["message_retention_duration"]),
+        }
+    )
+    assert updated.message_retention_duration.total_seconds() == 8 * 24 * 3600
+    with pytest.raises(exceptions.AlreadyExists):
+        publisher.create_topic(request={"name": topic})
+    for bad in ["projects/p/topics/ab", "projects/p/topics/goog-x", "topics/x", "projects/p/topics/a b"]:
+        with pytest.raises(exceptions.InvalidArgument):
+            publisher.create_topic(request={"name": bad})
+    with pytest.raises(exceptions.NotFound):
+        publisher.get_topic(request={"topic": topic + "-missing"})
+    with pytest.raises(exceptions.NotFound):
+        publisher.publish(topic + "-missing", b"x").result(timeout=30)
+    with pytest.raises(exceptions.InvalidArgument):
+        publisher.api.publish(request={"topic": topic, "messages": [{}]})
+    with pytest.raises(exceptions.InvalidArgument):
+        publisher.api.publish(
+            request={"topic": topic, "messages": [{"data": b"x", "attributes": {"k": "v" * 2000}}]}
+        )
+    subscriber.create_subscription(request={"name": sub, "topic": topic})
+    subs = list(publisher.list_topic_subscriptions(request={"topic": topic}))
+    assert subs == [sub]
+    publisher.delete_topic(request={"topic": topic})
+    with pytest.raises(exceptions.NotFound):
+        publisher.get_topic(request={"topic": topic})
+    # the subscription outlives its topic, as Google's do
+    assert subscriber.get_subscription(request={"subscription": sub}).topic == "_deleted-topic_"
+    subscriber.delete_subscription(request={"subscription": sub})
+
+
+def test_subscription_calls(cluster, names):
+    topic, sub = names
+    publisher, subscriber = cluster.publisher(), cluster.subscriber()
+    with pytest.raises(exceptions.NotFound):
+        subscriber.create_subscription(request={"name": sub, "topic": topic})
+    publisher.create_topic(request={"name": topic})
+    created = subscriber.create_subscription(
+        request={
+            "name": sub,
+            "topic": topic,
+            "ack_deadline_seconds": 30,
+            "labels": {"env": "test"},
+            "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 5}},
+            "retain_acked_messages": True,
+        }
+    )
+    assert created.ack_deadline_seconds == 30
+    assert created.retry_policy.maximum_backoff.seconds == 5
+    with pytest.raises(exceptions.AlreadyExists):
+        subscriber.create_subscription(request={"name": sub, "topic": topic})
+    with pytest.raises(exceptions.InvalidArgument):
+        subscriber.create_subscription(
+            request={"name": sub + "-x", "topic": topic, "ack_deadline_seconds": 700}
+        )
+    got = subscriber.get_subscription(request={"subscription": sub})
+    assert got.labels["env"] == "test" and got.retain_acked_messages
+    updated = subscriber.update_subscription(
+        request={
+            "subscription": {"name": sub, "ack_deadline_seconds": 45},
+            "update_mask": field_mask_pb2.FieldMask(paths=["ack_deadline_seconds"]),
+        }
+    )
+    assert updated.ack_deadline_seconds == 45
+    assert updated.labels["env"] == "test"
+    with pytest.raises(exceptions.InvalidArgument):
+        subscriber.update_subscription(
+            request={
+                "subscription": {"name": sub, "topic": topic},
+                "update_mask": field_mask_pb2.FieldMask(paths=["topic"]),
+            }
+        )
+    listed = [s.name for s in subscriber.list_subscriptions(request={"project": f"projects/{PROJECT}"})]
+    assert sub in listed
+    subscriber.modify_push_config(
+        request={"subscription": sub, "push_config": {"push_endpoint": "http://127.0.0.1:1/push"}}
+    )
+    assert (
+        subscriber.get_subscription(request={"subscription": sub}).push_config.push_endpoint
+        == "http://127.0.0.1:1/push"
+    )
+    subscriber.delete_subscription(request={"subscription": sub})
+    with pytest.raises(exceptions.NotFound):
+        subscriber.get_subscription(request={"subscription": sub})
+    with pytest.raises(exceptions.NotFound):
+        subscriber.pull(request={"subscription": sub, "max_messages": 1})
+
+
+def test_publish_pull_ack_with_attributes(cluster, names):
+    topic, sub = names
+    publisher, subscriber = create(cluster, names)
+    ids = [
+        publisher.publish(topic, f"m{i}".encode(), index=str(i)).result(timeout=30)
+        for i in range(50)
+    ]
+    assert len(set(ids)) == 50
+    got = pull_all(subscriber, sub, 50)
+    assert sorted(int(m.message.attributes["index"]) for m in got) == list(range(50))
+    assert {m.message.message_id for m in got} == set(ids)
+    assert all(m.message.publish_time.timestamp() > time.time() - 120 for m in got)
+    # everything was acknowledged: nothing comes back
+    r = subscriber.pull(request={"subscription": sub, "max_messages": 10, "return_immediately": True})
+    assert len(r.received_messages) == 0
+    # messages published before a subscription existed are not delivered to it
+    late = sub + "-late"
+    subscriber.create_subscription(request={"name": late, "topic": topic})
+    r = subscriber.pull(request={"subscription": late, "max_messages": 10, "return_immediately": True})
+    assert len(r.received_messages) == 0
+
+
+def test_nack_and_deadline_expiry_redeliver_with_attempts(cluster, names):
+    topic, sub = names
+    publisher, subscriber = create(cluster, names, ack_deadline_seconds=10)
+    publisher.publish(topic, b"nacked").result(timeout=30)
+    publisher.publish(topic, b"expired").result(timeout=30)
+    first = pull_all(subscriber, sub, 2, ack=False)
+    assert sorted(m.message.data for m in first) == [b"expired", b"nacked"]
+    assert all(m.delivery_attempt == 1 for m in first)
+    by_data = {m.message.data: m for m in first}
+    # nack one at once (deadline 0); let the other's 10 s deadline run out
+    subscriber.modify_ack_deadline(
+        request={"subscription": sub, "ack_ids": [by_data[b"nacked"].ack_id], "ack_deadline_seconds": 0}
+    )
+    again = pull_all(subscriber, sub, 1, ack=False, timeout=5)
+    assert [m.message.data for m in again] == [b"nacked"]
+    assert again[0].delivery_attempt == 2
+    subscriber.acknowledge(request={"subscription": sub, "ack_ids": [again[0].ack_id]})
+    t0 = time.time()
+    expired = pull_all(subscriber, sub, 1, ack=False, timeout=25)
+    assert [m.message.data for m in expired] == [b"expired"]
+    assert expired[0].delivery_attempt == 2
+    assert time.time() - t0 > 5, "redelivered before its deadline ran out"
+    # a deadline extension keeps the lease
+    subscriber.modify_ack_deadline(
+        request={"subscription": sub, "ack_ids": [expired[0].ack_id], "ack_deadline_seconds": 60}
+    )
+    r = subscriber.pull(request={"subscription": sub, "max_messages": 10, "return_immediately": True})
+    assert len(r.received_messages) == 0
+    subscriber.acknowledge(request={"subscription": sub, "ack_ids": [expired[0].ack_id]})
+
+
+def test_streaming_pull_keeps_order_per_key(cluster, names):
+    topic, sub = names
+    publisher = cluster.publisher(
+        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+    )
+    subscriber = cluster.subscriber()
+    publisher.create_topic(request={"name": topic})
+    subscriber.create_subscription(
+        request={"name": sub, "topic": topic, "enable_message_ordering": True}
+    )
+    keys = [f"key-{k}" for k in range(6)]
+    per_key = 40
+    futures = [
+        publisher.publish(topic, f"{k}:{i}".encode(), ordering_key=k)
+        for i in range(per_key)
+        for k in keys
+    ]
+    for f in futures:
+        f.result(timeout=60)
+    seen = defaultdict(list)
+    lock = threading.Lock()
+
+    def callback(m):
+        k, i = m.data.decode().split(":")
+        assert m.ordering_key == k
+        with lock:
+            seen[k].append(int(i))
+        m.ack()
+
+    stream = subscriber.subscribe(sub, callback)
+    try:
+        wait_until(
+            "every message received",
+            lambda: sum(len(v) for v in seen.values()) >= per_key * len(keys),
+            timeout=60,
+        )
+    finally:
+        stream.cancel()
+    for k in keys:
+        assert seen[k] == list(range(per_key)), f"{k} out of order: {seen[k]}"
+
+
+def test_snapshots_and_seek(cluster, names):
+    topic, sub = names
+    publisher, subscriber = create(cluster, names)
+    for i in range(10):
+        publisher.publish(topic, f"a{i}".encode()).result(timeout=30)
+    snap = f"projects/{PROJECT}/snapshots/{sub.rsplit('/', 1)[1]}"
+    created = subscriber.create_snapshot(request={"name": snap, "subscription": sub})
+    assert created.topic == topic
+    assert snap in [s.name for s in subscriber.list_snapshots(request={"project": f"projects/{PROJECT}"})]
+    assert snap in list(publisher.list_topic_snapshots(request={"topic": topic}))
+    assert len(pull_all(subscriber, sub, 10)) == 10
+    # back to the snapshot: the 10 acknowledged since are delivered again
+    subscriber.seek(request={"subscription": sub, "snapshot": snap})
+    assert sorted(m.message.data for m in pull_all(subscriber, sub, 10)) == sorted(
+        f"a{i}".encode() for i in range(10)
+    )
+    # seek to a time: what was published after it comes back, nothing before it
+    time.sleep(0.05)
+    cut = timestamp_pb2.Timestamp()
+    cut.GetCurrentTime()
+    time.sleep(0.05)
+    for i in range(5):
+        publisher.publish(topic, f"b{i}".encode()).result(timeout=30)
+    assert len(pull_all(subscriber, sub, 5)) == 5
+    subscriber.seek(request={"subscription": sub, "time": cut})
+    again = pull_all(subscriber, sub, 5)
+    assert sorted(m.message.data for m in again) == sorted(f"b{i}".encode() for i in range(5))
+    r = subscriber.pull(request={"subscription": sub, "max_messages": 10, "return_immediately": True})
+    assert len(r.received_messages) == 0
+    subscriber.update_snapshot(
+        request={
+            "snapshot": {"name": snap, "labels": {"k": "v"}},
+            "update_mask": field_mask_pb2.FieldMask(paths=["labels"]),
+        }
+    )
+    subscriber.delete_snapshot(request={"snapshot": snap})
+    with pytest.raises(exceptions.NotFound):
+        subscriber.get_snapshot(request={"snapshot": snap})
+
+
+def test_exactly_once_confirms_acks(cluster, names):
+    topic, sub = names
+    publisher, subscriber = create(cluster, names, enable_exactly_once_delivery=True)
+    assert subscriber.get_subscription(request={"subscription": sub}).enable_exactly_once_delivery
+    for i in range(20):
+        publisher.publish(topic, f"e{i}".encode()).result(timeout=30)
+    results = []
+    lock = threading.Lock()
+
+    def callback(m):
+        f = m.ack_with_response()
+        with lock:
+            results.append((m.data, f))
+
+    stream = subscriber.subscribe(sub, callback)
+    try:
+        wait_until("20 messages", lambda: len(results) >= 20, timeout=60)
+        for _, f in results:
+            f.result(timeout=30)
+    finally:
+        stream.cancel()
+    assert sorted(d for d, _ in results) == sorted(f"e{i}".encode() for i in range(20))
+
+
+def stream_under_fault(cluster, names, fault, heal, count=3000):
+    """Publishes `count` messages while a streaming subscriber acks them; `fault` runs mid-way.
+    Returns (received data with repeats, acked before the fault)."""
+    topic, sub = names
+    publisher, subscriber = create(cluster, names, ack_deadline_seconds=10)
+    received = []
+    lock = threading.Lock()
+
+    def callback(m):
+        with lock:
+            received.append(m.data)
+        m.ack()
+
+    stream = subscriber.subscribe(
+        sub, callback, flow_control=pubsub_v1.types.FlowControl(max_messages=200)
+    )
+    published = []
+    try:
+        for i in range(count):
+            published.append(publisher.publish(topic, f"{i}".encode()))
+            if i == count // 2:
+                wait_until("half received", lambda: len(received) > count // 4, timeout=60)
+                fault()
+        for f in published:
+            f.result(timeout=60)
+        heal()
+        wait_until(
+            "every message received",
+            lambda: len(set(received)) >= count,
+            timeout=120,
+        )
+        time.sleep(2)
+    finally:
+        stream.cancel()
+    return received
+
+
+def test_gateway_killed_mid_stream(cluster, names):
+    received = stream_under_fault(
+        cluster, names, fault=lambda: cluster.kill_gateway(1), heal=lambda: None
+    )
+    cluster.start_gateway(1)
+    distinct = set(received)
+    assert len(distinct) == 3000, "messages lost"
+    # only what was leased to the killed gateway's stream and not yet acked comes again
+    repeats = len(received) - len(distinct)
+    print(f"gateway kill: {repeats} redeliveries of 3000")
+    assert repeats <= 400
+
+
+def test_partition_leader_killed_under_streaming_pull(cluster, names):
+    topic, _ = names
+    weir_topic = topic.split("/")[1] + "." + topic.split("/")[3]
+    victim = {}
+
+    def fault():
+        leaders = cluster.leaders(weir_topic)
+        victim["node"] = leaders[0]
+        cluster.kill_node(leaders[0])
+
+    def heal():
+        cluster.start_node(victim["node"])
+
+    received = stream_under_fault(cluster, names, fault=fault, heal=heal)
+    cluster.wait_node_ready(victim["node"], timeout=60)
+    distinct = set(received)
+    assert len(distinct) == 3000, "messages lost"
+    repeats = len(received) - len(distinct)
+    print(f"leader kill: {repeats} redeliveries of 3000")
+    # the unacked leases of the dead leader's partitions and its last 100 ms of acks
+    assert repeats <= 1000

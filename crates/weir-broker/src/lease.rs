@@ -146,13 +146,19 @@ impl Leases {
     }
 
     /// Redeliveries due now, at most `max`, leased until `deadline`.
-    pub fn take_redeliveries(&mut self, now: Instant, max: usize, deadline: Instant) -> Vec<Delivered> {
+    pub fn take_redeliveries(
+        &mut self,
+        now: Instant,
+        max: usize,
+        deadline: Instant,
+    ) -> Vec<Delivered> {
         let mut out = Vec::new();
         if self.policy.ordered && !self.leases.is_empty() {
             // in order: the waiting ones go out only once nothing earlier is outstanding
-            if let (Some((w, _)), Some((l, _))) =
-                (self.waiting.first_key_value(), self.leases.first_key_value())
-                && l < w
+            if let (Some((w, _)), Some((l, _))) = (
+                self.waiting.first_key_value(),
+                self.leases.first_key_value(),
+            ) && l < w
             {
                 return out;
             }
@@ -192,7 +198,9 @@ impl Leases {
 
     /// How many new messages may be leased now.
     pub fn fresh_room(&self) -> usize {
-        self.policy.outstanding_max.saturating_sub(self.outstanding())
+        self.policy
+            .outstanding_max
+            .saturating_sub(self.outstanding())
     }
 
     /// Leases the new messages read from `from` (offsets ascending; `read_end` is one past
@@ -419,13 +427,22 @@ mod tests {
         assert!(l.take_redeliveries(t0, 10, t0).is_empty());
         let t1 = t0 + Duration::from_secs(1);
         let again = l.take_redeliveries(t1, 10, t1 + Duration::from_secs(10));
-        assert_eq!(again, vec![Delivered { offset: 10, attempt: 2 }]);
+        assert_eq!(
+            again,
+            vec![Delivered {
+                offset: 10,
+                attempt: 2
+            }]
+        );
         // 11 expires at t0+10 s, redelivered as attempt 2; backoffs double up to the cap
         l.expire(t0 + Duration::from_secs(10));
         let t2 = t0 + Duration::from_secs(11);
         assert_eq!(
             l.take_redeliveries(t2, 10, t2 + Duration::from_secs(10)),
-            vec![Delivered { offset: 11, attempt: 2 }]
+            vec![Delivered {
+                offset: 11,
+                attempt: 2
+            }]
         );
         assert_eq!(p.backoff(1), Duration::from_secs(1));
         assert_eq!(p.backoff(2), Duration::from_secs(2));
@@ -465,10 +482,7 @@ mod tests {
         // nack 1: 2 and 3 go back with it
         assert!(l.modify(1, 1, 0, t0));
         assert_eq!(l.fresh_from(), None);
-        assert_eq!(
-            offsets(&l.take_redeliveries(t0, 10, dl)),
-            vec![1, 2, 3]
-        );
+        assert_eq!(offsets(&l.take_redeliveries(t0, 10, dl)), vec![1, 2, 3]);
         assert_eq!(l.fresh_from(), Some(4));
     }
 

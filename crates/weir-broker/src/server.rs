@@ -176,7 +176,10 @@ impl Broker for BrokerService {
             let (_, entry) = self
                 .subscription_entry(&r.subscription, &r.topic, r.partition)
                 .await?;
-            let invalid = self.subscriber.acknowledge(&entry, &leases(r.leases)).await?;
+            let invalid = self
+                .subscriber
+                .acknowledge(&entry, &leases(r.leases))
+                .await?;
             Ok::<_, BrokerError>(pb::SubscriptionAckResponse {
                 invalid: lease_ids(invalid),
             })

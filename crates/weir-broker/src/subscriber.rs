@@ -121,15 +121,19 @@ impl Subscriber {
             CONTROLLER_PATIENCE,
             |ch| {
                 let request = request.clone();
-                async move { SubscriptionCursorsClient::new(ch).load_cursor(request).await }
+                async move {
+                    SubscriptionCursorsClient::new(ch)
+                        .load_cursor(request)
+                        .await
+                }
             },
         )
         .await
         .map_err(controller_error)?
         .into_inner();
-        let description = loaded
-            .subscription
-            .ok_or_else(|| BrokerError::Task("load_cursor answered without a subscription".into()))?;
+        let description = loaded.subscription.ok_or_else(|| {
+            BrokerError::Task("load_cursor answered without a subscription".into())
+        })?;
         let spec: SubscriptionSpec = description
             .spec
             .ok_or_else(|| BrokerError::Task("load_cursor answered without a spec".into()))?
@@ -146,7 +150,8 @@ impl Subscriber {
         let cursor = match loaded.cursor {
             Some(c) => {
                 let c = Cursor::from(c);
-                c.validate().map_err(|e| BrokerError::Corrupt(format!("stored cursor: {e}")))?;
+                c.validate()
+                    .map_err(|e| BrokerError::Corrupt(format!("stored cursor: {e}")))?;
                 c
             }
             None => Cursor::at(replica.log.start_offset().0),
@@ -207,8 +212,7 @@ impl Subscriber {
                     (Vec::new(), None, 0, l.next_wake())
                 } else {
                     let deadline = now + ack_deadline;
-                    let redeliveries =
-                        l.take_redeliveries(now, max_messages as usize, deadline);
+                    let redeliveries = l.take_redeliveries(now, max_messages as usize, deadline);
                     let room = (max_messages as usize - redeliveries.len()).min(l.fresh_room());
                     let fresh = l.fresh_from().filter(|n| room > 0 && *n < hw.0);
                     (redeliveries, fresh, room, l.next_wake())
@@ -241,8 +245,7 @@ impl Subscriber {
                             continue;
                         }
                         let size = r.record.as_ref().map_or(0, record_bytes);
-                        if records.len() >= room || (!records.is_empty() && bytes + size > budget)
-                        {
+                        if records.len() >= room || (!records.is_empty() && bytes + size > budget) {
                             break 'batches;
                         }
                         bytes += size;
@@ -393,7 +396,11 @@ impl Subscriber {
             CONTROLLER_PATIENCE,
             |ch| {
                 let request = request.clone();
-                async move { SubscriptionCursorsClient::new(ch).commit_cursors(request).await }
+                async move {
+                    SubscriptionCursorsClient::new(ch)
+                        .commit_cursors(request)
+                        .await
+                }
             },
         )
         .await;

@@ -348,8 +348,7 @@ impl Subscriptions {
             // the broker built it; a broken one is refused rather than stored
             return CommitResult::Fenced;
         }
-        sub.cursors
-            .insert(c.partition, (c.leader_epoch, c.cursor));
+        sub.cursors.insert(c.partition, (c.leader_epoch, c.cursor));
         CommitResult::Stored
     }
 
@@ -407,11 +406,7 @@ mod tests {
         let mut topics = OneTopic {
             leader: (BrokerId(1), LeaderEpoch(3)),
         };
-        let created = subs.apply(
-            create("s", "t"),
-            7,
-            &topics,
-        );
+        let created = subs.apply(create("s", "t"), 7, &topics);
         assert!(matches!(created, Ok(SubscriptionOutcome::Subscription(s)) if s.uid == 7));
         assert_eq!(
             subs.apply(commit(7, 3, 10), 8, &topics),
@@ -425,15 +420,14 @@ mod tests {
         );
         assert_eq!(subs.subscriptions["s"].cursors[&0].1, Cursor::at(10));
         // re-created: the old uid is gone
-        subs.apply(SubscriptionCommand::Delete { name: "s".into() }, 10, &topics)
-            .expect("deleted");
-        topics.leader = (BrokerId(1), LeaderEpoch(4));
         subs.apply(
-            create("s", "t"),
-            11,
+            SubscriptionCommand::Delete { name: "s".into() },
+            10,
             &topics,
         )
-        .expect("created");
+        .expect("deleted");
+        topics.leader = (BrokerId(1), LeaderEpoch(4));
+        subs.apply(create("s", "t"), 11, &topics).expect("created");
         assert_eq!(
             subs.apply(commit(7, 4, 5), 12, &topics),
             Ok(SubscriptionOutcome::Committed(vec![CommitResult::Gone]))
@@ -447,19 +441,10 @@ mod tests {
             leader: (BrokerId(1), LeaderEpoch(0)),
         };
         assert_eq!(
-            subs.apply(
-                create("s", "nope"),
-                1,
-                &topics
-            ),
+            subs.apply(create("s", "nope"), 1, &topics),
             Err(SubscriptionError::UnknownTopic("nope".into()))
         );
-        subs.apply(
-            create("s", "t"),
-            2,
-            &topics,
-        )
-        .expect("created");
+        subs.apply(create("s", "t"), 2, &topics).expect("created");
         let before = subs.clone();
         let mut spec = SubscriptionSpec::new("s", "t");
         spec.ack_deadline_seconds = 5;

@@ -161,10 +161,7 @@ impl SubscriptionsApi for Services {
         request: Request<pb::UpdateSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionDescription>, Status> {
         let r = request.into_inner();
-        let spec: SubscriptionSpec = r
-            .spec
-            .ok_or_else(|| error_status(invalid_spec()))?
-            .into();
+        let spec: SubscriptionSpec = r.spec.ok_or_else(|| error_status(invalid_spec()))?.into();
         let outcome = self
             .propose_subscription(SubscriptionCommand::Update {
                 spec,
@@ -196,7 +193,9 @@ impl SubscriptionsApi for Services {
                 describe(s, partitions)
             })
             .collect();
-        Ok(Response::new(pb::ListSubscriptionsResponse { subscriptions }))
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions,
+        }))
     }
 
     async fn delete_subscription(

@@ -86,16 +86,18 @@ pub struct Gateway {
 impl Gateway {
     pub async fn start(config: GatewayConfig) -> Result<Gateway, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let (listener, local_addr) = weir_proto::call::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let (listener, local_addr) =
+            weir_proto::call::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
         let backend = Arc::new(backend::Backend::new(config.controllers.clone())?);
         let (stop, stopped) = watch::channel(false);
         let publisher = publisher::PublisherService {
             backend: Arc::clone(&backend),
+            next_partition: Default::default(),
             topic_partitions: config.topic_partitions,
             replication_factor: config.replication_factor,
         };

@@ -76,10 +76,18 @@ impl Name {
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
         {
-            return Err(invalid(field, raw, &format!("character {c:?} is not allowed")));
+            return Err(invalid(
+                field,
+                raw,
+                &format!("character {c:?} is not allowed"),
+            ));
         }
         if project.len() + 1 + id.len() > 249 {
-            return Err(invalid(field, raw, "project and id together exceed 248 bytes"));
+            return Err(invalid(
+                field,
+                raw,
+                "project and id together exceed 248 bytes",
+            ));
         }
         Ok(Name {
             project,
@@ -124,8 +132,8 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_bad_ones_name_the_field() {
-        let n = Name::parse("topic", "projects/my-proj/topics/orders.v1", Kind::Topics)
-            .expect("valid");
+        let n =
+            Name::parse("topic", "projects/my-proj/topics/orders.v1", Kind::Topics).expect("valid");
         assert_eq!(n.weir(), "my-proj.orders.v1");
         assert_eq!(
             google(&n.weir(), Kind::Topics),

@@ -22,6 +22,9 @@ pub const PARTITIONS_LABEL: &str = "weir-partitions";
 #[derive(Clone)]
 pub struct PublisherService {
     pub backend: Arc<Backend>,
+    /// Spreads messages without an ordering key: each Publish call goes to the next
+    /// partition (one batch per call), so subscribers' partitions share the load.
+    pub next_partition: Arc<std::sync::atomic::AtomicU32>,
     pub topic_partitions: u32,
     pub replication_factor: u32,
 }
@@ -54,7 +57,10 @@ pub fn page<T>(
     let size = if size <= 0 { 1000 } else { size as usize };
     let next = if items.len() > size {
         items.truncate(size);
-        items.last().map(|i| name(i).to_string()).unwrap_or_default()
+        items
+            .last()
+            .map(|i| name(i).to_string())
+            .unwrap_or_default()
     } else {
         String::new()
     };
@@ -93,7 +99,10 @@ pub fn not_found(s: Status, kind: &str, weir: &str) -> Status {
 
 #[tonic::async_trait]
 impl Publisher for PublisherService {
-    async fn create_topic(&self, request: Request<gpb::Topic>) -> Result<Response<gpb::Topic>, Status> {
+    async fn create_topic(
+        &self,
+        request: Request<gpb::Topic>,
+    ) -> Result<Response<gpb::Topic>, Status> {
         let t = request.into_inner();
         let name = Name::parse("topic", &t.name, Kind::Topics)?;
         let partitions = match t.labels.get(PARTITIONS_LABEL) {
@@ -108,7 +117,8 @@ impl Publisher for PublisherService {
                 })?,
             None => self.topic_partitions,
         };
-        let retention = convert::duration_ms(&t.message_retention_duration).max(TOPIC_RETENTION_MS_MIN);
+        let retention =
+            convert::duration_ms(&t.message_retention_duration).max(TOPIC_RETENTION_MS_MIN);
         let request = pb::CreateTopicRequest {
             name: name.weir(),
             partitions,
@@ -148,7 +158,9 @@ impl Publisher for PublisherService {
         let name = Name::parse("topic", &t.name, Kind::Topics)?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         if paths.is_empty() {
-            return Err(Status::invalid_argument("Invalid [update_mask]: it names no field"));
+            return Err(Status::invalid_argument(
+                "Invalid [update_mask]: it names no field",
+            ));
         }
         for p in &paths {
             match p.as_str() {
@@ -203,7 +215,10 @@ impl Publisher for PublisherService {
             .map(|m| {
                 m.data.len()
                     + m.ordering_key.len()
-                    + m.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                    + m.attributes
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
             })
             .sum();
         if bytes > convert::PUBLISH_BYTES_MAX {
@@ -218,12 +233,25 @@ impl Publisher for PublisherService {
             records.push(convert::record(i, m, now)?);
         }
         let topic = name.weir();
+        let partitions = self
+            .backend
+            .metadata
+            .route(&topic, false)
+            .await
+            .map_err(|e| not_found(client_status(&e), "topic", &topic))?
+            .leaders
+            .len() as u32;
+        let spread = self
+            .next_partition
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % partitions.max(1);
         let mut pending = Vec::with_capacity(records.len());
         for record in records {
+            let partition = record.key.is_none().then_some(spread);
             let f = self
                 .backend
                 .producer
-                .send(&topic, None, record)
+                .send(&topic, partition, record)
                 .await
                 .map_err(|e| not_found(client_status(&e), "topic", &topic))?;
             pending.push(f);
@@ -245,7 +273,9 @@ impl Publisher for PublisherService {
         request: Request<gpb::GetTopicRequest>,
     ) -> Result<Response<gpb::Topic>, Status> {
         let name = Name::parse("topic", &request.into_inner().topic, Kind::Topics)?;
-        Ok(Response::new(google_topic(&self.describe(&name.weir()).await?)))
+        Ok(Response::new(google_topic(
+            &self.describe(&name.weir()).await?,
+        )))
     }
 
     async fn list_topics(

@@ -7,18 +7,19 @@
 //! stops counting when it is acked or nacked through this gateway, or when its lease runs
 //! out), and answers acks and deadline changes sent on the stream.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::google::pubsub::v1 as gpb;
 use weir_proto::google::pubsub::v1::subscriber_server::Subscriber;
 use weir_proto::v1 as pb;
+use weir_types::ErrorCode;
 use weir_types::subscription::Cursor;
 
 use crate::backend::{BROKER_PATIENCE, Backend, SubscriptionInfo, client_status, futures_join};
@@ -33,8 +34,8 @@ const STREAM_PULL_WAIT_MS: u32 = 5_000;
 /// Flow control when the client sets none.
 const STREAM_OUTSTANDING_MESSAGES_DEFAULT: usize = 1_000;
 const STREAM_OUTSTANDING_BYTES_DEFAULT: usize = 100 << 20;
-/// Responses queued for a stream.
-const STREAM_RESPONSES_MAX: usize = 16;
+/// Responses queued for a stream beyond one per partition.
+const STREAM_RESPONSES_SPARE: usize = 2;
 /// How long a unary Pull without `return_immediately` waits for messages.
 const PULL_WAIT: Duration = Duration::from_secs(10);
 /// Pause after a failed partition pull.
@@ -48,97 +49,30 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// One stream's flow control.
+/// One stream's flow control. Messages are leased only when the stream can take them:
+/// each partition's pull first reserves a slot in the stream's bounded response queue, which
+/// empties only as fast as the client reads (a client over its own flow-control limits stops
+/// reading), and asks for at most its share of `max_outstanding_messages` and
+/// `max_outstanding_bytes`. Acks may reach any gateway, so the limits bound what one pull
+/// leases, not a count of unacked messages.
 struct Flow {
-    /// Each partition's pull may hold at most its share of the room, so a long poll on an
-    /// idle partition never starves the others.
     partitions: usize,
     messages_max: usize,
     bytes_max: usize,
-    state: Mutex<FlowState>,
-    room: Notify,
     /// The stream's ack deadline, seconds.
     deadline_seconds: AtomicU32,
 }
 
-#[derive(Default)]
-struct FlowState {
-    /// Delivered on this stream and not settled: bytes and when the lease runs out.
-    outstanding: HashMap<AckId, (usize, Instant)>,
-    bytes: usize,
-    /// Room promised to pulls in progress.
-    reserved_messages: usize,
-    reserved_bytes: usize,
-}
-
 impl Flow {
-    fn lock(&self) -> std::sync::MutexGuard<'_, FlowState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Reserves room for one pull: (messages, bytes), or `None` when full.
-    fn reserve(&self) -> Option<(usize, usize)> {
-        let mut s = self.lock();
-        let now = Instant::now();
-        let lapsed: Vec<AckId> = s
-            .outstanding
-            .iter()
-            .filter(|(_, (_, until))| *until <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in lapsed {
-            if let Some((b, _)) = s.outstanding.remove(&id) {
-                s.bytes -= b;
-            }
-        }
-        let used = s.outstanding.len() + s.reserved_messages;
-        let used_bytes = s.bytes + s.reserved_bytes;
-        if used >= self.messages_max || used_bytes >= self.bytes_max {
-            return None;
-        }
-        let share = self.messages_max.div_ceil(self.partitions.max(1)).max(1);
-        let m = (self.messages_max - used).min(share).min(STREAM_PULL_MESSAGES_MAX);
-        let b = (self.bytes_max - used_bytes)
-            .min(self.bytes_max.div_ceil(self.partitions.max(1)).max(1));
-        s.reserved_messages += m;
-        s.reserved_bytes += b;
-        Some((m, b))
-    }
-
-    /// Ends a reservation, counting what was delivered.
-    fn settle_reservation(&self, reserved: (usize, usize), delivered: &[(AckId, usize)]) {
-        let deadline =
-            Instant::now() + Duration::from_secs(u64::from(self.deadline_seconds.load(Ordering::Relaxed)));
-        let mut s = self.lock();
-        s.reserved_messages -= reserved.0;
-        s.reserved_bytes -= reserved.1;
-        for (id, bytes) in delivered {
-            s.outstanding.insert(*id, (*bytes, deadline));
-            s.bytes += bytes;
-        }
-        drop(s);
-        self.room.notify_waiters();
-    }
-
-    fn release(&self, ids: &[AckId]) {
-        let mut s = self.lock();
-        for id in ids {
-            if let Some((b, _)) = s.outstanding.remove(id) {
-                s.bytes -= b;
-            }
-        }
-        drop(s);
-        self.room.notify_waiters();
-    }
-
-    fn extend(&self, ids: &[AckId], seconds: u32) {
-        let until = Instant::now() + Duration::from_secs(u64::from(seconds));
-        let mut s = self.lock();
-        for id in ids {
-            if let Some(entry) = s.outstanding.get_mut(id) {
-                entry.1 = until;
-            }
-        }
+    /// (messages, bytes) one partition's pull may lease.
+    fn share(&self) -> (usize, usize) {
+        let n = self.partitions.max(1);
+        (
+            self.messages_max
+                .div_ceil(n)
+                .clamp(1, STREAM_PULL_MESSAGES_MAX),
+            self.bytes_max.div_ceil(n).max(1),
+        )
     }
 }
 
@@ -146,9 +80,6 @@ impl Flow {
 pub struct SubscriberService {
     backend: Arc<Backend>,
     stopped: watch::Receiver<bool>,
-    /// Open streams of this gateway per subscription, so acks sent by unary calls release
-    /// the stream's flow control too.
-    flows: Arc<Mutex<HashMap<String, Vec<Weak<Flow>>>>>,
     rotation: Arc<AtomicU32>,
 }
 
@@ -168,7 +99,9 @@ fn parse_ack_ids(field: &str, raw: &[String], partitions: u32) -> Result<Vec<Ack
             AckId::parse(a)
                 .filter(|id| id.partition < partitions)
                 .ok_or_else(|| {
-                    Status::invalid_argument(format!("Invalid [{field}[{i}]]: {a:?} is not an ack id"))
+                    Status::invalid_argument(format!(
+                        "Invalid [{field}[{i}]]: {a:?} is not an ack id"
+                    ))
                 })
         })
         .collect()
@@ -190,7 +123,6 @@ impl SubscriberService {
         SubscriberService {
             backend,
             stopped,
-            flows: Arc::new(Mutex::new(HashMap::new())),
             rotation: Arc::new(AtomicU32::new(0)),
         }
     }
@@ -203,15 +135,6 @@ impl SubscriberService {
             .await
             .map_err(|s| not_found(s, "subscription", &name.weir()))?;
         Ok((name, info))
-    }
-
-    fn flows_of(&self, sub: &str) -> Vec<Arc<Flow>> {
-        let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(list) = flows.get_mut(sub) else {
-            return Vec::new();
-        };
-        list.retain(|w| w.strong_count() > 0);
-        list.iter().filter_map(Weak::upgrade).collect()
     }
 
     /// Acknowledges at the partition leaders; returns the ids whose lease no longer held.
@@ -246,9 +169,6 @@ impl SubscriberService {
         let mut invalid = Vec::new();
         for r in futures_join(calls).await {
             invalid.extend(r.map_err(|e| client_status(&e))?);
-        }
-        for flow in self.flows_of(&info.spec.name) {
-            flow.release(ids);
         }
         Ok(invalid)
     }
@@ -291,13 +211,6 @@ impl SubscriberService {
         let mut invalid = Vec::new();
         for r in futures_join(calls).await {
             invalid.extend(r.map_err(|e| client_status(&e))?);
-        }
-        for flow in self.flows_of(&info.spec.name) {
-            if seconds == 0 {
-                flow.release(ids);
-            } else {
-                flow.extend(ids, seconds);
-            }
         }
         Ok(invalid)
     }
@@ -356,7 +269,11 @@ impl SubscriberService {
                 .filter(|(_, q)| *q > 0)
                 .collect();
             let calls = quotas.into_iter().map(|(p, q)| async move {
-                (p, q, self.pull_partition(info, p, q, usize::MAX, 0, 0).await)
+                (
+                    p,
+                    q,
+                    self.pull_partition(info, p, q, usize::MAX, 0, 0).await,
+                )
             });
             candidates.clear();
             for (partition, quota, r) in futures_join(calls).await {
@@ -393,22 +310,23 @@ impl SubscriberService {
         let limit = |raw: i64, default: usize| if raw <= 0 { default } else { raw as usize };
         let flow = Arc::new(Flow {
             partitions: info.partitions as usize,
-            messages_max: limit(first.max_outstanding_messages, STREAM_OUTSTANDING_MESSAGES_DEFAULT),
-            bytes_max: limit(first.max_outstanding_bytes, STREAM_OUTSTANDING_BYTES_DEFAULT),
-            state: Mutex::new(FlowState::default()),
-            room: Notify::new(),
+            messages_max: limit(
+                first.max_outstanding_messages,
+                STREAM_OUTSTANDING_MESSAGES_DEFAULT,
+            ),
+            bytes_max: limit(
+                first.max_outstanding_bytes,
+                STREAM_OUTSTANDING_BYTES_DEFAULT,
+            ),
             deadline_seconds: AtomicU32::new(deadline as u32),
         });
-        self.flows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(info.spec.name.clone())
-            .or_default()
-            .push(Arc::downgrade(&flow));
-        let (tx, rx) = mpsc::channel(STREAM_RESPONSES_MAX);
+        // a slot per partition loop (one may hold it through a long poll) and a few more
+        let (tx, rx) = mpsc::channel(info.partitions as usize + STREAM_RESPONSES_SPARE);
         let service = self.clone();
         tokio::spawn(async move {
-            service.run_stream(name, info, first, inbound, flow, tx).await;
+            service
+                .run_stream(name, info, first, inbound, flow, tx)
+                .await;
         });
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
@@ -509,7 +427,11 @@ impl SubscriberService {
             }
         }
         let mut by_seconds: BTreeMap<i32, Vec<String>> = BTreeMap::new();
-        for (id, s) in r.modify_deadline_ack_ids.into_iter().zip(r.modify_deadline_seconds) {
+        for (id, s) in r
+            .modify_deadline_ack_ids
+            .into_iter()
+            .zip(r.modify_deadline_seconds)
+        {
             by_seconds.entry(s).or_default().push(id);
         }
         for (seconds, raw) in by_seconds {
@@ -549,59 +471,53 @@ impl SubscriberService {
         tx: mpsc::Sender<Result<gpb::StreamingPullResponse, Status>>,
     ) {
         loop {
-            let Some(reserved) = flow.reserve() else {
-                tokio::select! {
-                    _ = flow.room.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = tx.closed() => return,
-                }
-                continue;
+            // a slot for the answer first: nothing is leased that the stream cannot take
+            let permit = tokio::select! {
+                p = tx.reserve() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = tx.closed() => return,
             };
+            let (messages, bytes) = flow.share();
             let deadline = flow.deadline_seconds.load(Ordering::Relaxed);
             let pulled = tokio::select! {
-                r = self.pull_partition(&info, partition, reserved.0, reserved.1, STREAM_PULL_WAIT_MS, deadline) => r,
-                _ = tx.closed() => {
-                    flow.settle_reservation(reserved, &[]);
-                    return;
-                }
+                r = self.pull_partition(&info, partition, messages, bytes, STREAM_PULL_WAIT_MS, deadline) => r,
+                _ = tx.closed() => return,
             };
             match pulled {
                 Ok(r) => {
                     tracing::debug!(subscription = %info.spec.name, partition, delivered = r.deliveries.len(), "stream pull");
-                    let messages = received(partition, r.deliveries);
-                    let counted: Vec<(AckId, usize)> = messages
-                        .iter()
-                        .filter_map(|m| {
-                            let bytes = m.message.as_ref().map_or(0, |m| m.data.len());
-                            AckId::parse(&m.ack_id).map(|id| (id, bytes))
-                        })
-                        .collect();
-                    flow.settle_reservation(reserved, &counted);
-                    if messages.is_empty() {
+                    if r.deliveries.is_empty() {
                         continue;
                     }
-                    metrics::counter!("weir_gateway_delivered_total")
-                        .increment(messages.len() as u64);
-                    let response = gpb::StreamingPullResponse {
-                        received_messages: messages,
-                        subscription_properties: Some(properties(&info)),
-                        ..Default::default()
-                    };
-                    if tx.send(Ok(response)).await.is_err() {
-                        // the client is gone: hand the messages back at once
-                        let ids: Vec<AckId> = counted.iter().map(|(id, _)| *id).collect();
+                    let messages = received(partition, r.deliveries);
+                    if tx.is_closed() {
+                        // the client left during the pull: hand the messages back at once
+                        let ids: Vec<AckId> = messages
+                            .iter()
+                            .filter_map(|m| AckId::parse(&m.ack_id))
+                            .collect();
                         let _ = self.modify(&info, &ids, 0).await;
                         return;
                     }
+                    metrics::counter!("weir_gateway_delivered_total")
+                        .increment(messages.len() as u64);
+                    permit.send(Ok(gpb::StreamingPullResponse {
+                        received_messages: messages,
+                        subscription_properties: Some(properties(&info)),
+                        ..Default::default()
+                    }));
                 }
                 Err(e) => {
-                    flow.settle_reservation(reserved, &[]);
-                    let status = client_status(&e);
+                    drop(permit);
+                    // only the subscription's end (or a bad request) ends the stream; an
+                    // unknown partition or a missing leader is a failover in progress
                     if matches!(
-                        status.code(),
-                        tonic::Code::NotFound | tonic::Code::InvalidArgument
+                        e.code(),
+                        Some(ErrorCode::SubscriptionNotFound | ErrorCode::InvalidArgument)
                     ) {
-                        let _ = tx.send(Err(status)).await;
+                        let _ = tx.send(Err(client_status(&e))).await;
                         return;
                     }
                     tracing::debug!(subscription = %info.spec.name, partition, error = %e, "stream pull failed; retrying");
@@ -640,7 +556,11 @@ impl SubscriberService {
     }
 
     /// Replaces the cursor of each partition given.
-    async fn seek_to(&self, info: &SubscriptionInfo, cursors: Vec<(u32, Cursor)>) -> Result<(), Status> {
+    async fn seek_to(
+        &self,
+        info: &SubscriptionInfo,
+        cursors: Vec<(u32, Cursor)>,
+    ) -> Result<(), Status> {
         let calls = cursors.into_iter().map(|(partition, cursor)| {
             let request = pb::SeekSubscriptionRequest {
                 subscription: info.spec.name.clone(),
@@ -663,7 +583,11 @@ impl SubscriberService {
         Ok(())
     }
 
-    async fn update(&self, spec: &weir_types::subscription::SubscriptionSpec, mask: Vec<String>) -> Result<gpb::Subscription, Status> {
+    async fn update(
+        &self,
+        spec: &weir_types::subscription::SubscriptionSpec,
+        mask: Vec<String>,
+    ) -> Result<gpb::Subscription, Status> {
         let request = pb::UpdateSubscriptionRequest {
             spec: Some(spec.into()),
             update_mask: mask,
@@ -747,7 +671,12 @@ impl Subscriber for SubscriberService {
         // delivery starts at each partition's end now: messages published from here on
         let ends = self
             .backend
-            .offsets(&topic.weir(), t.partitions.len() as u32, pb::OffsetSpec::Latest, 0)
+            .offsets(
+                &topic.weir(),
+                t.partitions.len() as u32,
+                pb::OffsetSpec::Latest,
+                0,
+            )
             .await?;
         let request = pb::CreateSubscriptionRequest {
             spec: Some((&spec).into()),
@@ -774,7 +703,9 @@ impl Subscriber for SubscriberService {
                     s
                 }
             })?;
-        Ok(Response::new(convert::subscription(&SubscriptionInfo::try_from(d)?)))
+        Ok(Response::new(convert::subscription(
+            &SubscriptionInfo::try_from(d)?,
+        )))
     }
 
     async fn get_subscription(
@@ -891,7 +822,8 @@ impl Subscriber for SubscriberService {
         if ids.is_empty() {
             return Err(Status::invalid_argument("Invalid [ack_ids]: none given"));
         }
-        self.modify(&info, &ids, r.ack_deadline_seconds as u32).await?;
+        self.modify(&info, &ids, r.ack_deadline_seconds as u32)
+            .await?;
         Ok(Response::new(()))
     }
 
@@ -945,7 +877,9 @@ impl Subscriber for SubscriberService {
                     }
                 })
             });
-            if let Err(Some(e)) = futures_util::future::select_ok(waits).await.map(|_| ())
+            if let Err(Some(e)) = futures_util::future::select_ok(waits)
+                .await
+                .map(|_| ())
                 .map_err(|e: Option<weir_client::ClientError>| e)
             {
                 return Err(client_status(&e));
@@ -960,10 +894,9 @@ impl Subscriber for SubscriberService {
         request: Request<Streaming<gpb::StreamingPullRequest>>,
     ) -> Result<Response<Self::StreamingPullStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("Invalid [subscription]: the stream sent nothing"))?;
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("Invalid [subscription]: the stream sent nothing")
+        })?;
         let (name, info) = self.info("subscription", &first.subscription).await?;
         tracing::debug!(
             subscription = %info.spec.name,
@@ -978,7 +911,9 @@ impl Subscriber for SubscriberService {
                 "the subscription is detached or its topic was deleted",
             ));
         }
-        Ok(Response::new(self.spawn_stream(name, info, first, inbound)?))
+        Ok(Response::new(
+            self.spawn_stream(name, info, first, inbound)?,
+        ))
     }
 
     async fn modify_push_config(
@@ -1157,7 +1092,12 @@ impl Subscriber for SubscriberService {
                 }
                 s.cursors
                     .into_iter()
-                    .map(|pc| (pc.partition, pc.cursor.map(Cursor::from).unwrap_or_default()))
+                    .map(|pc| {
+                        (
+                            pc.partition,
+                            pc.cursor.map(Cursor::from).unwrap_or_default(),
+                        )
+                    })
                     .collect()
             }
             None => {

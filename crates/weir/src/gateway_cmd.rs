@@ -36,7 +36,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<i32> {
     let mut config = GatewayConfig::new(args.listen, controllers);
     config.topic_partitions = args.topic_partitions;
     config.replication_factor = args.replication_factor;
-    config.validate().map_err(|e| anyhow::anyhow!("--{}", e.replacen('_', "-", 1)))?;
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--{}", e.replacen('_', "-", 1)))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let http = match args.http {
         Some(addr) => {

@@ -142,10 +142,12 @@ class Cluster:
 
     # Google's clients, on a channel that balances over the gateways given (round robin), so a
     # client whose gateway dies reconnects to another.
-    def channel(self, gateways=(1, 2)):
+    def channel(self, gateways=(1, 2), balance=True):
+        """Round robin over the gateways, or (`balance=False`) the first while it answers."""
         target = "ipv4:" + ",".join(f"127.0.0.1:{self.gateway[g]}" for g in gateways)
         # one authority for all (the default would be the address list, which HTTP/2 refuses)
-        options = [("grpc.lb_policy_name", "round_robin"), ("grpc.default_authority", "weir")]
+        policy = "round_robin" if balance else "pick_first"
+        options = [("grpc.lb_policy_name", policy), ("grpc.default_authority", "weir")]
         return grpc.insecure_channel(target, options=options)
 
     def publisher(self, gateways=(1, 2), **kwargs):
@@ -153,9 +155,9 @@ class Cluster:
             transport=PublisherGrpcTransport(channel=self.channel(gateways)), **kwargs
         )
 
-    def subscriber(self, gateways=(1, 2)):
+    def subscriber(self, gateways=(1, 2), balance=True):
         return pubsub_v1.SubscriberClient(
-            transport=SubscriberGrpcTransport(channel=self.channel(gateways))
+            transport=SubscriberGrpcTransport(channel=self.channel(gateways, balance))
         )
 
 

@@ -293,11 +293,55 @@ def test_exactly_once_confirms_acks(cluster, names):
     assert sorted(d for d, _ in results) == sorted(f"e{i}".encode() for i in range(20))
 
 
-def stream_under_fault(cluster, names, fault, heal, count=3000):
-    """Publishes `count` messages while a streaming subscriber acks them; `fault` runs mid-way.
-    Returns (received data with repeats, acked before the fault)."""
+def test_failover_redelivers_only_the_unacked(cluster, names):
     topic, sub = names
-    publisher, subscriber = create(cluster, names, ack_deadline_seconds=10)
+    weir_topic = topic.split("/")[1] + "." + topic.split("/")[3]
+    publisher = cluster.publisher(
+        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+    )
+    subscriber = cluster.subscriber()
+    publisher.create_topic(request={"name": topic})
+    subscriber.create_subscription(request={"name": sub, "topic": topic, "ack_deadline_seconds": 60})
+    for i in range(30):
+        publisher.publish(topic, f"f{i}".encode(), ordering_key="one-key").result(timeout=30)
+    first = pull_all(subscriber, sub, 30, ack=False)
+    assert len(first) == 30
+    partition = int(first[0].message.message_id) >> 48
+    acked = [m for m in first if int(m.message.data[1:]) < 20]
+    subscriber.acknowledge(request={"subscription": sub, "ack_ids": [m.ack_id for m in acked]})
+    time.sleep(0.5)  # the leader stores cursors every 100 ms
+    leader = cluster.leaders(weir_topic)[partition]
+    cluster.kill_node(leader)
+    try:
+        wait_until(
+            "a new leader",
+            lambda: cluster.leaders(weir_topic)[partition] not in (leader, 0),
+            timeout=30,
+        )
+        # the 10 unacked come again (their leases died with the leader); none of the 20 acked
+        again = pull_all(subscriber, sub, 10, ack=True, timeout=30)
+        extra = subscriber.pull(
+            request={"subscription": sub, "max_messages": 100, "return_immediately": True}
+        ).received_messages
+        assert sorted(m.message.data for m in again + list(extra)) == sorted(
+            f"f{i}".encode() for i in range(20, 30)
+        )
+    finally:
+        cluster.start_node(leader)
+        cluster.wait_node_ready(leader, timeout=60)
+
+
+def stream_under_fault(cluster, names, fault, heal, count=3000, gateways=(1, 2)):
+    """A streaming subscriber acks while `count` messages are published at a steady pace;
+    `fault` runs once a third has arrived, with messages still flowing. Returns the data
+    received, repeats included."""
+    topic, sub = names
+    topic, sub = names
+    publisher = cluster.publisher()
+    publisher.create_topic(request={"name": topic})
+    # the stream uses the first gateway while it lives, then the next
+    subscriber = cluster.subscriber(gateways, balance=False)
+    subscriber.create_subscription(request={"name": sub, "topic": topic, "ack_deadline_seconds": 10})
     received = []
     lock = threading.Lock()
 
@@ -310,22 +354,31 @@ def stream_under_fault(cluster, names, fault, heal, count=3000):
         sub, callback, flow_control=pubsub_v1.types.FlowControl(max_messages=200)
     )
     published = []
-    try:
+
+    def publish():
         for i in range(count):
             published.append(publisher.publish(topic, f"{i}".encode()))
-            if i == count // 2:
-                wait_until("half received", lambda: len(received) > count // 4, timeout=60)
-                fault()
+            if i % 50 == 49:
+                time.sleep(0.1)
+
+    writer = threading.Thread(target=publish)
+    try:
+        writer.start()
+        try:
+            wait_until("a third received", lambda: len(received) > count // 3, timeout=60)
+        except AssertionError:
+            done = sum(1 for f in list(published) if f.done())
+            raise AssertionError(f"received {len(received)}, published {len(published)}, done {done}")
+        fault()
+        writer.join()
         for f in published:
             f.result(timeout=60)
         heal()
-        wait_until(
-            "every message received",
-            lambda: len(set(received)) >= count,
-            timeout=120,
-        )
-        time.sleep(2)
+        wait_until("every message received", lambda: len(set(received)) >= count, timeout=120)
+        # past the ack deadline: a lease the fault orphaned would be redelivered by now
+        time.sleep(12)
     finally:
+        writer.join()
         stream.cancel()
     return received
 
@@ -340,7 +393,7 @@ def test_gateway_killed_mid_stream(cluster, names):
     # only what was leased to the killed gateway's stream and not yet acked comes again
     repeats = len(received) - len(distinct)
     print(f"gateway kill: {repeats} redeliveries of 3000")
-    assert repeats <= 400
+    assert repeats <= 300
 
 
 def test_partition_leader_killed_under_streaming_pull(cluster, names):
@@ -349,6 +402,7 @@ def test_partition_leader_killed_under_streaming_pull(cluster, names):
     victim = {}
 
     def fault():
+        # the leader of every partition takes messages (keyless publishes are spread)
         leaders = cluster.leaders(weir_topic)
         victim["node"] = leaders[0]
         cluster.kill_node(leaders[0])
@@ -363,4 +417,4 @@ def test_partition_leader_killed_under_streaming_pull(cluster, names):
     repeats = len(received) - len(distinct)
     print(f"leader kill: {repeats} redeliveries of 3000")
     # the unacked leases of the dead leader's partitions and its last 100 ms of acks
-    assert repeats <= 1000
+    assert repeats <= 250

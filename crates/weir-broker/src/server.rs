@@ -128,7 +128,7 @@ impl BrokerService {
             ));
         }
         let deadline = match r.ack_deadline_seconds {
-            0 => entry.spec.ack_deadline_seconds,
+            0 => entry.spec().ack_deadline_seconds,
             s => s,
         };
         let max_bytes = match r.max_bytes {

@@ -21,6 +21,9 @@ use crate::error::BrokerError;
 use crate::lease::{Delivered, Leases, Policy};
 use crate::replica::Replica;
 
+/// How long a loaded definition is used before it is read again (updates to the ack
+/// deadline or retry policy, deletion).
+pub const SPEC_REFRESH: Duration = Duration::from_secs(5);
 /// How often changed cursors are stored.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Leased plus waiting messages per subscription and partition (about 100 bytes each).
@@ -36,7 +39,8 @@ pub struct Entry {
     pub partition: u32,
     pub uid: u64,
     pub leader_epoch: LeaderEpoch,
-    pub spec: SubscriptionSpec,
+    /// The definition and when it was read.
+    spec: Mutex<(SubscriptionSpec, Instant)>,
     leases: Mutex<Leases>,
     /// Pinged when a nack makes something deliverable.
     changed: Notify,
@@ -45,6 +49,29 @@ pub struct Entry {
 impl Entry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Leases> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn spec(&self) -> SubscriptionSpec {
+        self.spec
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    fn fresh(&self) -> bool {
+        self.spec
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .elapsed()
+            < SPEC_REFRESH
+    }
+
+    /// A newer definition of the same subscription: its policy applies from now on.
+    fn refresh(&self, spec: SubscriptionSpec) {
+        self.lock().set_policy(policy(&spec));
+        *self.spec.lock().unwrap_or_else(|p| p.into_inner()) = (spec, Instant::now());
     }
 }
 
@@ -106,9 +133,13 @@ impl Subscriber {
     ) -> Result<Arc<Entry>, BrokerError> {
         let epoch = replica.leadership().leader_epoch;
         let key = (subscription.to_string(), replica.partition);
-        if let Some(e) = self.entries().get(&key)
-            && e.leader_epoch == epoch
-            && e.topic == replica.topic
+        let known = self
+            .entries()
+            .get(&key)
+            .filter(|e| e.leader_epoch == epoch && e.topic == replica.topic)
+            .cloned();
+        if let Some(e) = &known
+            && e.fresh()
         {
             return Ok(Arc::clone(e));
         }
@@ -129,7 +160,13 @@ impl Subscriber {
             },
         )
         .await
-        .map_err(controller_error)?
+        .map_err(|e| {
+            let e = controller_error(e);
+            if e.code() == ErrorCode::SubscriptionNotFound {
+                self.entries().remove(&key);
+            }
+            e
+        })?
         .into_inner();
         let description = loaded.subscription.ok_or_else(|| {
             BrokerError::Task("load_cursor answered without a subscription".into())
@@ -147,6 +184,13 @@ impl Subscriber {
                 ),
             ));
         }
+        if let Some(e) = known
+            && e.uid == description.uid
+        {
+            // the same subscription under the same epoch: keep its leases, take the new spec
+            e.refresh(spec);
+            return Ok(e);
+        }
         let cursor = match loaded.cursor {
             Some(c) => {
                 let c = Cursor::from(c);
@@ -163,7 +207,7 @@ impl Subscriber {
             uid: description.uid,
             leader_epoch: epoch,
             leases: Mutex::new(Leases::new(&cursor, policy(&spec))),
-            spec,
+            spec: Mutex::new((spec, Instant::now())),
             changed: Notify::new(),
         });
         let mut entries = self.entries();
@@ -189,7 +233,7 @@ impl Subscriber {
     ) -> Result<Pulled, BrokerError> {
         let wait_until = tokio::time::Instant::now() + wait;
         let mut hw_changes = replica.subscribe_high_watermark();
-        let exactly_once = entry.spec.enable_exactly_once_delivery;
+        let exactly_once = entry.spec().enable_exactly_once_delivery;
         loop {
             let now = Instant::now();
             let hw = replica.high_watermark();
@@ -318,7 +362,7 @@ impl Subscriber {
                 .collect()
         };
         metrics::counter!("weir_subscription_acks_total").increment(leases.len() as u64);
-        if entry.spec.enable_exactly_once_delivery {
+        if entry.spec().enable_exactly_once_delivery {
             self.commit_now(entry).await?;
         }
         Ok(invalid)

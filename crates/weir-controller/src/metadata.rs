@@ -958,6 +958,17 @@ impl Metadata {
     }
 }
 
+impl crate::subscription::Topics for Metadata {
+    fn partitions(&self, topic: &str) -> Option<u32> {
+        self.topics.get(topic).map(|t| t.partitions.len() as u32)
+    }
+
+    fn leader(&self, topic: &str, partition: u32) -> Option<(BrokerId, LeaderEpoch)> {
+        let p = self.topics.get(topic)?.partitions.get(partition as usize)?;
+        Some((p.leader?, p.leader_epoch))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1426,16 +1437,5 @@ mod tests {
             Outcome::TopicDeleted { .. }
         ));
         assert!(m.topics.is_empty());
-    }
-}
-
-impl crate::subscription::Topics for Metadata {
-    fn partitions(&self, topic: &str) -> Option<u32> {
-        self.topics.get(topic).map(|t| t.partitions.len() as u32)
-    }
-
-    fn leader(&self, topic: &str, partition: u32) -> Option<(BrokerId, LeaderEpoch)> {
-        let p = self.topics.get(topic)?.partitions.get(partition as usize)?;
-        Some((p.leader?, p.leader_epoch))
     }
 }

@@ -1,0 +1,325 @@
+//! Subscription delivery and per-message acks against a running cluster (`weir dev` or
+//! `weir-cluster up`), through the brokers' own `Pull` / `Acknowledge` RPCs.
+//!
+//! 1. Publishes `--messages` records over `--partitions` partitions.
+//! 2. Leases all of them without acking (ack deadline 600 s): that many outstanding messages
+//!    at once; with `--pid` (the broker's process) prints its resident memory before and after,
+//!    per outstanding message.
+//! 3. Acknowledges every one, `--ack-batch` per request, one request in flight per partition:
+//!    prints acks/s.
+//! 4. Publishes again and runs a pull → ack loop per partition: prints messages/s.
+//!
+//! `cargo run --release -p weir-benches --bin sub-bench -- --help`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Parser;
+use weir_client::{Metadata, Producer, ProducerConfig};
+use weir_proto::call::{self, parse_bootstrap};
+use weir_proto::v1 as pb;
+use weir_proto::v1::admin_client::AdminClient;
+use weir_proto::v1::subscriptions_client::SubscriptionsClient;
+use weir_types::Record;
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, env = "WEIR_BOOTSTRAP", default_value = "127.0.0.1:9093")]
+    bootstrap: String,
+    /// Messages per phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    #[arg(long, default_value_t = 64)]
+    value_bytes: usize,
+    /// Messages one pull asks for.
+    #[arg(long, default_value_t = 5_000)]
+    pull_batch: u32,
+    /// Acks per Acknowledge request.
+    #[arg(long, default_value_t = 1_000)]
+    ack_batch: usize,
+    /// The broker's process id, to report its memory with everything outstanding.
+    #[arg(long)]
+    pid: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    replication_factor: u32,
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+async fn publish(args: &Args, topic: &str) -> anyhow::Result<Duration> {
+    let producer = Producer::new(ProducerConfig::new(parse_bootstrap(&args.bootstrap)?))?;
+    let value = Bytes::from(vec![b'x'; args.value_bytes]);
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(10_000);
+    for i in 0..args.messages {
+        let record = Record {
+            timestamp_ms: 0,
+            key: None,
+            value: Some(value.clone()),
+            headers: Vec::new(),
+        };
+        let p = (i % u64::from(args.partitions)) as u32;
+        pending.push(producer.send(topic, Some(p), record).await?);
+        if pending.len() == 10_000 {
+            for f in pending.drain(..) {
+                f.await?;
+            }
+        }
+    }
+    for f in pending {
+        f.await?;
+    }
+    Ok(started.elapsed())
+}
+
+type Leases = Vec<pb::LeaseId>;
+
+/// Pulls every partition until `want` messages per partition are leased; returns them.
+async fn lease_all(
+    meta: &Arc<Metadata>,
+    args: &Args,
+    topic: &str,
+    sub: &str,
+    want: u64,
+) -> anyhow::Result<Vec<Leases>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..args.partitions {
+        let (meta, topic, sub, batch) = (
+            Arc::clone(meta),
+            topic.to_string(),
+            sub.to_string(),
+            args.pull_batch,
+        );
+        tasks.spawn(async move {
+            let mut got: Leases = Vec::new();
+            while (got.len() as u64) < want {
+                let r = meta
+                    .call_leader(&topic, p, true, deadline(), |mut c| {
+                        let request = pb::SubscriptionPullRequest {
+                            subscription: sub.clone(),
+                            topic: topic.clone(),
+                            partition: p,
+                            max_messages: batch,
+                            max_bytes: 0,
+                            wait_ms: 1000,
+                            ack_deadline_seconds: 600,
+                        };
+                        async move { c.pull(request).await }
+                    })
+                    .await?;
+                got.extend(r.deliveries.iter().map(|d| pb::LeaseId {
+                    offset: d.offset,
+                    attempt: d.attempt,
+                }));
+            }
+            Ok::<_, anyhow::Error>((p, got))
+        });
+    }
+    let mut out = vec![Vec::new(); args.partitions as usize];
+    while let Some(r) = tasks.join_next().await {
+        let (p, got) = r??;
+        out[p as usize] = got;
+    }
+    Ok(out)
+}
+
+fn deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(30)
+}
+
+async fn ack_all(
+    meta: &Arc<Metadata>,
+    args: &Args,
+    topic: &str,
+    sub: &str,
+    leases: Vec<Leases>,
+) -> anyhow::Result<u64> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (p, leases) in leases.into_iter().enumerate() {
+        let (meta, topic, sub, batch) = (
+            Arc::clone(meta),
+            topic.to_string(),
+            sub.to_string(),
+            args.ack_batch,
+        );
+        tasks.spawn(async move {
+            let mut invalid = 0u64;
+            for chunk in leases.chunks(batch) {
+                let r = meta
+                    .call_leader(&topic, p as u32, true, deadline(), |mut c| {
+                        let request = pb::SubscriptionAckRequest {
+                            subscription: sub.clone(),
+                            topic: topic.clone(),
+                            partition: p as u32,
+                            leases: chunk.to_vec(),
+                        };
+                        async move { c.acknowledge(request).await }
+                    })
+                    .await?;
+                invalid += r.invalid.len() as u64;
+            }
+            Ok::<_, anyhow::Error>(invalid)
+        });
+    }
+    let mut invalid = 0;
+    while let Some(r) = tasks.join_next().await {
+        invalid += r??;
+    }
+    Ok(invalid)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.partitions == 0 || args.messages == 0 {
+        bail!("--partitions and --messages must be positive");
+    }
+    let bootstrap = parse_bootstrap(&args.bootstrap)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let topic = format!("sub-bench-{stamp}");
+    let sub = format!("{topic}-sub");
+    call::with_controller(&bootstrap, Duration::from_secs(10), |ch| {
+        let request = pb::CreateTopicRequest {
+            name: topic.clone(),
+            partitions: args.partitions,
+            replication_factor: args.replication_factor,
+            config: None,
+        };
+        async move { AdminClient::new(ch).create_topic(request).await }
+    })
+    .await
+    .context("create topic")?;
+    call::with_controller(&bootstrap, Duration::from_secs(10), |ch| {
+        let request = pb::CreateSubscriptionRequest {
+            spec: Some(pb::SubscriptionSpec {
+                name: sub.clone(),
+                topic: topic.clone(),
+                ..Default::default()
+            }),
+            start: Vec::new(),
+        };
+        async move {
+            SubscriptionsClient::new(ch)
+                .create_subscription(request)
+                .await
+        }
+    })
+    .await
+    .context("create subscription")?;
+    let per_partition = args.messages / u64::from(args.partitions);
+    let total = per_partition * u64::from(args.partitions);
+
+    let took = publish(&args, &topic).await?;
+    println!(
+        "publish      {total} messages of {} B in {:.2}s: {:.0} msg/s",
+        args.value_bytes,
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64()
+    );
+
+    let meta = Arc::new(Metadata::new(bootstrap.clone()));
+    let before = args.pid.and_then(rss_bytes);
+    let started = Instant::now();
+    let leases = lease_all(&meta, &args, &topic, &sub, per_partition).await?;
+    let took = started.elapsed();
+    let leased: usize = leases.iter().map(Vec::len).sum();
+    println!(
+        "lease        {leased} messages outstanding in {:.2}s: {:.0} msg/s",
+        took.as_secs_f64(),
+        leased as f64 / took.as_secs_f64()
+    );
+    if let (Some(b), Some(a)) = (before, args.pid.and_then(rss_bytes)) {
+        println!(
+            "memory       broker RSS {:.0} MiB -> {:.0} MiB with {leased} outstanding: {:.0} bytes per outstanding message",
+            b as f64 / 1048576.0,
+            a as f64 / 1048576.0,
+            a.saturating_sub(b) as f64 / leased as f64
+        );
+    }
+    let started = Instant::now();
+    let invalid = ack_all(&meta, &args, &topic, &sub, leases).await?;
+    let took = started.elapsed();
+    println!(
+        "ack          {leased} acks ({} per request, {} partitions) in {:.2}s: {:.0} acks/s ({invalid} refused)",
+        args.ack_batch,
+        args.partitions,
+        took.as_secs_f64(),
+        leased as f64 / took.as_secs_f64()
+    );
+
+    let _ = publish(&args, &topic).await?;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..args.partitions {
+        let (meta, topic, sub, batch, ack_batch) = (
+            Arc::clone(&meta),
+            topic.clone(),
+            sub.clone(),
+            args.pull_batch,
+            args.ack_batch,
+        );
+        tasks.spawn(async move {
+            let mut done = 0u64;
+            while done < per_partition {
+                let r = meta
+                    .call_leader(&topic, p, true, deadline(), |mut c| {
+                        let request = pb::SubscriptionPullRequest {
+                            subscription: sub.clone(),
+                            topic: topic.clone(),
+                            partition: p,
+                            max_messages: batch,
+                            max_bytes: 0,
+                            wait_ms: 1000,
+                            ack_deadline_seconds: 60,
+                        };
+                        async move { c.pull(request).await }
+                    })
+                    .await?;
+                let ids: Vec<pb::LeaseId> = r
+                    .deliveries
+                    .iter()
+                    .map(|d| pb::LeaseId {
+                        offset: d.offset,
+                        attempt: d.attempt,
+                    })
+                    .collect();
+                for chunk in ids.chunks(ack_batch) {
+                    meta.call_leader(&topic, p, true, deadline(), |mut c| {
+                        let request = pb::SubscriptionAckRequest {
+                            subscription: sub.clone(),
+                            topic: topic.clone(),
+                            partition: p,
+                            leases: chunk.to_vec(),
+                        };
+                        async move { c.acknowledge(request).await }
+                    })
+                    .await?;
+                }
+                done += ids.len() as u64;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let took = started.elapsed();
+    println!(
+        "pull+ack     {total} messages in {:.2}s: {:.0} msg/s (pull {} per request, then ack)",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64(),
+        args.pull_batch
+    );
+    Ok(())
+}

@@ -852,6 +852,11 @@ impl Subscriber for SubscriberService {
             ));
         }
         let (_, info) = self.info("subscription", &r.subscription).await?;
+        if info.topic_deleted || info.spec.detached {
+            return Err(Status::failed_precondition(
+                "the subscription is detached or its topic was deleted",
+            ));
+        }
         let max = (r.max_messages as usize).min(1000);
         #[allow(deprecated)]
         let immediately = r.return_immediately;

@@ -127,6 +127,11 @@ def test_subscription_calls(cluster, names):
         subscriber.get_subscription(request={"subscription": sub}).push_config.push_endpoint
         == "http://127.0.0.1:1/push"
     )
+    # a detached subscription keeps its definition and delivers nothing
+    publisher.detach_subscription(request={"subscription": sub})
+    assert subscriber.get_subscription(request={"subscription": sub}).detached
+    with pytest.raises(exceptions.FailedPrecondition):
+        subscriber.pull(request={"subscription": sub, "max_messages": 1})
     subscriber.delete_subscription(request={"subscription": sub})
     with pytest.raises(exceptions.NotFound):
         subscriber.get_subscription(request={"subscription": sub})
@@ -237,6 +242,9 @@ def test_snapshots_and_seek(cluster, names):
     snap = f"projects/{PROJECT}/snapshots/{sub.rsplit('/', 1)[1]}"
     created = subscriber.create_snapshot(request={"name": snap, "subscription": sub})
     assert created.topic == topic
+    assert subscriber.get_snapshot(request={"snapshot": snap}).name == snap
+    with pytest.raises(exceptions.AlreadyExists):
+        subscriber.create_snapshot(request={"name": snap, "subscription": sub})
     assert snap in [s.name for s in subscriber.list_snapshots(request={"project": f"projects/{PROJECT}"})]
     assert snap in list(publisher.list_topic_snapshots(request={"topic": topic}))
     assert len(pull_all(subscriber, sub, 10)) == 10

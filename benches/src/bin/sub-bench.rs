@@ -46,6 +46,10 @@ struct Args {
     pid: Option<u32>,
     #[arg(long, default_value_t = 0)]
     replication_factor: u32,
+    /// Ack each partition's messages in a shuffled order (every ack a range of its own until
+    /// the gaps fill) instead of in offset order.
+    #[arg(long)]
+    shuffle: bool,
 }
 
 fn rss_bytes(pid: u32) -> Option<u64> {
@@ -247,11 +251,20 @@ async fn main() -> anyhow::Result<()> {
             a.saturating_sub(b) as f64 / leased as f64
         );
     }
+    let mut leases = leases;
+    if args.shuffle {
+        use rand::seq::SliceRandom;
+        let mut rng = rand::rng();
+        for l in &mut leases {
+            l.shuffle(&mut rng);
+        }
+    }
     let started = Instant::now();
     let invalid = ack_all(&meta, &args, &topic, &sub, leases).await?;
     let took = started.elapsed();
     println!(
-        "ack          {leased} acks ({} per request, {} partitions) in {:.2}s: {:.0} acks/s ({invalid} refused)",
+        "ack          {leased} acks ({}, {} per request, {} partitions) in {:.2}s: {:.0} acks/s ({invalid} refused)",
+        if args.shuffle { "shuffled" } else { "in offset order" },
         args.ack_batch,
         args.partitions,
         took.as_secs_f64(),

@@ -264,7 +264,11 @@ async fn main() -> anyhow::Result<()> {
     let took = started.elapsed();
     println!(
         "ack          {leased} acks ({}, {} per request, {} partitions) in {:.2}s: {:.0} acks/s ({invalid} refused)",
-        if args.shuffle { "shuffled" } else { "in offset order" },
+        if args.shuffle {
+            "shuffled"
+        } else {
+            "in offset order"
+        },
         args.ack_batch,
         args.partitions,
         took.as_secs_f64(),

@@ -26,7 +26,8 @@ use crate::replica::Replica;
 pub const SPEC_REFRESH: Duration = Duration::from_secs(5);
 /// How often changed cursors are stored.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
-/// Leased plus waiting messages per subscription and partition (about 100 bytes each).
+/// Leased plus waiting messages per subscription and partition (about 270 bytes each,
+/// measured by `sub-bench`).
 pub const OUTSTANDING_MAX: usize = 1_000_000;
 /// Most messages one pull returns.
 pub const PULL_MESSAGES_MAX: u32 = 10_000;

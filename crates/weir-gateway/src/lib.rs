@@ -10,6 +10,10 @@
 //! - [`subscriber`]: subscriptions, Pull, StreamingPull (per-partition pull loops under the
 //!   stream's flow control), acks and deadlines routed to partition leaders by ack id,
 //!   snapshots and Seek.
+//! - [`push`]: push subscriptions — a worker per partition POSTs each message (Google's JSON
+//!   envelope or the bare data), 2xx-style codes ack, the rest nack; slow-start concurrency.
+//! - [`deadletter`]: past `max_delivery_attempts`, a message goes to the dead-letter topic
+//!   and is acknowledged on the source (pull, streaming pull and push).
 //!
 //! The gateway keeps no state that matters: delivery state lives with the partition leaders,
 //! definitions with the controllers. A killed gateway loses only its streams; the client
@@ -18,8 +22,10 @@
 
 pub mod backend;
 pub mod convert;
+pub mod deadletter;
 pub mod names;
 pub mod publisher;
+pub mod push;
 pub mod subscriber;
 
 use std::net::SocketAddr;
@@ -102,6 +108,8 @@ impl Gateway {
             replication_factor: config.replication_factor,
         };
         let subscriber = subscriber::SubscriberService::new(Arc::clone(&backend), stopped.clone());
+        let mut tasks = JoinSet::new();
+        tasks.spawn(push::run(Arc::clone(&backend), stopped.clone()));
         let mut server_stop = stopped;
         let server = tonic::transport::Server::builder()
             .add_service(PublisherServer::new(publisher))
@@ -109,7 +117,6 @@ impl Gateway {
             .serve_with_incoming_shutdown(weir_proto::call::incoming(listener), async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             });
-        let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "gateway gRPC server failed");

@@ -24,6 +24,7 @@ use weir_types::subscription::Cursor;
 
 use crate::backend::{BROKER_PATIENCE, Backend, SubscriptionInfo, client_status, futures_join};
 use crate::convert::{self, AckId};
+use crate::deadletter;
 use crate::names::{self, Kind, Name};
 use crate::publisher::{not_found, page};
 
@@ -282,7 +283,9 @@ impl SubscriberService {
                         if r.deliveries.len() >= quota {
                             candidates.push(partition);
                         }
-                        out.extend(received(partition, r.deliveries));
+                        let deliveries =
+                            deadletter::split(&self.backend, info, partition, r.deliveries).await;
+                        out.extend(received(partition, deliveries));
                     }
                     Err(e) => failure = Some(e),
                 }
@@ -488,10 +491,12 @@ impl SubscriberService {
             match pulled {
                 Ok(r) => {
                     tracing::debug!(subscription = %info.spec.name, partition, delivered = r.deliveries.len(), "stream pull");
-                    if r.deliveries.is_empty() {
+                    let deliveries =
+                        deadletter::split(&self.backend, &info, partition, r.deliveries).await;
+                    if deliveries.is_empty() {
                         continue;
                     }
-                    let messages = received(partition, r.deliveries);
+                    let messages = received(partition, deliveries);
                     if tx.is_closed() {
                         // the client left during the pull: hand the messages back at once
                         let ids: Vec<AckId> = messages

@@ -1,0 +1,451 @@
+//! Push delivery: for every push subscription, a worker per partition leases messages from
+//! the partition's leader and POSTs each to the subscription's endpoint. 102, 200, 201, 202
+//! and 204 acknowledge; any other answer, a refused connection or a timeout (the ack
+//! deadline) is a nack, after which the leader redelivers with the retry policy's backoff.
+//!
+//! Every gateway runs workers for every push subscription: leases make sure each message is
+//! out with one gateway at a time, so a gateway that dies only delays what it held (until its
+//! leases run out), and no membership protocol is needed.
+//!
+//! Concurrency per worker starts at one request and grows by one per success up to
+//! `PUSH_WINDOW_MAX`; a failure halves it (slow start), so a failing endpoint is not
+//! hammered. All workers pushing to one endpoint share `PUSH_ENDPOINT_CONCURRENCY_MAX`
+//! requests. An ordered subscription pushes one message at a time per partition.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use weir_proto::v1 as pb;
+use weir_types::subscription::Push;
+
+use crate::backend::{Backend, SubscriptionInfo};
+use crate::convert::{self, AckId};
+use crate::deadletter;
+use crate::names::{self, Kind};
+
+/// Requests one worker may have in flight at most.
+pub const PUSH_WINDOW_MAX: usize = 64;
+/// Requests to one endpoint at once, over all its subscriptions and partitions.
+pub const PUSH_ENDPOINT_CONCURRENCY_MAX: usize = 256;
+/// How often the gateway looks for new, changed and deleted push subscriptions.
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a worker's pull waits at the leader for messages.
+const PUSH_PULL_WAIT_MS: u32 = 5_000;
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The status codes that acknowledge a pushed message.
+pub fn acknowledges(status: u16) -> bool {
+    matches!(status, 102 | 200 | 201 | 202 | 204)
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// RFC 3339 in UTC with milliseconds, as Pub/Sub writes `publishTime`.
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (y, m, d) = civil(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+fn base64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// The request for one delivery: Google's JSON envelope, or the bare data with metadata
+/// headers (`no_wrapper`).
+pub fn request(
+    push: &Push,
+    subscription: &str,
+    partition: u32,
+    d: &pb::Delivery,
+) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error> {
+    let record = d.record.clone().unwrap_or_default();
+    let message = convert::message(partition, d.offset, record);
+    let publish_time = rfc3339(
+        message
+            .publish_time
+            .as_ref()
+            .map_or(0, convert::timestamp_ms),
+    );
+    let google_sub = names::google(subscription, Kind::Subscriptions);
+    let builder = hyper::Request::post(push.endpoint.as_str());
+    if push.no_wrapper {
+        let mut builder = builder.header("content-type", "application/octet-stream");
+        if push.write_metadata {
+            builder = builder
+                .header("x-goog-pubsub-subscription-name", google_sub.as_str())
+                .header("x-goog-pubsub-message-id", message.message_id.as_str())
+                .header("x-goog-pubsub-publish-time", publish_time.as_str());
+            if !message.ordering_key.is_empty() {
+                builder =
+                    builder.header("x-goog-pubsub-ordering-key", message.ordering_key.as_str());
+            }
+            for (k, v) in &message.attributes {
+                builder = builder.header(k.as_str(), v.as_str());
+            }
+        }
+        return builder.body(Full::new(Bytes::from(message.data)));
+    }
+    let mut m = serde_json::Map::new();
+    m.insert("data".into(), base64(&message.data).into());
+    m.insert(
+        "attributes".into(),
+        serde_json::Value::Object(
+            message
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                .collect(),
+        ),
+    );
+    m.insert("messageId".into(), message.message_id.clone().into());
+    m.insert("message_id".into(), message.message_id.clone().into());
+    m.insert("publishTime".into(), publish_time.clone().into());
+    m.insert("publish_time".into(), publish_time.into());
+    if !message.ordering_key.is_empty() {
+        m.insert("orderingKey".into(), message.ordering_key.clone().into());
+    }
+    let envelope = serde_json::json!({
+        "message": serde_json::Value::Object(m),
+        "subscription": google_sub,
+        "deliveryAttempt": d.attempt,
+    });
+    builder
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(envelope.to_string())))
+}
+
+/// Runs the push workers of this gateway until `stopped`.
+pub async fn run(backend: Arc<Backend>, mut stopped: watch::Receiver<bool>) {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let endpoints: Arc<std::sync::Mutex<HashMap<String, Arc<Semaphore>>>> = Default::default();
+    // (subscription, uid) → (the spec its workers run with, their tasks)
+    let mut running: HashMap<
+        (String, u64),
+        (weir_types::subscription::SubscriptionSpec, JoinSet<()>),
+    > = HashMap::new();
+    loop {
+        let request = pb::ListSubscriptionsRequest::default();
+        match backend
+            .subscriptions(|mut c| {
+                let request = request.clone();
+                async move { c.list_subscriptions(request).await }
+            })
+            .await
+        {
+            Ok(list) => {
+                let mut wanted = HashMap::new();
+                for d in list.subscriptions {
+                    let Ok(info) = SubscriptionInfo::try_from(d) else {
+                        continue;
+                    };
+                    if info.spec.push.is_some() && !info.spec.detached && !info.topic_deleted {
+                        wanted.insert((info.spec.name.clone(), info.uid), info);
+                    }
+                }
+                running.retain(|key, (spec, _)| {
+                    wanted.get(key).is_some_and(|info| info.spec == *spec)
+                });
+                for (key, info) in wanted {
+                    if running.contains_key(&key) {
+                        continue;
+                    }
+                    let Some(push) = info.spec.push.clone() else {
+                        continue;
+                    };
+                    let endpoint = Arc::clone(
+                        endpoints
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(push.endpoint.clone())
+                            .or_insert_with(|| {
+                                Arc::new(Semaphore::new(PUSH_ENDPOINT_CONCURRENCY_MAX))
+                            }),
+                    );
+                    let info = Arc::new(info);
+                    let mut tasks = JoinSet::new();
+                    for partition in 0..info.partitions {
+                        tasks.spawn(worker(
+                            Arc::clone(&backend),
+                            client.clone(),
+                            Arc::clone(&info),
+                            partition,
+                            Arc::clone(&endpoint),
+                        ));
+                    }
+                    tracing::info!(subscription = %info.spec.name, endpoint = %push.endpoint, partitions = info.partitions, "pushing");
+                    running.insert(key, (info.spec.clone(), tasks));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "listing push subscriptions failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DISCOVERY_INTERVAL) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// What one push attempt came to (already acked or nacked at the leader).
+struct Outcome {
+    acked: bool,
+}
+
+async fn worker(
+    backend: Arc<Backend>,
+    client: HttpClient,
+    info: Arc<SubscriptionInfo>,
+    partition: u32,
+    endpoint: Arc<Semaphore>,
+) {
+    let Some(push) = info.spec.push.clone() else {
+        return;
+    };
+    let push = Arc::new(push);
+    let ordered = info.spec.enable_message_ordering;
+    let timeout = Duration::from_secs(u64::from(info.spec.ack_deadline_seconds));
+    let mut window = 1usize;
+    let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+    loop {
+        // settle what finished; wait while the window is full
+        while in_flight.len() >= window || (ordered && !in_flight.is_empty()) {
+            if let Some(Ok(o)) = in_flight.join_next().await {
+                window = next_window(window, o.acked);
+            }
+        }
+        while let Some(Ok(o)) = in_flight.try_join_next() {
+            window = next_window(window, o.acked);
+        }
+        let room = if ordered { 1 } else { window - in_flight.len() };
+        let pull = pb::SubscriptionPullRequest {
+            subscription: info.spec.name.clone(),
+            topic: info.spec.topic.clone(),
+            partition,
+            max_messages: room as u32,
+            max_bytes: 0,
+            wait_ms: PUSH_PULL_WAIT_MS,
+            ack_deadline_seconds: 0,
+        };
+        let pulled = backend
+            .leader(
+                &info.spec.topic,
+                partition,
+                crate::backend::BROKER_PATIENCE
+                    + Duration::from_millis(u64::from(PUSH_PULL_WAIT_MS)),
+                |mut c| {
+                    let pull = pull.clone();
+                    async move { c.pull(pull).await }
+                },
+            )
+            .await;
+        let deliveries = match pulled {
+            Ok(r) => r.deliveries,
+            Err(e) => {
+                if e.code() == Some(weir_types::ErrorCode::SubscriptionNotFound) {
+                    return;
+                }
+                tracing::debug!(subscription = %info.spec.name, partition, error = %e, "push pull failed; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        for d in deliveries {
+            let id = AckId {
+                partition,
+                offset: d.offset,
+                attempt: d.attempt,
+            };
+            if deadletter::due(&info.spec, d.attempt) {
+                deadletter::forward(&backend, &info, partition, d).await;
+                continue;
+            }
+            let (client, push, endpoint) =
+                (client.clone(), Arc::clone(&push), Arc::clone(&endpoint));
+            let (backend, info) = (Arc::clone(&backend), Arc::clone(&info));
+            let sub = info.spec.name.clone();
+            in_flight.spawn(async move {
+                let _permit = endpoint.acquire_owned().await;
+                let acked = match request(&push, &sub, partition, &d) {
+                    Ok(req) => match tokio::time::timeout(timeout, client.request(req)).await {
+                        Ok(Ok(resp)) => {
+                            let status = resp.status().as_u16();
+                            // drain the body so the connection can be reused
+                            let _ = resp.into_body().collect().await;
+                            metrics::counter!("weir_push_responses_total", "subscription" => sub.clone(), "status" => status.to_string()).increment(1);
+                            acknowledges(status)
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(subscription = %sub, error = %e, "push failed");
+                            metrics::counter!("weir_push_responses_total", "subscription" => sub.clone(), "status" => "error").increment(1);
+                            false
+                        }
+                        Err(_) => {
+                            metrics::counter!("weir_push_responses_total", "subscription" => sub.clone(), "status" => "timeout").increment(1);
+                            false
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(subscription = %sub, error = %e, "push request could not be built");
+                        false
+                    }
+                };
+                // settled at once: a nack's backoff starts now, not at the worker's next turn
+                settle(&backend, &info, partition, id, acked).await;
+                Outcome { acked }
+            });
+        }
+    }
+}
+
+/// Slow start: one more request in flight per success, half as many after a failure.
+fn next_window(window: usize, acked: bool) -> usize {
+    if acked {
+        (window + 1).min(PUSH_WINDOW_MAX)
+    } else {
+        (window / 2).max(1)
+    }
+}
+
+/// Acks or nacks one pushed message.
+async fn settle(
+    backend: &Backend,
+    info: &SubscriptionInfo,
+    partition: u32,
+    id: AckId,
+    acked: bool,
+) {
+    let lease = vec![pb::LeaseId {
+        offset: id.offset,
+        attempt: id.attempt,
+    }];
+    let topic = &info.spec.topic;
+    let result = if acked {
+        let request = pb::SubscriptionAckRequest {
+            subscription: info.spec.name.clone(),
+            topic: topic.clone(),
+            partition,
+            leases: lease,
+        };
+        backend
+            .leader(
+                topic,
+                partition,
+                crate::backend::BROKER_PATIENCE,
+                |mut c| {
+                    let request = request.clone();
+                    async move { c.acknowledge(request).await }
+                },
+            )
+            .await
+            .map(|_| ())
+    } else {
+        let request = pb::SubscriptionModifyRequest {
+            subscription: info.spec.name.clone(),
+            topic: topic.clone(),
+            partition,
+            leases: lease,
+            deadline_seconds: 0,
+        };
+        backend
+            .leader(
+                topic,
+                partition,
+                crate::backend::BROKER_PATIENCE,
+                |mut c| {
+                    let request = request.clone();
+                    async move { c.modify_ack_deadline(request).await }
+                },
+            )
+            .await
+            .map(|_| ())
+    };
+    if let Err(e) = result {
+        // the lease runs out and the message comes again
+        tracing::debug!(subscription = %info.spec.name, partition, error = %e, "settling a push failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_codes_are_googles() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        for ok in [102, 200, 201, 202, 204] {
+            assert!(acknowledges(ok));
+        }
+        for bad in [203, 301, 400, 404, 429, 500, 503] {
+            assert!(!acknowledges(bad));
+        }
+        assert_eq!(next_window(1, true), 2);
+        assert_eq!(next_window(PUSH_WINDOW_MAX, true), PUSH_WINDOW_MAX);
+        assert_eq!(next_window(8, false), 4);
+        assert_eq!(next_window(1, false), 1);
+    }
+
+    #[test]
+    fn the_envelope_has_both_spellings_and_base64_data() {
+        let push = Push {
+            endpoint: "http://127.0.0.1:1/p".into(),
+            ..Default::default()
+        };
+        let d = pb::Delivery {
+            offset: 7,
+            attempt: 3,
+            record: Some(pb::Record {
+                key: Some(Bytes::from_static(b"k")),
+                value: Some(Bytes::from_static(b"hi")),
+                headers: vec![pb::Header {
+                    key: "a".into(),
+                    value: Some(Bytes::from_static(b"b")),
+                }],
+                timestamp_ms: 0,
+            }),
+        };
+        let req = request(&push, "p.s", 1, &d).expect("request");
+        let body = futures_util::FutureExt::now_or_never(req.into_body().collect())
+            .expect("ready")
+            .expect("body")
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["message"]["data"], "aGk=");
+        assert_eq!(v["message"]["attributes"]["a"], "b");
+        assert_eq!(v["message"]["messageId"], v["message"]["message_id"]);
+        assert_eq!(v["message"]["orderingKey"], "k");
+        assert_eq!(v["subscription"], "projects/p/subscriptions/s");
+        assert_eq!(v["deliveryAttempt"], 3);
+    }
+}

@@ -1,0 +1,148 @@
+"""Push subscriptions with Google's client library creating them and a real HTTP endpoint
+(stdlib server) that fails chosen messages: backoff between attempts, the dead-letter topic
+after max attempts, Google's JSON envelope and the unwrapped form."""
+
+import base64
+import json
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import PROJECT, wait_until
+
+
+class Endpoint:
+    """Answers 500 to a message's first `fail` attempts (from its `fail` attribute; "all"
+    fails forever), 204 after; records every request."""
+
+    def __init__(self):
+        self.calls = defaultdict(list)  # message id -> [(time, attempt, body, headers)]
+        self.lock = threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if self.headers.get("content-type") == "application/json":
+                    env = json.loads(body)
+                    msg = env["message"]
+                    key, attempt, fail = msg["messageId"], env["deliveryAttempt"], msg["attributes"].get("fail", "0")
+                else:
+                    key = self.headers["x-goog-pubsub-message-id"]
+                    attempt, fail, env = 0, self.headers.get("fail", "0"), None
+                with endpoint.lock:
+                    endpoint.calls[key].append((time.time(), attempt, env if env else body, dict(self.headers)))
+                    n = len(endpoint.calls[key])
+                failing = fail == "all" or n <= int(fail)
+                self.send_response(500 if failing else 204)
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/push"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def by_data(self):
+        out = {}
+        with self.lock:
+            for calls in self.calls.values():
+                env = calls[0][2]
+                data = base64.b64decode(env["message"]["data"]) if isinstance(env, dict) else env
+                out[data] = calls
+        return out
+
+
+@pytest.fixture
+def endpoint():
+    e = Endpoint()
+    yield e
+    e.server.shutdown()
+
+
+def test_push_retries_with_backoff_then_dead_letters(cluster, names, endpoint):
+    topic, sub = names
+    dlq = topic + "-dlq"
+    dlq_sub = sub + "-dlq"
+    publisher, subscriber = cluster.publisher(), cluster.subscriber()
+    publisher.create_topic(request={"name": topic})
+    publisher.create_topic(request={"name": dlq})
+    subscriber.create_subscription(request={"name": dlq_sub, "topic": dlq})
+    subscriber.create_subscription(
+        request={
+            "name": sub,
+            "topic": topic,
+            "push_config": {"push_endpoint": endpoint.url},
+            "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 4}},
+            "dead_letter_policy": {"dead_letter_topic": dlq, "max_delivery_attempts": 5},
+        }
+    )
+    publisher.publish(topic, b"ok", kind="plain").result(timeout=30)
+    publisher.publish(topic, b"twice", fail="2").result(timeout=30)
+    publisher.publish(topic, b"dead", fail="all").result(timeout=30)
+    wait_until("the good ones acknowledged", lambda: len(endpoint.by_data().get(b"twice", [])) >= 3, timeout=40)
+    # the dead one: five attempts, then the dead-letter topic, with its attempt count
+    got = []
+
+    def dead_lettered():
+        r = subscriber.pull(request={"subscription": dlq_sub, "max_messages": 10, "return_immediately": True})
+        got.extend(r.received_messages)
+        return len(got) >= 1
+
+    wait_until("the dead letter", dead_lettered, timeout=60)
+    calls = endpoint.by_data()
+    assert len(calls[b"ok"]) == 1
+    assert calls[b"ok"][0][2]["message"]["attributes"] == {"kind": "plain"}
+    assert calls[b"ok"][0][2]["subscription"] == sub
+    env = calls[b"ok"][0][2]
+    assert env["message"]["messageId"] == env["message"]["message_id"]
+    assert env["message"]["publishTime"].endswith("Z")
+    # backoff: 1 s after the first failure, 2 s after the second (doubling from the minimum)
+    times = [t for t, _, _, _ in calls[b"twice"]]
+    attempts = [a for _, a, _, _ in calls[b"twice"]]
+    assert attempts == [1, 2, 3]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert 0.9 <= gaps[0] <= 3.0, gaps
+    assert 1.8 <= gaps[1] <= 4.5, gaps
+    dead_attempts = [a for _, a, _, _ in calls[b"dead"]]
+    assert dead_attempts == [1, 2, 3, 4, 5]
+    dead_gaps = [b - a for a, b in zip([t for t, *_ in calls[b"dead"]], [t for t, *_ in calls[b"dead"]][1:])]
+    assert all(g >= 0.9 for g in dead_gaps) and dead_gaps[-1] >= 3.6, dead_gaps
+    (m,) = got
+    assert m.message.data == b"dead"
+    assert m.message.attributes["fail"] == "all"
+    assert m.message.attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
+    assert m.message.attributes["CloudPubSubDeadLetterSourceSubscription"] == sub.rsplit("/", 1)[1]
+    subscriber.acknowledge(request={"subscription": dlq_sub, "ack_ids": [m.ack_id]})
+    # acknowledged on the source: no sixth attempt
+    time.sleep(5)
+    assert len(endpoint.by_data()[b"dead"]) == 5
+
+
+def test_push_unwrapped_with_metadata(cluster, names, endpoint):
+    topic, sub = names
+    publisher, subscriber = cluster.publisher(), cluster.subscriber()
+    publisher.create_topic(request={"name": topic})
+    subscriber.create_subscription(
+        request={
+            "name": sub,
+            "topic": topic,
+            "push_config": {
+                "push_endpoint": endpoint.url,
+                "no_wrapper": {"write_metadata": True},
+            },
+        }
+    )
+    mid = publisher.publish(topic, b"raw body", color="blue").result(timeout=30)
+    wait_until("pushed", lambda: len(endpoint.by_data()) >= 1, timeout=30)
+    (calls,) = endpoint.by_data().values()
+    _, _, body, headers = calls[0]
+    assert body == b"raw body"
+    headers = {k.lower(): v for k, v in headers.items()}
+    assert headers["x-goog-pubsub-message-id"] == mid
+    assert headers["x-goog-pubsub-subscription-name"] == sub
+    assert headers["color"] == "blue"

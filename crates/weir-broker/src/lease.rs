@@ -213,24 +213,45 @@ impl Leases {
         read_end: i64,
         deadline: Instant,
     ) -> Option<Vec<Delivered>> {
+        let read: Vec<(i64, bool)> = offsets.iter().map(|o| (*o, true)).collect();
+        self.lease_read(from, &read, read_end, deadline)
+            .map(|(delivered, _)| delivered)
+    }
+
+    /// As `lease_fresh`, for offsets marked whether they pass the subscription's filter: the
+    /// others are acknowledged without being delivered. Returns the deliveries and how many
+    /// were filtered out.
+    pub fn lease_read(
+        &mut self,
+        from: i64,
+        offsets: &[(i64, bool)],
+        read_end: i64,
+        deadline: Instant,
+    ) -> Option<(Vec<Delivered>, usize)> {
         if from != self.next || self.fresh_from().is_none() {
             return None;
         }
         let mut out = Vec::new();
-        for &offset in offsets {
+        let mut filtered = 0;
+        for &(offset, passes) in offsets {
             if offset < self.next || self.is_acked(offset) {
+                continue;
+            }
+            if !passes {
+                self.mark_acked(offset);
+                filtered += 1;
                 continue;
             }
             if self.outstanding() >= self.policy.outstanding_max {
                 // full: the rest is read again later
                 self.next = offset;
-                return Some(out);
+                return Some((out, filtered));
             }
             self.lease(offset, 1, deadline);
             out.push(Delivered { offset, attempt: 1 });
         }
         self.next = self.next.max(read_end);
-        Some(out)
+        Some((out, filtered))
     }
 
     /// Whether the lease `offset`/`attempt` is the current one (deadline not passed).
@@ -484,6 +505,27 @@ mod tests {
         assert_eq!(l.fresh_from(), None);
         assert_eq!(offsets(&l.take_redeliveries(t0, 10, dl)), vec![1, 2, 3]);
         assert_eq!(l.fresh_from(), Some(4));
+    }
+
+    #[test]
+    fn filtered_out_messages_are_acked_without_delivery() {
+        let t0 = Instant::now();
+        let mut l = Leases::new(&Cursor::at(0), policy());
+        let read = [(0, false), (1, true), (2, false), (3, false)];
+        let (got, filtered) = l
+            .lease_read(0, &read, 4, t0 + Duration::from_secs(10))
+            .expect("fresh");
+        assert_eq!(offsets(&got), vec![1]);
+        assert_eq!(filtered, 3);
+        assert_eq!(
+            l.cursor(),
+            Cursor {
+                low: 1,
+                acked: vec![(2, 4)]
+            }
+        );
+        assert!(l.ack(1, 1, t0));
+        assert_eq!(l.cursor(), Cursor::at(4));
     }
 
     #[test]

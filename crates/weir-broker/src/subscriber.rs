@@ -42,6 +42,8 @@ pub struct Entry {
     pub leader_epoch: LeaderEpoch,
     /// The definition and when it was read.
     spec: Mutex<(SubscriptionSpec, Instant)>,
+    /// The parsed `spec.filter` (Google's syntax is immutable after creation).
+    filter: Option<weir_types::filter::Filter>,
     leases: Mutex<Leases>,
     /// Pinged when a nack makes something deliverable.
     changed: Notify,
@@ -50,6 +52,19 @@ pub struct Entry {
 impl Entry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Leases> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a record passes the subscription's filter (attributes are its headers).
+    fn passes(&self, record: Option<&pb::Record>) -> bool {
+        let Some(f) = &self.filter else {
+            return true;
+        };
+        let headers = record.map(|r| r.headers.as_slice()).unwrap_or_default();
+        f.matches(&|k| {
+            headers.iter().find(|h| h.key == k).map(|h| {
+                String::from_utf8_lossy(h.value.as_deref().unwrap_or_default()).into_owned()
+            })
+        })
     }
 
     pub fn spec(&self) -> SubscriptionSpec {
@@ -208,6 +223,10 @@ impl Subscriber {
             uid: description.uid,
             leader_epoch: epoch,
             leases: Mutex::new(Leases::new(&cursor, policy(&spec))),
+            filter: (!spec.filter.is_empty())
+                .then(|| weir_types::filter::Filter::parse(&spec.filter))
+                .transpose()
+                .map_err(|e| BrokerError::Corrupt(format!("stored filter: {e}")))?,
             spec: Mutex::new((spec, Instant::now())),
             changed: Notify::new(),
         });
@@ -264,6 +283,8 @@ impl Subscriber {
                 }
             };
             let mut deliveries = Vec::new();
+            // filtered-out messages were passed over: read on at once rather than wait
+            let mut passed_over = false;
             if !redeliveries.is_empty() {
                 deliveries.extend(read_offsets(replica, &redeliveries, hw).await?);
             }
@@ -298,12 +319,20 @@ impl Subscriber {
                         records.push(r);
                     }
                 }
-                let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+                let read: Vec<(i64, bool)> = records
+                    .iter()
+                    .map(|r| (r.offset, entry.passes(r.record.as_ref())))
+                    .collect();
                 let leased = {
                     let mut l = entry.lock();
-                    l.lease_fresh(from, &offsets, read_end, Instant::now() + ack_deadline)
+                    l.lease_read(from, &read, read_end, Instant::now() + ack_deadline)
                 };
-                if let Some(leased) = leased {
+                if let Some((leased, filtered)) = leased {
+                    if filtered > 0 {
+                        passed_over = true;
+                        metrics::counter!("weir_subscription_filtered_total", "subscription" => entry.subscription.clone())
+                            .increment(filtered as u64);
+                    }
                     let mut by_offset: HashMap<i64, pb::StoredRecord> =
                         records.into_iter().map(|r| (r.offset, r)).collect();
                     for d in leased {
@@ -325,6 +354,9 @@ impl Subscriber {
                     available: true,
                     exactly_once,
                 });
+            }
+            if passed_over {
+                continue;
             }
             if tokio::time::Instant::now() >= wait_until {
                 return Ok(Pulled {

@@ -7,6 +7,7 @@
 //!   recompressed, only decompressed to validate or to read records.
 //! - [`varint`]: zig-zag varints used inside records.
 //! - [`error`]: the wire `ErrorCode` enum with its retriable / definite classification.
+//! - [`filter`]: subscription filters in Google Pub/Sub's syntax over attributes.
 //! - [`subscription`]: subscription definitions and per-partition cursors.
 //! - [`metadata`]: the cluster view (brokers, topics, leadership) brokers and clients keep
 //!   current from the controllers' updates.
@@ -14,6 +15,7 @@
 pub mod batch;
 pub mod compression;
 pub mod error;
+pub mod filter;
 pub mod id;
 pub mod metadata;
 pub mod subscription;

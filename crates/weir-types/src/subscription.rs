@@ -126,6 +126,11 @@ impl SubscriptionSpec {
                 "must be 0 (never) or at least one day".into(),
             );
         }
+        if !self.filter.is_empty()
+            && let Err(e) = crate::filter::Filter::parse(&self.filter)
+        {
+            return bad("filter", e);
+        }
         if self.retry_maximum_backoff_ms < self.retry_minimum_backoff_ms {
             return bad(
                 "retry_maximum_backoff_ms",

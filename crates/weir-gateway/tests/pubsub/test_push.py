@@ -146,3 +146,54 @@ def test_push_unwrapped_with_metadata(cluster, names, endpoint):
     assert headers["x-goog-pubsub-message-id"] == mid
     assert headers["x-goog-pubsub-subscription-name"] == sub
     assert headers["color"] == "blue"
+
+
+def test_filters_deliver_only_matching_and_ack_the_rest(cluster, names):
+    topic, sub = names
+    publisher, subscriber = cluster.publisher(), cluster.subscriber()
+    publisher.create_topic(request={"name": topic})
+    with pytest.raises(Exception) as bad:
+        subscriber.create_subscription(
+            request={"name": sub, "topic": topic, "filter": 'attributes.k = unquoted'}
+        )
+    assert "filter" in str(bad.value)
+    subscriber.create_subscription(
+        request={
+            "name": sub,
+            "topic": topic,
+            "filter": '(attributes.kind = "order" OR hasPrefix(attributes.kind, "pay")) AND NOT attributes:test',
+        }
+    )
+    pull_sub = sub + "-pull"
+    subscriber.create_subscription(
+        request={"name": pull_sub, "topic": topic, "filter": 'attributes:kind AND attributes.kind != "order"'}
+    )
+    sent = [
+        ("order", {}), ("payment", {}), ("refund", {}), ("order", {"test": "1"}), ("none", None),
+    ]
+    for data, extra in sent:
+        attrs = {} if extra is None else {"kind": data, **extra}
+        publisher.publish(topic, data.encode(), **attrs).result(timeout=30)
+    got = []
+    deadline = time.time() + 20
+    while time.time() < deadline and len(got) < 2:
+        r = subscriber.pull(request={"subscription": sub, "max_messages": 10}, timeout=15)
+        got.extend(r.received_messages)
+        if r.received_messages:
+            subscriber.acknowledge(request={"subscription": sub, "ack_ids": [m.ack_id for m in r.received_messages]})
+    assert sorted(m.message.data for m in got) == [b"order", b"payment"]
+    r = subscriber.pull(request={"subscription": sub, "max_messages": 10, "return_immediately": True})
+    assert len(r.received_messages) == 0
+    # the second subscription: kind present and not "order"
+    other = []
+    deadline = time.time() + 20
+    while time.time() < deadline and len(other) < 2:
+        r = subscriber.pull(request={"subscription": pull_sub, "max_messages": 10}, timeout=15)
+        other.extend(r.received_messages)
+        if r.received_messages:
+            subscriber.acknowledge(
+                request={"subscription": pull_sub, "ack_ids": [m.ack_id for m in r.received_messages]}
+            )
+    assert sorted(m.message.data for m in other) == [b"payment", b"refund"]
+    r = subscriber.pull(request={"subscription": pull_sub, "max_messages": 10, "return_immediately": True})
+    assert len(r.received_messages) == 0

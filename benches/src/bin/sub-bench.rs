@@ -87,6 +87,39 @@ async fn publish(args: &Args, topic: &str) -> anyhow::Result<Duration> {
 
 type Leases = Vec<pb::LeaseId>;
 
+/// One pull of partition `p`; the leases it returned.
+async fn pull(
+    meta: &Metadata,
+    topic: &str,
+    sub: &str,
+    p: u32,
+    batch: u32,
+    ack_deadline_seconds: u32,
+) -> anyhow::Result<Leases> {
+    let request = pb::SubscriptionPullRequest {
+        subscription: sub.to_string(),
+        topic: topic.to_string(),
+        partition: p,
+        max_messages: batch,
+        max_bytes: 0,
+        wait_ms: 1000,
+        ack_deadline_seconds,
+    };
+    let r = meta
+        .call_leader(topic, p, true, deadline(), |mut c| {
+            let request = request.clone();
+            async move { c.pull(request).await }
+        })
+        .await?;
+    Ok(r.deliveries
+        .iter()
+        .map(|d| pb::LeaseId {
+            offset: d.offset,
+            attempt: d.attempt,
+        })
+        .collect())
+}
+
 /// Pulls every partition until `want` messages per partition are leased; returns them.
 async fn lease_all(
     meta: &Arc<Metadata>,
@@ -106,24 +139,7 @@ async fn lease_all(
         tasks.spawn(async move {
             let mut got: Leases = Vec::new();
             while (got.len() as u64) < want {
-                let r = meta
-                    .call_leader(&topic, p, true, deadline(), |mut c| {
-                        let request = pb::SubscriptionPullRequest {
-                            subscription: sub.clone(),
-                            topic: topic.clone(),
-                            partition: p,
-                            max_messages: batch,
-                            max_bytes: 0,
-                            wait_ms: 1000,
-                            ack_deadline_seconds: 600,
-                        };
-                        async move { c.pull(request).await }
-                    })
-                    .await?;
-                got.extend(r.deliveries.iter().map(|d| pb::LeaseId {
-                    offset: d.offset,
-                    attempt: d.attempt,
-                }));
+                got.extend(pull(&meta, &topic, &sub, p, batch, 600).await?);
             }
             Ok::<_, anyhow::Error>((p, got))
         });
@@ -289,28 +305,7 @@ async fn main() -> anyhow::Result<()> {
         tasks.spawn(async move {
             let mut done = 0u64;
             while done < per_partition {
-                let r = meta
-                    .call_leader(&topic, p, true, deadline(), |mut c| {
-                        let request = pb::SubscriptionPullRequest {
-                            subscription: sub.clone(),
-                            topic: topic.clone(),
-                            partition: p,
-                            max_messages: batch,
-                            max_bytes: 0,
-                            wait_ms: 1000,
-                            ack_deadline_seconds: 60,
-                        };
-                        async move { c.pull(request).await }
-                    })
-                    .await?;
-                let ids: Vec<pb::LeaseId> = r
-                    .deliveries
-                    .iter()
-                    .map(|d| pb::LeaseId {
-                        offset: d.offset,
-                        attempt: d.attempt,
-                    })
-                    .collect();
+                let ids = pull(&meta, &topic, &sub, p, batch, 60).await?;
                 for chunk in ids.chunks(ack_batch) {
                     meta.call_leader(&topic, p, true, deadline(), |mut c| {
                         let request = pb::SubscriptionAckRequest {

@@ -214,6 +214,58 @@ impl Backend {
     }
 }
 
+/// What to do with leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    Ack,
+    /// A new deadline, seconds; 0 hands the messages back (a nack).
+    Deadline(u32),
+}
+
+impl Backend {
+    /// Acks or re-times leases of one partition at its leader; returns the leases that no
+    /// longer held.
+    pub async fn settle(
+        &self,
+        spec: &SubscriptionSpec,
+        partition: u32,
+        leases: Vec<pb::LeaseId>,
+        how: Settle,
+    ) -> Result<Vec<pb::LeaseId>, ClientError> {
+        let (subscription, topic) = (spec.name.clone(), spec.topic.clone());
+        let answer = match how {
+            Settle::Ack => {
+                let request = pb::SubscriptionAckRequest {
+                    subscription,
+                    topic: topic.clone(),
+                    partition,
+                    leases,
+                };
+                self.leader(&topic, partition, BROKER_PATIENCE, |mut c| {
+                    let request = request.clone();
+                    async move { c.acknowledge(request).await }
+                })
+                .await?
+            }
+            Settle::Deadline(seconds) => {
+                let request = pb::SubscriptionModifyRequest {
+                    subscription,
+                    topic: topic.clone(),
+                    partition,
+                    leases,
+                    deadline_seconds: seconds,
+                };
+                self.leader(&topic, partition, BROKER_PATIENCE, |mut c| {
+                    let request = request.clone();
+                    async move { c.modify_ack_deadline(request).await }
+                })
+                .await?
+            }
+        };
+        Ok(answer.invalid)
+    }
+}
+
 /// Runs the futures concurrently and returns their outputs in order.
 pub async fn futures_join<F, T>(futures: impl IntoIterator<Item = F>) -> Vec<T>
 where

@@ -8,7 +8,7 @@ use weir_proto::v1 as pb;
 use weir_types::subscription::SubscriptionSpec;
 use weir_types::{Header, Record};
 
-use crate::backend::{BROKER_PATIENCE, Backend, SubscriptionInfo};
+use crate::backend::{Backend, Settle, SubscriptionInfo};
 use crate::names::{Kind, Name};
 
 /// Whether delivery attempt `attempt` is past the subscription's limit.
@@ -75,22 +75,11 @@ pub async fn forward(backend: &Backend, info: &SubscriptionInfo, partition: u32,
         tracing::warn!(subscription = %spec.name, topic = %spec.dead_letter_topic, error = %e, "dead-lettering failed; retried when the lease runs out");
         return;
     }
-    let request = pb::SubscriptionAckRequest {
-        subscription: spec.name.clone(),
-        topic: spec.topic.clone(),
-        partition,
-        leases: vec![pb::LeaseId {
-            offset: d.offset,
-            attempt: d.attempt,
-        }],
-    };
-    match backend
-        .leader(&spec.topic, partition, BROKER_PATIENCE, |mut c| {
-            let request = request.clone();
-            async move { c.acknowledge(request).await }
-        })
-        .await
-    {
+    let lease = vec![pb::LeaseId {
+        offset: d.offset,
+        attempt: d.attempt,
+    }];
+    match backend.settle(spec, partition, lease, Settle::Ack).await {
         Ok(_) => {
             metrics::counter!("weir_subscription_dead_lettered_total", "subscription" => spec.name.clone())
                 .increment(1)

@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use weir_proto::v1 as pb;
 use weir_types::subscription::Push;
 
-use crate::backend::{Backend, SubscriptionInfo};
+use crate::backend::{Backend, Settle, SubscriptionInfo};
 use crate::convert::{self, AckId};
 use crate::deadletter;
 use crate::names::{self, Kind};
@@ -348,48 +348,12 @@ async fn settle(
         offset: id.offset,
         attempt: id.attempt,
     }];
-    let topic = &info.spec.topic;
-    let result = if acked {
-        let request = pb::SubscriptionAckRequest {
-            subscription: info.spec.name.clone(),
-            topic: topic.clone(),
-            partition,
-            leases: lease,
-        };
-        backend
-            .leader(
-                topic,
-                partition,
-                crate::backend::BROKER_PATIENCE,
-                |mut c| {
-                    let request = request.clone();
-                    async move { c.acknowledge(request).await }
-                },
-            )
-            .await
-            .map(|_| ())
+    let how = if acked {
+        Settle::Ack
     } else {
-        let request = pb::SubscriptionModifyRequest {
-            subscription: info.spec.name.clone(),
-            topic: topic.clone(),
-            partition,
-            leases: lease,
-            deadline_seconds: 0,
-        };
-        backend
-            .leader(
-                topic,
-                partition,
-                crate::backend::BROKER_PATIENCE,
-                |mut c| {
-                    let request = request.clone();
-                    async move { c.modify_ack_deadline(request).await }
-                },
-            )
-            .await
-            .map(|_| ())
+        Settle::Deadline(0)
     };
-    if let Err(e) = result {
+    if let Err(e) = backend.settle(&info.spec, partition, lease, how).await {
         // the lease runs out and the message comes again
         tracing::debug!(subscription = %info.spec.name, partition, error = %e, "settling a push failed");
     }

@@ -22,7 +22,9 @@ use weir_proto::v1 as pb;
 use weir_types::ErrorCode;
 use weir_types::subscription::Cursor;
 
-use crate::backend::{BROKER_PATIENCE, Backend, SubscriptionInfo, client_status, futures_join};
+use crate::backend::{
+    BROKER_PATIENCE, Backend, Settle, SubscriptionInfo, client_status, futures_join,
+};
 use crate::convert::{self, AckId};
 use crate::deadletter;
 use crate::names::{self, Kind, Name};
@@ -140,38 +142,7 @@ impl SubscriberService {
 
     /// Acknowledges at the partition leaders; returns the ids whose lease no longer held.
     async fn ack(&self, info: &SubscriptionInfo, ids: &[AckId]) -> Result<Vec<AckId>, Status> {
-        let topic = &info.spec.topic;
-        let calls = by_partition(ids).into_iter().map(|(partition, ids)| {
-            let request = pb::SubscriptionAckRequest {
-                subscription: info.spec.name.clone(),
-                topic: topic.clone(),
-                partition,
-                leases: lease_ids(&ids),
-            };
-            async move {
-                self.backend
-                    .leader(topic, partition, BROKER_PATIENCE, |mut c| {
-                        let request = request.clone();
-                        async move { c.acknowledge(request).await }
-                    })
-                    .await
-                    .map(|r| {
-                        r.invalid
-                            .into_iter()
-                            .map(|l| AckId {
-                                partition,
-                                offset: l.offset,
-                                attempt: l.attempt,
-                            })
-                            .collect::<Vec<_>>()
-                    })
-            }
-        });
-        let mut invalid = Vec::new();
-        for r in futures_join(calls).await {
-            invalid.extend(r.map_err(|e| client_status(&e))?);
-        }
-        Ok(invalid)
+        self.settle(info, ids, Settle::Ack).await
     }
 
     /// New deadlines at the partition leaders (0: nack).
@@ -181,24 +152,23 @@ impl SubscriberService {
         ids: &[AckId],
         seconds: u32,
     ) -> Result<Vec<AckId>, Status> {
-        let topic = &info.spec.topic;
-        let calls = by_partition(ids).into_iter().map(|(partition, ids)| {
-            let request = pb::SubscriptionModifyRequest {
-                subscription: info.spec.name.clone(),
-                topic: topic.clone(),
-                partition,
-                leases: lease_ids(&ids),
-                deadline_seconds: seconds,
-            };
-            async move {
+        self.settle(info, ids, Settle::Deadline(seconds)).await
+    }
+
+    async fn settle(
+        &self,
+        info: &SubscriptionInfo,
+        ids: &[AckId],
+        how: Settle,
+    ) -> Result<Vec<AckId>, Status> {
+        let calls = by_partition(ids)
+            .into_iter()
+            .map(|(partition, ids)| async move {
                 self.backend
-                    .leader(topic, partition, BROKER_PATIENCE, |mut c| {
-                        let request = request.clone();
-                        async move { c.modify_ack_deadline(request).await }
-                    })
+                    .settle(&info.spec, partition, lease_ids(&ids), how)
                     .await
-                    .map(|r| {
-                        r.invalid
+                    .map(|invalid| {
+                        invalid
                             .into_iter()
                             .map(|l| AckId {
                                 partition,
@@ -207,8 +177,7 @@ impl SubscriberService {
                             })
                             .collect::<Vec<_>>()
                     })
-            }
-        });
+            });
         let mut invalid = Vec::new();
         for r in futures_join(calls).await {
             invalid.extend(r.map_err(|e| client_status(&e))?);

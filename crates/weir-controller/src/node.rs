@@ -298,11 +298,16 @@ impl Controller {
     }
 }
 
-/// On the active controller, fences every live broker whose lease ran out.
+/// How often the active controller looks for subscriptions idle past their expiration TTL.
+const SUBSCRIPTION_EXPIRY_CHECK: Duration = Duration::from_secs(60);
+
+/// On the active controller: fences every live broker whose lease ran out, completes
+/// reassignments, moves leaderships back to preferred replicas, deletes idle subscriptions.
 async fn lease_task(services: Services, mut stopped: watch::Receiver<bool>) {
     let tick = (services.lease / 4).max(Duration::from_millis(50));
     let mut was_leader = false;
     let mut last_rebalance = std::time::Instant::now();
+    let mut last_expiry = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
@@ -338,6 +343,21 @@ async fn lease_task(services: Services, mut stopped: watch::Receiver<bool>) {
                 );
                 if let Err(e) = services.propose(Command::RebalanceLeaders).await {
                     tracing::warn!(error = %e, "preferred-leader rebalance failed");
+                }
+            }
+        }
+        if last_expiry.elapsed() >= SUBSCRIPTION_EXPIRY_CHECK {
+            last_expiry = std::time::Instant::now();
+            let now_ms = crate::subscriptions::now_ms();
+            let expired = services.sm.read().await.subscriptions.expired(now_ms);
+            if !expired.is_empty() {
+                tracing::info!(subscriptions = ?expired, "deleting subscriptions idle past their expiration");
+                let command =
+                    Command::Subscription(crate::subscription::SubscriptionCommand::Expire {
+                        now_ms,
+                    });
+                if let Err(e) = services.propose(command).await {
+                    tracing::warn!(error = %e, "expiring subscriptions failed");
                 }
             }
         }

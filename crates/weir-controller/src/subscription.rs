@@ -24,6 +24,10 @@ pub struct Subscription {
     /// Partition → (the leader epoch that committed it, the cursor).
     #[serde(default)]
     pub cursors: BTreeMap<u32, (LeaderEpoch, Cursor)>,
+    /// When it was created, updated or last had acknowledgements stored (the proposer's
+    /// clock); with an expiration TTL it is deleted once idle that long.
+    #[serde(default)]
+    pub last_active_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,11 +65,15 @@ pub enum SubscriptionCommand {
         spec: SubscriptionSpec,
         /// Partition → where delivery starts.
         start: BTreeMap<u32, Cursor>,
+        #[serde(default)]
+        now_ms: i64,
     },
     /// Replaces the named fields (SubscriptionSpec field names).
     Update {
         spec: SubscriptionSpec,
         mask: Vec<String>,
+        #[serde(default)]
+        now_ms: i64,
     },
     Delete {
         name: String,
@@ -73,6 +81,12 @@ pub enum SubscriptionCommand {
     Commit {
         broker: BrokerId,
         commits: Vec<CursorCommit>,
+        #[serde(default)]
+        now_ms: i64,
+    },
+    /// Deletes the subscriptions with an expiration TTL idle for longer than it at `now_ms`.
+    Expire {
+        now_ms: i64,
     },
     CreateSnapshot {
         name: String,
@@ -95,6 +109,7 @@ pub enum SubscriptionCommand {
 pub enum SubscriptionOutcome {
     Subscription(Box<Subscription>),
     Deleted,
+    Expired(Vec<String>),
     Committed(Vec<CommitResult>),
     Snapshot(Box<Snapshot>),
     SnapshotDeleted,
@@ -162,7 +177,11 @@ impl Subscriptions {
         topics: &dyn Topics,
     ) -> Result<SubscriptionOutcome, SubscriptionError> {
         match command {
-            SubscriptionCommand::Create { mut spec, start } => {
+            SubscriptionCommand::Create {
+                mut spec,
+                start,
+                now_ms,
+            } => {
                 spec.normalize()
                     .map_err(|(field, reason)| invalid(&field, reason))?;
                 if self.subscriptions.contains_key(&spec.name) {
@@ -193,12 +212,13 @@ impl Subscriptions {
                     uid: version,
                     topic_deleted: false,
                     cursors,
+                    last_active_ms: now_ms,
                 };
                 self.subscriptions
                     .insert(sub.spec.name.clone(), sub.clone());
                 Ok(SubscriptionOutcome::Subscription(Box::new(sub)))
             }
-            SubscriptionCommand::Update { spec, mask } => {
+            SubscriptionCommand::Update { spec, mask, now_ms } => {
                 let sub = self
                     .subscriptions
                     .get(&spec.name)
@@ -264,18 +284,30 @@ impl Subscriptions {
                     return Err(SubscriptionError::NotFound(spec.name));
                 };
                 sub.spec = next;
+                sub.last_active_ms = sub.last_active_ms.max(now_ms);
                 Ok(SubscriptionOutcome::Subscription(Box::new(sub.clone())))
             }
             SubscriptionCommand::Delete { name } => match self.subscriptions.remove(&name) {
                 Some(_) => Ok(SubscriptionOutcome::Deleted),
                 None => Err(SubscriptionError::NotFound(name)),
             },
-            SubscriptionCommand::Commit { broker, commits } => {
+            SubscriptionCommand::Commit {
+                broker,
+                commits,
+                now_ms,
+            } => {
                 let results = commits
                     .into_iter()
-                    .map(|c| self.commit(broker, c, topics))
+                    .map(|c| self.commit(broker, c, now_ms, topics))
                     .collect();
                 Ok(SubscriptionOutcome::Committed(results))
+            }
+            SubscriptionCommand::Expire { now_ms } => {
+                let expired = self.expired(now_ms);
+                for name in &expired {
+                    self.subscriptions.remove(name);
+                }
+                Ok(SubscriptionOutcome::Expired(expired))
             }
             SubscriptionCommand::CreateSnapshot {
                 name,
@@ -333,7 +365,25 @@ impl Subscriptions {
         }
     }
 
-    fn commit(&mut self, broker: BrokerId, c: CursorCommit, topics: &dyn Topics) -> CommitResult {
+    /// The subscriptions idle past their expiration TTL at `now_ms`.
+    pub fn expired(&self, now_ms: i64) -> Vec<String> {
+        self.subscriptions
+            .values()
+            .filter(|s| {
+                let ttl_ms = s.spec.expiration_ttl_seconds.saturating_mul(1000);
+                ttl_ms > 0 && s.last_active_ms.saturating_add(ttl_ms as i64) <= now_ms
+            })
+            .map(|s| s.spec.name.clone())
+            .collect()
+    }
+
+    fn commit(
+        &mut self,
+        broker: BrokerId,
+        c: CursorCommit,
+        now_ms: i64,
+        topics: &dyn Topics,
+    ) -> CommitResult {
         let Some(sub) = self.subscriptions.get_mut(&c.subscription) else {
             return CommitResult::Gone;
         };
@@ -349,6 +399,7 @@ impl Subscriptions {
             return CommitResult::Fenced;
         }
         sub.cursors.insert(c.partition, (c.leader_epoch, c.cursor));
+        sub.last_active_ms = sub.last_active_ms.max(now_ms);
         CommitResult::Stored
     }
 
@@ -384,6 +435,7 @@ mod tests {
         SubscriptionCommand::Create {
             spec: SubscriptionSpec::new(name, topic),
             start: BTreeMap::new(),
+            now_ms: 0,
         }
     }
 
@@ -397,6 +449,7 @@ mod tests {
                 leader_epoch: LeaderEpoch(epoch),
                 cursor: Cursor::at(low),
             }],
+            now_ms: 1_000,
         }
     }
 
@@ -435,6 +488,68 @@ mod tests {
     }
 
     #[test]
+    fn idle_subscriptions_with_a_ttl_expire_and_acks_keep_them() {
+        let mut subs = Subscriptions::default();
+        let topics = OneTopic {
+            leader: (BrokerId(1), LeaderEpoch(0)),
+        };
+        let day = 86_400_000;
+        let mut spec = SubscriptionSpec::new("s", "t");
+        spec.expiration_ttl_seconds = 86_400;
+        subs.apply(
+            SubscriptionCommand::Create {
+                spec,
+                start: BTreeMap::new(),
+                now_ms: 0,
+            },
+            1,
+            &topics,
+        )
+        .expect("created");
+        subs.apply(
+            SubscriptionCommand::Create {
+                spec: SubscriptionSpec::new("forever", "t"),
+                start: BTreeMap::new(),
+                now_ms: 0,
+            },
+            2,
+            &topics,
+        )
+        .expect("created");
+        assert!(subs.expired(day - 1).is_empty());
+        // an ack stored half a day in moves the expiry
+        subs.apply(
+            SubscriptionCommand::Commit {
+                broker: BrokerId(1),
+                commits: vec![CursorCommit {
+                    subscription: "s".into(),
+                    uid: 1,
+                    partition: 0,
+                    leader_epoch: LeaderEpoch(0),
+                    cursor: Cursor::at(3),
+                }],
+                now_ms: day / 2,
+            },
+            3,
+            &topics,
+        )
+        .expect("committed");
+        assert!(subs.expired(day).is_empty());
+        assert_eq!(
+            subs.apply(
+                SubscriptionCommand::Expire {
+                    now_ms: day + day / 2
+                },
+                4,
+                &topics
+            ),
+            Ok(SubscriptionOutcome::Expired(vec!["s".into()]))
+        );
+        assert!(!subs.subscriptions.contains_key("s"));
+        assert!(subs.subscriptions.contains_key("forever"));
+    }
+
+    #[test]
     fn bad_requests_change_nothing() {
         let mut subs = Subscriptions::default();
         let topics = OneTopic {
@@ -452,7 +567,8 @@ mod tests {
             subs.apply(
                 SubscriptionCommand::Update {
                     spec: spec.clone(),
-                    mask: vec!["ack_deadline_seconds".into()]
+                    mask: vec!["ack_deadline_seconds".into()],
+                    now_ms: 0,
                 },
                 3,
                 &topics
@@ -463,7 +579,8 @@ mod tests {
             subs.apply(
                 SubscriptionCommand::Update {
                     spec,
-                    mask: vec!["topic".into()]
+                    mask: vec!["topic".into()],
+                    now_ms: 0,
                 },
                 4,
                 &topics

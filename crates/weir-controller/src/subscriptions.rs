@@ -20,6 +20,13 @@ use crate::subscription::{
     SubscriptionOutcome,
 };
 
+/// The proposer's clock, stamped into commands (the state machine has none).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 fn error_status(e: SubscriptionError) -> Status {
     let code = match &e {
         SubscriptionError::NotFound(_) => ErrorCode::SubscriptionNotFound,
@@ -131,7 +138,11 @@ impl SubscriptionsApi for Services {
         let spec: SubscriptionSpec = r.spec.ok_or_else(|| error_status(invalid_spec()))?.into();
         let start = cursors_from(r.start)?;
         let outcome = self
-            .propose_subscription(SubscriptionCommand::Create { spec, start })
+            .propose_subscription(SubscriptionCommand::Create {
+                spec,
+                start,
+                now_ms: now_ms(),
+            })
             .await?;
         Ok(Response::new(self.subscription_description(outcome).await?))
     }
@@ -166,6 +177,7 @@ impl SubscriptionsApi for Services {
             .propose_subscription(SubscriptionCommand::Update {
                 spec,
                 mask: r.update_mask,
+                now_ms: now_ms(),
             })
             .await?;
         Ok(Response::new(self.subscription_description(outcome).await?))
@@ -337,6 +349,7 @@ impl SubscriptionCursors for Services {
             .propose_subscription(SubscriptionCommand::Commit {
                 broker: BrokerId(r.broker_id),
                 commits,
+                now_ms: now_ms(),
             })
             .await?;
         let SubscriptionOutcome::Committed(results) = outcome else {

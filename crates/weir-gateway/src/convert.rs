@@ -21,6 +21,9 @@ pub const ATTRIBUTE_KEY_BYTES_MAX: usize = 256;
 pub const ATTRIBUTE_VALUE_BYTES_MAX: usize = 1024;
 pub const ORDERING_KEY_BYTES_MAX: usize = 1024;
 
+/// A subscription created without an expiration policy is deleted after 31 idle days.
+pub const DEFAULT_EXPIRATION_TTL_SECONDS: u64 = 31 * 24 * 3600;
+
 pub fn duration_ms(d: &Option<prost_types::Duration>) -> u64 {
     d.as_ref().map_or(0, |d| {
         (d.seconds.max(0) as u64) * 1000 + (d.nanos.max(0) as u64) / 1_000_000
@@ -60,10 +63,13 @@ pub fn spec(sub: gpb::Subscription, name: &Name, topic: &Name) -> Result<Subscri
     spec.ack_deadline_seconds = sub.ack_deadline_seconds as u32;
     spec.retain_acked_messages = sub.retain_acked_messages;
     spec.message_retention_seconds = duration_ms(&sub.message_retention_duration) / 1000;
+    // Google's defaults: no policy expires after 31 idle days, a policy without a TTL never
     spec.expiration_ttl_seconds = sub
         .expiration_policy
         .as_ref()
-        .map_or(0, |p| duration_ms(&p.ttl) / 1000);
+        .map_or(DEFAULT_EXPIRATION_TTL_SECONDS, |p| {
+            duration_ms(&p.ttl) / 1000
+        });
     spec.enable_message_ordering = sub.enable_message_ordering;
     spec.enable_exactly_once_delivery = sub.enable_exactly_once_delivery;
     spec.filter = sub.filter;

@@ -94,6 +94,8 @@ def test_subscription_calls(cluster, names):
         }
     )
     assert created.ack_deadline_seconds == 30
+    # Google's default: deleted after 31 idle days
+    assert created.expiration_policy.ttl.total_seconds() == 31 * 24 * 3600
     assert created.retry_policy.maximum_backoff.seconds == 5
     with pytest.raises(exceptions.AlreadyExists):
         subscriber.create_subscription(request={"name": sub, "topic": topic})

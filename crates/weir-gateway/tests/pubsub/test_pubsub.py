@@ -132,13 +132,30 @@ def test_subscription_calls(cluster, names):
     # a detached subscription keeps its definition and delivers nothing
     publisher.detach_subscription(request={"subscription": sub})
     assert subscriber.get_subscription(request={"subscription": sub}).detached
-    with pytest.raises(exceptions.FailedPrecondition):
-        subscriber.pull(request={"subscription": sub, "max_messages": 1})
+    # every gateway notices within its 2 s definition cache
+
+    def refused():
+        try:
+            subscriber.pull(request={"subscription": sub, "max_messages": 1, "return_immediately": True})
+        except exceptions.FailedPrecondition:
+            return True
+        return False
+
+    wait_until("pulls of the detached subscription refused", refused, timeout=10)
     subscriber.delete_subscription(request={"subscription": sub})
     with pytest.raises(exceptions.NotFound):
         subscriber.get_subscription(request={"subscription": sub})
-    with pytest.raises(exceptions.NotFound):
-        subscriber.pull(request={"subscription": sub, "max_messages": 1})
+
+    def gone():
+        try:
+            subscriber.pull(request={"subscription": sub, "max_messages": 1, "return_immediately": True})
+        except exceptions.NotFound:
+            return True
+        except exceptions.FailedPrecondition:
+            return False  # a gateway's cached definition, for up to 2 s
+        return False
+
+    wait_until("pulls of the deleted subscription NOT_FOUND", gone, timeout=10)
 
 
 def test_publish_pull_ack_with_attributes(cluster, names):

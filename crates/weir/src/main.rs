@@ -12,6 +12,7 @@ mod http;
 mod log_cmd;
 mod logging;
 mod node_cmd;
+mod subscription_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +45,9 @@ enum Command {
     /// List, describe (with lag), reset offsets of and delete consumer groups.
     #[command(subcommand)]
     Group(group_cmd::GroupCommand),
+    /// Create, list, describe (backlog, oldest unacked) and delete subscriptions.
+    #[command(subcommand)]
+    Subscription(subscription_cmd::SubscriptionCommand),
     /// Send lines as records to a topic.
     Produce(data_cmd::ProduceArgs),
     /// Print records from a topic.
@@ -68,6 +72,9 @@ fn main() {
         Command::Gateway(args) => runtime().and_then(|rt| rt.block_on(gateway_cmd::run(args))),
         Command::Topic(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_topic(cmd))),
         Command::Group(cmd) => runtime().and_then(|rt| rt.block_on(group_cmd::run(cmd))),
+        Command::Subscription(cmd) => {
+            runtime().and_then(|rt| rt.block_on(subscription_cmd::run(cmd)))
+        }
         Command::Cluster(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_cluster(cmd))),
     };
     match result {

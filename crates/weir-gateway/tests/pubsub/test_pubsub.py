@@ -445,3 +445,25 @@ def test_partition_leader_killed_under_streaming_pull(cluster, names):
     print(f"leader kill: {repeats} redeliveries of 3000")
     # the unacked leases of the dead leader's partitions and its last 100 ms of acks
     assert repeats <= 250
+
+
+def test_cli_describes_backlog_and_oldest_unacked(cluster, names):
+    topic, sub = names
+    publisher, subscriber = create(cluster, names)
+    for i in range(12):
+        publisher.publish(topic, f"c{i}".encode()).result(timeout=30)
+    weir_sub = sub.split("/")[1] + "." + sub.split("/")[3]
+
+    def rows():
+        out = cluster.weir("subscription", "describe", weir_sub)
+        return [line.split() for line in out.splitlines()[2:]], out
+
+    table, out = rows()
+    assert sum(int(r[4]) for r in table) == 12, out
+    # every partition with a backlog shows the age of its oldest unacked message
+    assert all(r[5].endswith("s") for r in table if int(r[4]) > 0), out
+    pull_all(subscriber, sub, 12)
+    table, out = rows()
+    assert sum(int(r[4]) for r in table) == 0, out
+    assert all(r[5] == "-" for r in table), out
+    assert weir_sub in cluster.weir("subscription", "list")

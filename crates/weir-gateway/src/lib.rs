@@ -10,6 +10,8 @@
 //! - [`subscriber`]: subscriptions, Pull, StreamingPull (per-partition pull loops under the
 //!   stream's flow control), acks and deadlines routed to partition leaders by ack id,
 //!   snapshots and Seek.
+//! - [`cloudevents`]: CloudEvents over HTTP — ingest (binary, structured, batch) into a topic
+//!   and push delivery as CloudEvents (binary or structured).
 //! - [`push`]: push subscriptions — a worker per partition POSTs each message (Google's JSON
 //!   envelope or the bare data), 2xx-style codes ack, the rest nack; slow-start concurrency.
 //! - [`deadletter`]: past `max_delivery_attempts`, a message goes to the dead-letter topic
@@ -21,6 +23,7 @@
 //! deadlines pass.
 
 pub mod backend;
+pub mod cloudevents;
 pub mod convert;
 pub mod deadletter;
 pub mod names;
@@ -85,6 +88,7 @@ pub enum StartError {
 /// A running gateway.
 pub struct Gateway {
     pub local_addr: SocketAddr,
+    backend: Arc<backend::Backend>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -125,9 +129,15 @@ impl Gateway {
         tracing::info!(addr = %local_addr, "gateway started");
         Ok(Gateway {
             local_addr,
+            backend,
             stop,
             tasks,
         })
+    }
+
+    /// The gateway's HTTP routes (CloudEvents ingest), to serve beside `/metrics`.
+    pub fn http_routes(&self) -> axum::Router {
+        cloudevents::router(Arc::clone(&self.backend))
     }
 
     /// Ends every stream and stops serving.

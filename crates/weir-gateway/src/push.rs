@@ -86,11 +86,21 @@ fn base64(data: &[u8]) -> String {
 pub fn request(
     push: &Push,
     subscription: &str,
+    topic: &str,
     partition: u32,
     d: &pb::Delivery,
 ) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error> {
     let record = d.record.clone().unwrap_or_default();
     let message = convert::message(partition, d.offset, record);
+    if let Some(mode) = crate::cloudevents::mode(&push.attributes) {
+        let event = crate::cloudevents::Event::of_message(&message, topic);
+        let (headers, body) = crate::cloudevents::delivery(&event, mode);
+        let mut builder = hyper::Request::post(push.endpoint.as_str());
+        for (k, v) in &headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        return builder.body(Full::new(Bytes::from(body)));
+    }
     let publish_time = rfc3339(
         message
             .publish_time
@@ -295,7 +305,7 @@ async fn worker(
             let sub = info.spec.name.clone();
             in_flight.spawn(async move {
                 let _permit = endpoint.acquire_owned().await;
-                let acked = match request(&push, &sub, partition, &d) {
+                let acked = match request(&push, &sub, &info.spec.topic, partition, &d) {
                     Ok(req) => match tokio::time::timeout(timeout, client.request(req)).await {
                         Ok(Ok(resp)) => {
                             let status = resp.status().as_u16();
@@ -399,7 +409,7 @@ mod tests {
                 timestamp_ms: 0,
             }),
         };
-        let req = request(&push, "p.s", 1, &d).expect("request");
+        let req = request(&push, "p.s", "p.t", 1, &d).expect("request");
         let body = futures_util::FutureExt::now_or_never(req.into_body().collect())
             .expect("ready")
             .expect("body")

@@ -206,12 +206,12 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<i32> {
         let (c, b) = (controller.readiness(), broker.readiness());
         std::sync::Arc::new(move || c() && b())
     };
-    let http = crate::http::serve(args.http, ready, stopped).await?;
     let gateway = weir_gateway::Gateway::start(weir_gateway::GatewayConfig::new(
         args.gateway,
         vec![controller_addr.clone()],
     ))
     .await?;
+    let http = crate::http::serve_with(args.http, ready, stopped, gateway.http_routes()).await?;
     println!("weir dev: single-node cluster ready (Ctrl-C to stop)");
     println!(
         "  controller 1  {controller_addr:<21}  admin and metadata   data {}",
@@ -223,7 +223,7 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<i32> {
         args.data_dir.join("broker").display()
     );
     println!(
-        "  http          {:<21}  /metrics /healthz /readyz",
+        "  http          {:<21}  /metrics /healthz /readyz, CloudEvents: POST /v1/topics/{{topic}}:cloudevents",
         http.to_string()
     );
     println!(

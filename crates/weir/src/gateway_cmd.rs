@@ -22,7 +22,8 @@ pub struct GatewayArgs {
     /// Replicas of a topic created through the gateway; 0: the cluster default.
     #[arg(long, default_value_t = 0)]
     replication_factor: u32,
-    /// /metrics, /healthz and /readyz; none when not given.
+    /// /metrics, /healthz, /readyz and CloudEvents ingest
+    /// (`POST /v1/projects/{p}/topics/{t}:cloudevents`); none when not given.
     #[arg(long)]
     http: Option<SocketAddr>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -40,17 +41,18 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<i32> {
         .validate()
         .map_err(|e| anyhow::anyhow!("--{}", e.replacen('_', "-", 1)))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let gateway = Gateway::start(config).await?;
     let http = match args.http {
         Some(addr) => {
             crate::http::metrics_handle()?;
-            Some(crate::http::serve(addr, std::sync::Arc::new(|| true), stopped).await?)
+            let ready = std::sync::Arc::new(|| true);
+            Some(crate::http::serve_with(addr, ready, stopped, gateway.http_routes()).await?)
         }
         None => None,
     };
-    let gateway = Gateway::start(config).await?;
     println!("weir gateway: google.pubsub.v1 on {}", gateway.local_addr);
     if let Some(http) = http {
-        println!("  http {http}  /metrics /healthz /readyz");
+        println!("  http {http}  /metrics /healthz /readyz, CloudEvents ingest");
     }
     crate::controller_cmd::wait_for_signal().await?;
     let _ = stop.send(true);

@@ -37,10 +37,20 @@ pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
 pub async fn serve(
     addr: SocketAddr,
     ready: Readiness,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
+    serve_with(addr, ready, stop, Router::new()).await
+}
+
+/// As `serve`, with a role's own routes beside them (the gateway's CloudEvents ingest).
+pub async fn serve_with(
+    addr: SocketAddr,
+    ready: Readiness,
     mut stop: watch::Receiver<bool>,
+    extra: Router,
 ) -> anyhow::Result<SocketAddr> {
     let handle = metrics_handle()?;
-    let app = Router::new()
+    let app = extra
         .route("/metrics", get(move || std::future::ready(handle.render())))
         .route("/healthz", get(|| std::future::ready("ok\n")))
         .route(

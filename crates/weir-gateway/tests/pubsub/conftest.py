@@ -71,6 +71,7 @@ class Cluster:
         self.broker = {i: base + 4 + i for i in (1, 2, 3)}
         self.http = {i: base + 8 + i for i in (1, 2, 3)}
         self.gateway = {1: base + 12, 2: base + 13}
+        self.gateway_http = {1: base + 14, 2: base + 15}
         self.nodes = {}
         self.gateways = {}
         self.controllers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.controller.items())
@@ -99,6 +100,7 @@ class Cluster:
             "--bootstrap", self.bootstrap,
             "--topic-partitions", "3",
             "--replication-factor", "3",
+            "--http", f"127.0.0.1:{self.gateway_http[g]}",
         ]
         out = self.log(f"gateway-{g}")
         self.gateways[g] = subprocess.Popen(args, stdout=out, stderr=out)

@@ -382,19 +382,8 @@ impl SubscriberService {
             let ids = parse_ack_ids("ack_ids", &r.ack_ids, info.partitions)?;
             let invalid = self.ack(info, &ids).await?;
             if exactly_once {
-                let confirmation = confirmation(&ids, &invalid);
                 let _ = tx
-                    .send(Ok(gpb::StreamingPullResponse {
-                        acknowledge_confirmation: Some(
-                            gpb::streaming_pull_response::AcknowledgeConfirmation {
-                                ack_ids: confirmation.0,
-                                invalid_ack_ids: confirmation.1,
-                                ..Default::default()
-                            },
-                        ),
-                        subscription_properties: Some(properties(info)),
-                        ..Default::default()
-                    }))
+                    .send(Ok(confirmed(info, Settle::Ack, &ids, &invalid)))
                     .await;
             }
         }
@@ -415,20 +404,8 @@ impl SubscriberService {
             let ids = parse_ack_ids("modify_deadline_ack_ids", &raw, info.partitions)?;
             let invalid = self.modify(info, &ids, seconds as u32).await?;
             if exactly_once {
-                let confirmation = confirmation(&ids, &invalid);
-                let _ = tx
-                    .send(Ok(gpb::StreamingPullResponse {
-                        modify_ack_deadline_confirmation: Some(
-                            gpb::streaming_pull_response::ModifyAckDeadlineConfirmation {
-                                ack_ids: confirmation.0,
-                                invalid_ack_ids: confirmation.1,
-                                ..Default::default()
-                            },
-                        ),
-                        subscription_properties: Some(properties(info)),
-                        ..Default::default()
-                    }))
-                    .await;
+                let how = Settle::Deadline(seconds as u32);
+                let _ = tx.send(Ok(confirmed(info, how, &ids, &invalid))).await;
             }
         }
         Ok(())
@@ -585,13 +562,41 @@ fn properties(info: &SubscriptionInfo) -> gpb::streaming_pull_response::Subscrip
     }
 }
 
-/// (confirmed, invalid) ack ids.
-fn confirmation(ids: &[AckId], invalid: &[AckId]) -> (Vec<String>, Vec<String>) {
+/// The exactly-once confirmation of acks (or deadline changes) sent on a stream: which ids
+/// counted and which no longer held.
+fn confirmed(
+    info: &SubscriptionInfo,
+    how: Settle,
+    ids: &[AckId],
+    invalid: &[AckId],
+) -> gpb::StreamingPullResponse {
     let (bad, good): (Vec<&AckId>, Vec<&AckId>) = ids.iter().partition(|id| invalid.contains(id));
-    (
-        good.into_iter().map(AckId::encode).collect(),
-        bad.into_iter().map(AckId::encode).collect(),
-    )
+    let ack_ids: Vec<String> = good.into_iter().map(AckId::encode).collect();
+    let invalid_ack_ids: Vec<String> = bad.into_iter().map(AckId::encode).collect();
+    let mut response = gpb::StreamingPullResponse {
+        subscription_properties: Some(properties(info)),
+        ..Default::default()
+    };
+    match how {
+        Settle::Ack => {
+            response.acknowledge_confirmation =
+                Some(gpb::streaming_pull_response::AcknowledgeConfirmation {
+                    ack_ids,
+                    invalid_ack_ids,
+                    ..Default::default()
+                })
+        }
+        Settle::Deadline(_) => {
+            response.modify_ack_deadline_confirmation = Some(
+                gpb::streaming_pull_response::ModifyAckDeadlineConfirmation {
+                    ack_ids,
+                    invalid_ack_ids,
+                    ..Default::default()
+                },
+            )
+        }
+    }
+    response
 }
 
 fn received(partition: u32, deliveries: Vec<pb::Delivery>) -> Vec<gpb::ReceivedMessage> {

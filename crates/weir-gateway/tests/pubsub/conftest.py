@@ -23,9 +23,12 @@ PROJECT = "weir-test"
 
 
 def free_base():
-    # ports base..base+19, picked at random so parallel runs rarely collide
+    # ports base..base+19, picked at random so parallel runs rarely collide, and below the
+    # kernel's ephemeral range, so a restarted process finds its port free
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_low = int(f.read().split()[0])
     for _ in range(50):
-        base = random.randrange(20000, 60000, 20)
+        base = random.randrange(10000, min(ephemeral_low, 60000) - 20, 20)
         ok = True
         for p in range(base, base + 20):
             with socket.socket() as s:
@@ -118,6 +121,16 @@ class Cluster:
         p = self.gateways.pop(g)
         p.send_signal(signal.SIGKILL)
         p.wait()
+
+    def pushes(self, g, weir_subscription):
+        """Push responses gateway `g` has counted for a subscription (its /metrics)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.gateway_http[g]}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        total = 0
+        for line in text.splitlines():
+            if line.startswith("weir_push_responses_total{") and f'subscription="{weir_subscription}"' in line:
+                total += int(float(line.rsplit(" ", 1)[1]))
+        return total
 
     def weir(self, *args):
         return subprocess.run(

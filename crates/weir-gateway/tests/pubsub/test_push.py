@@ -4,6 +4,7 @@ after max attempts, Google's JSON envelope and the unwrapped form."""
 
 import base64
 import json
+import os
 import threading
 import time
 from collections import defaultdict
@@ -18,7 +19,8 @@ class Endpoint:
     """Answers 500 to a message's first `fail` attempts (from its `fail` attribute; "all"
     fails forever), 204 after; records every request."""
 
-    def __init__(self):
+    def __init__(self, delay=0.0):
+        self.delay = delay
         self.calls = defaultdict(list)  # message id -> [(time, attempt, body, headers)]
         self.lock = threading.Lock()
         endpoint = self
@@ -40,6 +42,7 @@ class Endpoint:
                     endpoint.calls[key].append((time.time(), attempt, env if env else body, dict(self.headers)))
                     n = len(endpoint.calls[key])
                 failing = fail == "all" or n <= int(fail)
+                time.sleep(endpoint.delay)
                 self.send_response(500 if failing else 204)
                 self.end_headers()
 
@@ -60,6 +63,14 @@ class Endpoint:
 @pytest.fixture
 def endpoint():
     e = Endpoint()
+    yield e
+    e.server.shutdown()
+
+
+@pytest.fixture
+def slow_endpoint():
+    """Answers after 50 ms, so pushes are in flight when a gateway dies."""
+    e = Endpoint(delay=0.05)
     yield e
     e.server.shutdown()
 
@@ -199,10 +210,11 @@ def test_filters_deliver_only_matching_and_ack_the_rest(cluster, names):
     assert len(r.received_messages) == 0
 
 
-def test_gateway_killed_while_pushing(cluster, names, endpoint):
+def test_gateway_killed_while_pushing(cluster, names, slow_endpoint):
     """Both gateways push; one is killed mid-way. Nothing is lost; what it held is pushed
     again by the other once its leases run out (ack deadline 10 s)."""
     topic, sub = names
+    endpoint = slow_endpoint
     publisher, subscriber = cluster.publisher(), cluster.subscriber()
     publisher.create_topic(request={"name": topic})
     subscriber.create_subscription(
@@ -211,17 +223,32 @@ def test_gateway_killed_while_pushing(cluster, names, endpoint):
     )
     count = 600
     futures = []
+    weir_sub = sub.replace("projects/", "").replace("/subscriptions/", ".")
+    killed = False
     try:
         for i in range(count):
             futures.append(publisher.publish(topic, f"p{i}".encode()))
-            if i == count // 3:
-                wait_until("pushes flowing", lambda: len(endpoint.by_data()) > 50, timeout=30)
+            # kill a gateway once both push, so the dead one holds leases
+            if not killed and i >= count // 3 and i % 10 == 0 and all(
+                cluster.pushes(g, weir_sub) > 0 for g in (1, 2)
+            ):
+                print("pushes before the kill:", {g: cluster.pushes(g, weir_sub) for g in (1, 2)})
                 cluster.kill_gateway(1)
-            if i % 50 == 49:
-                time.sleep(0.1)
+                killed = True
+            time.sleep(0.02)
+        assert killed, "the gateways never both pushed"
         for f in futures:
             f.result(timeout=60)
-        wait_until("every message pushed", lambda: len(endpoint.by_data()) >= count, timeout=90)
+        try:
+            wait_until("every message pushed", lambda: len(endpoint.by_data()) >= count, timeout=90)
+        except AssertionError:
+            missing = sorted({f"p{i}".encode() for i in range(count)} - set(endpoint.by_data()))
+            print("never pushed:", missing[:50], "of", len(missing))
+            print(cluster.weir("subscription", "describe", weir_sub))
+            print("gateway 2 alive:", cluster.gateways[2].poll() is None)
+            with open(os.path.join(cluster.root, "gateway-2.log"), "rb") as f:
+                print(f.read()[-4000:].decode(errors="replace"))
+            raise
     finally:
         cluster.start_gateway(1)
     calls = endpoint.by_data()

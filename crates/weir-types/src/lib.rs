@@ -13,6 +13,7 @@
 //!   current from the controllers' updates.
 
 pub mod batch;
+pub mod cesql;
 pub mod compression;
 pub mod error;
 pub mod filter;

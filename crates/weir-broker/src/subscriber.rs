@@ -43,10 +43,50 @@ pub struct Entry {
     /// The definition and when it was read.
     spec: Mutex<(SubscriptionSpec, Instant)>,
     /// The parsed `spec.filter` (Google's syntax is immutable after creation).
-    filter: Option<weir_types::filter::Filter>,
+    filter: Option<weir_types::filter::SubscriptionFilter>,
     leases: Mutex<Leases>,
     /// Pinged when a nack makes something deliverable.
     changed: Notify,
+}
+
+/// A record as a subscription filter reads it: headers are the attributes.
+struct FilterInput<'a> {
+    entry: &'a Entry,
+    offset: i64,
+    record: Option<&'a pb::Record>,
+}
+
+impl FilterInput<'_> {
+    fn headers(&self) -> impl Iterator<Item = (&str, std::borrow::Cow<'_, str>)> {
+        self.record
+            .map(|r| r.headers.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|h| {
+                (
+                    h.key.as_str(),
+                    String::from_utf8_lossy(h.value.as_deref().unwrap_or_default()),
+                )
+            })
+    }
+}
+
+impl weir_types::filter::Message for FilterInput<'_> {
+    fn attribute(&self, key: &str) -> Option<String> {
+        self.headers()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    fn event(&self) -> std::collections::BTreeMap<String, String> {
+        let headers: Vec<(&str, std::borrow::Cow<'_, str>)> = self.headers().collect();
+        weir_types::pubsub::cloudevent(
+            headers.iter().map(|(k, v)| (*k, v.as_ref())),
+            &weir_types::pubsub::message_id(self.entry.partition, self.offset),
+            &self.entry.topic,
+            self.record.map_or(0, |r| r.timestamp_ms),
+        )
+    }
 }
 
 impl Entry {
@@ -55,15 +95,14 @@ impl Entry {
     }
 
     /// Whether a record passes the subscription's filter (attributes are its headers).
-    fn passes(&self, record: Option<&pb::Record>) -> bool {
+    fn passes(&self, offset: i64, record: Option<&pb::Record>) -> bool {
         let Some(f) = &self.filter else {
             return true;
         };
-        let headers = record.map(|r| r.headers.as_slice()).unwrap_or_default();
-        f.matches(&|k| {
-            headers.iter().find(|h| h.key == k).map(|h| {
-                String::from_utf8_lossy(h.value.as_deref().unwrap_or_default()).into_owned()
-            })
+        f.matches(&FilterInput {
+            entry: self,
+            offset,
+            record,
         })
     }
 
@@ -224,7 +263,7 @@ impl Subscriber {
             leader_epoch: epoch,
             leases: Mutex::new(Leases::new(&cursor, policy(&spec))),
             filter: (!spec.filter.is_empty())
-                .then(|| weir_types::filter::Filter::parse(&spec.filter))
+                .then(|| weir_types::filter::SubscriptionFilter::parse(&spec.filter))
                 .transpose()
                 .map_err(|e| BrokerError::Corrupt(format!("stored filter: {e}")))?,
             spec: Mutex::new((spec, Instant::now())),
@@ -321,7 +360,7 @@ impl Subscriber {
                 }
                 let read: Vec<(i64, bool)> = records
                     .iter()
-                    .map(|r| (r.offset, entry.passes(r.record.as_ref())))
+                    .map(|r| (r.offset, entry.passes(r.offset, r.record.as_ref())))
                     .collect();
                 let leased = {
                     let mut l = entry.lock();

@@ -173,28 +173,12 @@ impl Event {
 
     /// The event a delivered message is: its `ce-` attributes, or Pub/Sub's own event.
     pub fn of_message(m: &gpb::PubsubMessage, topic: &str) -> Event {
-        let mut attributes: BTreeMap<String, String> = m
-            .attributes
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("ce-").map(|k| (k.to_string(), v.clone())))
-            .collect();
-        if !attributes.contains_key("id") {
-            attributes.insert("id".into(), m.message_id.clone());
-            attributes.insert("specversion".into(), "1.0".into());
-            attributes.insert(
-                "source".into(),
-                format!(
-                    "//pubsub.googleapis.com/{}",
-                    crate::names::google(topic, Kind::Topics)
-                ),
-            );
-            attributes.insert(
-                "type".into(),
-                "google.cloud.pubsub.topic.v1.messagePublished".into(),
-            );
-            let ms = m.publish_time.as_ref().map_or(0, convert::timestamp_ms);
-            attributes.insert("time".into(), crate::push::rfc3339(ms));
-        }
+        let attributes = weir_types::pubsub::cloudevent(
+            m.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &m.message_id,
+            topic,
+            m.publish_time.as_ref().map_or(0, convert::timestamp_ms),
+        );
         Event {
             attributes,
             content_type: m.attributes.get("content-type").cloned(),

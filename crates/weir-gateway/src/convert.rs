@@ -258,9 +258,7 @@ pub fn record(i: usize, m: gpb::PubsubMessage, now_ms: i64) -> Result<Record, St
 }
 
 /// A message id unique within the topic: the partition in the top 16 bits, the offset below.
-pub fn message_id(partition: u32, offset: i64) -> String {
-    ((u64::from(partition) << 48) | (offset as u64 & ((1 << 48) - 1))).to_string()
-}
+pub use weir_types::pubsub::message_id;
 
 /// The message a delivered record is.
 pub fn message(partition: u32, offset: i64, r: pb::Record) -> gpb::PubsubMessage {

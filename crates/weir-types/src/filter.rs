@@ -7,9 +7,66 @@
 //!
 //! Keys are identifiers (`[A-Za-z0-9_-]`) or quoted strings; values are quoted strings with
 //! `\"` and `\\` escapes. `AND` binds tighter than `OR`. At most `FILTER_BYTES_MAX` bytes.
+//!
+//! A subscription's filter may instead select on the CloudEvent a message is
+//! (`SubscriptionFilter`): Knative Trigger filters as JSON (a list, or one filter object),
+//! or `cesql:` followed by a CloudEvents SQL expression.
+
+use std::collections::BTreeMap;
+
+use crate::trigger::{self, TriggerFilter};
 
 /// Google's limit on a filter's length.
 pub const FILTER_BYTES_MAX: usize = 256;
+/// The limit for CloudEvents filters (Knative Trigger filters, CESQL).
+pub const EVENT_FILTER_BYTES_MAX: usize = 4096;
+
+/// What a filter reads of a message.
+pub trait Message {
+    /// A Pub/Sub attribute.
+    fn attribute(&self, key: &str) -> Option<String>;
+    /// The CloudEvent context attributes (`crate::pubsub::cloudevent`).
+    fn event(&self) -> BTreeMap<String, String>;
+}
+
+/// A subscription's filter in one of its dialects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionFilter {
+    /// Google's syntax over the attributes.
+    Attributes(Filter),
+    /// Knative Trigger filters (CESQL among them) over the CloudEvent.
+    Event(Vec<TriggerFilter>),
+}
+
+impl SubscriptionFilter {
+    /// `[...]` or `{...}`: Trigger filters; `cesql: EXPR`; anything else Google's syntax.
+    pub fn parse(raw: &str) -> Result<SubscriptionFilter, String> {
+        let trimmed = raw.trim_start();
+        let cesql = trimmed
+            .get(..6)
+            .filter(|p| p.eq_ignore_ascii_case("cesql:"))
+            .map(|_| &trimmed[6..]);
+        if cesql.is_some() || trimmed.starts_with(['[', '{']) {
+            if raw.len() > EVENT_FILTER_BYTES_MAX {
+                return Err(format!("longer than {EVENT_FILTER_BYTES_MAX} bytes"));
+            }
+            return match cesql {
+                Some(expr) => crate::cesql::Expression::parse(expr)
+                    .map(|e| SubscriptionFilter::Event(vec![TriggerFilter::Cesql(e)]))
+                    .map_err(|e| format!("CESQL: {}", e.message)),
+                None => trigger::parse(raw).map(SubscriptionFilter::Event),
+            };
+        }
+        Filter::parse(raw).map(SubscriptionFilter::Attributes)
+    }
+
+    pub fn matches(&self, m: &dyn Message) -> bool {
+        match self {
+            SubscriptionFilter::Attributes(f) => f.matches(&|k| m.attribute(k)),
+            SubscriptionFilter::Event(fs) => trigger::matches(fs, &m.event()),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Filter {

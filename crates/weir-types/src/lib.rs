@@ -19,7 +19,9 @@ pub mod error;
 pub mod filter;
 pub mod id;
 pub mod metadata;
+pub mod pubsub;
 pub mod subscription;
+pub mod trigger;
 pub mod varint;
 
 pub use batch::{BatchBuilder, BatchError, Header, Record, RecordBatch};

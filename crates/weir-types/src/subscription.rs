@@ -127,7 +127,7 @@ impl SubscriptionSpec {
             );
         }
         if !self.filter.is_empty()
-            && let Err(e) = crate::filter::Filter::parse(&self.filter)
+            && let Err(e) = crate::filter::SubscriptionFilter::parse(&self.filter)
         {
             return bad("filter", e);
         }

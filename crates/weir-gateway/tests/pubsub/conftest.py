@@ -132,6 +132,17 @@ class Cluster:
                 total += int(float(line.rsplit(" ", 1)[1]))
         return total
 
+    def backlog(self, weir_subscription):
+        """Unacknowledged messages over all partitions (`weir subscription describe`)."""
+        total, rows = 0, 0
+        for line in self.weir("subscription", "describe", weir_subscription).splitlines():
+            cols = line.split()
+            if len(cols) == 6 and all(c.lstrip("-").isdigit() for c in cols[:5]):
+                total += int(cols[4])
+                rows += 1
+        assert rows > 0, "describe showed no partitions"
+        return total
+
     def weir(self, *args):
         return subprocess.run(
             [WEIR, *args, "--bootstrap", self.bootstrap],

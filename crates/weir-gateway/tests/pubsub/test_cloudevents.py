@@ -9,8 +9,11 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 from cloudevents.v1.conversion import to_binary, to_structured
 from cloudevents.v1.http import CloudEvent, from_http
+from google.api_core import exceptions
 
 from conftest import wait_until
 
@@ -132,3 +135,57 @@ def test_plain_messages_are_pushed_as_pubsub_events(cluster, names):
     assert e["id"] == mid
     assert e["type"] == "google.cloud.pubsub.topic.v1.messagePublished"
     assert e["source"] == f"//pubsub.googleapis.com/{topic}"
+
+
+def test_trigger_filters_and_cesql_select_events(cluster, names):
+    """Knative Trigger filters (exact, prefix, suffix, any, not, CESQL) on a push
+    subscription delivering CloudEvents: only matching events reach the sink; the others are
+    acknowledged without delivery. A bad filter is refused naming the field."""
+    topic, sub = names
+    publisher, subscriber = cluster.publisher(), cluster.subscriber()
+    publisher.create_topic(request={"name": topic})
+    sink, cesql_sink = Sink(), Sink()
+    filters = [
+        {"prefix": {"type": "com.example."}},
+        {"any": [{"exact": {"source": "/shop"}}, {"suffix": {"subject": ".pdf"}}]},
+        {"not": {"exact": {"priority": "low"}}},
+    ]
+    subscriber.create_subscription(
+        request={"name": sub, "topic": topic, "filter": json.dumps(filters),
+                 "push_config": {"push_endpoint": sink.url, "attributes": {"cloudevents": "structured"}}}
+    )
+    subscriber.create_subscription(
+        request={"name": sub + "-cesql", "topic": topic,
+                 "filter": "cesql: EXISTS size AND INT(size) > 1024 AND type LIKE 'com.example.%'",
+                 "push_config": {"push_endpoint": cesql_sink.url, "attributes": {"cloudevents": "binary"}}}
+    )
+    for bad, says in [("[]", "at least one filter"), ('[{"regex": {}}]', "unknown dialect"),
+                      ("cesql: a LIKE 1", "CESQL")]:
+        with pytest.raises(exceptions.InvalidArgument) as e:
+            subscriber.create_subscription(request={"name": sub + "-bad", "topic": topic, "filter": bad})
+        assert "filter" in str(e.value) and says in str(e.value), str(e.value)
+
+    url = f"http://127.0.0.1:{cluster.gateway_http[1]}/v1/{topic}:cloudevents"
+    events = {
+        "shop": ({"type": "com.example.order", "source": "/shop", "size": "2048"}, True, True),
+        "pdf": ({"type": "com.example.doc", "source": "/docs", "subject": "a.pdf"}, True, False),
+        "low": ({"type": "com.example.order", "source": "/shop", "priority": "low", "size": "10"}, False, False),
+        "other-type": ({"type": "org.other", "source": "/shop", "size": "4096"}, False, False),
+        "other-source": ({"type": "com.example.order", "source": "/else", "size": "4096"}, False, True),
+    }
+    for key, (attrs, _, _) in events.items():
+        status, body = post(url, *to_binary(CloudEvent(attrs | {"id": key}, {"k": key})))
+        assert status == 200, body
+    # a plain message is Pub/Sub's messagePublished event: neither filter passes it
+    publisher.publish(topic, b"plain").result(timeout=30)
+
+    want = {k for k, (_, t, _) in events.items() if t}
+    want_cesql = {k for k, (_, _, c) in events.items() if c}
+    wait_until("trigger filters delivered", lambda: {e["id"] for e in sink.events} >= want, timeout=30)
+    wait_until("CESQL delivered", lambda: {e["id"] for e in cesql_sink.events} >= want_cesql, timeout=30)
+    time.sleep(2)  # nothing else comes
+    assert {e["id"] for e in sink.events} == want
+    assert {e["id"] for e in cesql_sink.events} == want_cesql
+    # the filtered-out ones were acknowledged: the backlog drains to zero
+    weir_sub = sub.replace("projects/", "").replace("/subscriptions/", ".")
+    wait_until("backlog drained", lambda: cluster.backlog(weir_sub) == 0, timeout=20)

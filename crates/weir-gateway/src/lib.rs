@@ -14,6 +14,8 @@
 //!   and push delivery as CloudEvents (binary or structured).
 //! - [`push`]: push subscriptions — a worker per partition POSTs each message (Google's JSON
 //!   envelope or the bare data), 2xx-style codes ack, the rest nack; slow-start concurrency.
+//! - [`token`]: push authentication — ES256-signed OIDC-style ID tokens on pushes, the keys
+//!   as a JWKS on the HTTP port.
 //! - [`deadletter`]: past `max_delivery_attempts`, a message goes to the dead-letter topic
 //!   and is acknowledged on the source (pull, streaming pull and push).
 //!
@@ -30,6 +32,7 @@ pub mod names;
 pub mod publisher;
 pub mod push;
 pub mod subscriber;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +52,13 @@ pub struct GatewayConfig {
     pub topic_partitions: u32,
     /// Replicas of a topic created through the gateway; 0: the cluster default.
     pub replication_factor: u32,
+    /// The key push tokens are signed with (made there if missing); none: a key of this
+    /// gateway only.
+    pub push_signing_key: Option<std::path::PathBuf>,
+    /// `iss` of push tokens: where the gateway's `/.well-known/openid-configuration` is.
+    pub push_token_issuer: String,
+    /// Certificates (PEM) trusted for https push endpoints besides Mozilla's roots.
+    pub push_ca_file: Option<std::path::PathBuf>,
 }
 
 impl GatewayConfig {
@@ -58,6 +68,9 @@ impl GatewayConfig {
             controllers,
             topic_partitions: 4,
             replication_factor: 0,
+            push_signing_key: None,
+            push_token_issuer: "weir-gateway".into(),
+            push_ca_file: None,
         }
     }
 
@@ -83,12 +96,15 @@ pub enum StartError {
     },
     #[error("{0}")]
     Client(#[from] weir_client::ClientError),
+    #[error("push signing key: {0}")]
+    Key(#[from] token::KeyError),
 }
 
 /// A running gateway.
 pub struct Gateway {
     pub local_addr: SocketAddr,
     backend: Arc<backend::Backend>,
+    signer: Arc<token::PushSigner>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -104,6 +120,10 @@ impl Gateway {
                     source,
                 })?;
         let backend = Arc::new(backend::Backend::new(config.controllers.clone())?);
+        let signer = Arc::new(token::PushSigner::new(
+            config.push_signing_key.as_deref(),
+            config.push_token_issuer.clone(),
+        )?);
         let (stop, stopped) = watch::channel(false);
         let publisher = publisher::PublisherService {
             backend: Arc::clone(&backend),
@@ -113,7 +133,14 @@ impl Gateway {
         };
         let subscriber = subscriber::SubscriberService::new(Arc::clone(&backend), stopped.clone());
         let mut tasks = JoinSet::new();
-        tasks.spawn(push::run(Arc::clone(&backend), stopped.clone()));
+        let push_client = push::client(config.push_ca_file.as_deref())
+            .map_err(|e| StartError::Config(format!("push_ca_file: {e}")))?;
+        tasks.spawn(push::run(
+            Arc::clone(&backend),
+            push_client,
+            Arc::clone(&signer),
+            stopped.clone(),
+        ));
         let mut server_stop = stopped;
         let server = tonic::transport::Server::builder()
             .add_service(PublisherServer::new(publisher))
@@ -130,14 +157,17 @@ impl Gateway {
         Ok(Gateway {
             local_addr,
             backend,
+            signer,
             stop,
             tasks,
         })
     }
 
-    /// The gateway's HTTP routes (CloudEvents ingest), to serve beside `/metrics`.
+    /// The gateway's HTTP routes (CloudEvents ingest, the push token keys), to serve beside
+    /// `/metrics`.
     pub fn http_routes(&self) -> axum::Router {
         cloudevents::router(Arc::clone(&self.backend))
+            .merge(token::router(Arc::clone(&self.signer)))
     }
 
     /// Ends every stream and stops serving.

@@ -8,8 +8,9 @@
 //! leases run out), and no membership protocol is needed.
 //!
 //! Concurrency per worker starts at one request and grows by one per success up to
-//! `PUSH_WINDOW_MAX`; a failure halves it (slow start), so a failing endpoint is not
-//! hammered. All workers pushing to one endpoint share `PUSH_ENDPOINT_CONCURRENCY_MAX`
+//! `PUSH_WINDOW_MAX`; a failure halves it (slow start), and once it is down to one, failures
+//! in a row pause the worker (100 ms doubling to 60 s, Google's push backoff), so a failing
+//! endpoint is not hammered. All workers pushing to one endpoint share `PUSH_ENDPOINT_CONCURRENCY_MAX`
 //! requests. An ordered subscription pushes one message at a time per partition.
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use crate::backend::{Backend, Settle, SubscriptionInfo};
 use crate::convert::{self, AckId};
 use crate::deadletter;
 use crate::names::{self, Kind};
+use crate::token::PushSigner;
 
 /// Requests one worker may have in flight at most.
 pub const PUSH_WINDOW_MAX: usize = 64;
@@ -40,8 +42,45 @@ const DISCOVERY_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a worker's pull waits at the leader for messages.
 const PUSH_PULL_WAIT_MS: u32 = 5_000;
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// The longest pause of a worker whose pushes keep failing.
+const PUSH_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The client pushes go out on: http and https (Mozilla's roots, plus the certificates in
+/// `extra_roots`, a PEM file, for endpoints behind a private CA).
+pub fn client(extra_roots: Option<&std::path::Path>) -> Result<HttpClient, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_roots {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{}: no certificate in the file", path.display()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
 
 /// The status codes that acknowledge a pushed message.
 pub fn acknowledges(status: u16) -> bool {
@@ -130,8 +169,12 @@ pub fn request(
 }
 
 /// Runs the push workers of this gateway until `stopped`.
-pub async fn run(backend: Arc<Backend>, mut stopped: watch::Receiver<bool>) {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+pub async fn run(
+    backend: Arc<Backend>,
+    client: HttpClient,
+    signer: Arc<PushSigner>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let endpoints: Arc<std::sync::Mutex<HashMap<String, Arc<Semaphore>>>> = Default::default();
     // (subscription, uid) → (the spec its workers run with, their tasks)
     let mut running: HashMap<
@@ -182,6 +225,7 @@ pub async fn run(backend: Arc<Backend>, mut stopped: watch::Receiver<bool>) {
                         tasks.spawn(worker(
                             Arc::clone(&backend),
                             client.clone(),
+                            Arc::clone(&signer),
                             Arc::clone(&info),
                             partition,
                             Arc::clone(&endpoint),
@@ -208,6 +252,7 @@ struct Outcome {
 async fn worker(
     backend: Arc<Backend>,
     client: HttpClient,
+    signer: Arc<PushSigner>,
     info: Arc<SubscriptionInfo>,
     partition: u32,
     endpoint: Arc<Semaphore>,
@@ -219,16 +264,31 @@ async fn worker(
     let ordered = info.spec.enable_message_ordering;
     let timeout = Duration::from_secs(u64::from(info.spec.ack_deadline_seconds));
     let mut window = 1usize;
+    // pushes failed in a row: past the first, the worker pauses before it pulls again
+    let mut failures = 0u32;
     let mut in_flight: JoinSet<Outcome> = JoinSet::new();
     loop {
         // settle what finished; wait while the window is full
+        let mut settled = |o: Outcome, window: &mut usize| {
+            *window = next_window(*window, o.acked);
+            failures = if o.acked {
+                0
+            } else {
+                failures.saturating_add(1)
+            };
+        };
         while in_flight.len() >= window || (ordered && !in_flight.is_empty()) {
             if let Some(Ok(o)) = in_flight.join_next().await {
-                window = next_window(window, o.acked);
+                settled(o, &mut window);
             }
         }
         while let Some(Ok(o)) = in_flight.try_join_next() {
-            window = next_window(window, o.acked);
+            settled(o, &mut window);
+        }
+        if window == 1
+            && let Some(pause) = push_backoff(failures)
+        {
+            tokio::time::sleep(pause).await;
         }
         let room = if ordered { 1 } else { window - in_flight.len() };
         let pull = pb::SubscriptionPullRequest {
@@ -273,13 +333,19 @@ async fn worker(
                 deadletter::forward(&backend, &info, partition, d).await;
                 continue;
             }
-            let (client, push, endpoint) =
-                (client.clone(), Arc::clone(&push), Arc::clone(&endpoint));
+            let (client, push, endpoint, signer) = (
+                client.clone(),
+                Arc::clone(&push),
+                Arc::clone(&endpoint),
+                Arc::clone(&signer),
+            );
             let (backend, info) = (Arc::clone(&backend), Arc::clone(&info));
             let sub = info.spec.name.clone();
             in_flight.spawn(async move {
                 let _permit = endpoint.acquire_owned().await;
-                let acked = match request(&push, &sub, &info.spec.topic, partition, &d) {
+                let acked = match request(&push, &sub, &info.spec.topic, partition, &d)
+                    .and_then(|req| authorize(req, &push, &signer))
+                {
                     Ok(req) => match tokio::time::timeout(timeout, client.request(req)).await {
                         Ok(Ok(resp)) => {
                             let status = resp.status().as_u16();
@@ -289,7 +355,13 @@ async fn worker(
                             acknowledges(status)
                         }
                         Ok(Err(e)) => {
-                            tracing::debug!(subscription = %sub, error = %e, "push failed");
+                            let mut why = e.to_string();
+                            let mut source = std::error::Error::source(&e);
+                            while let Some(s) = source {
+                                why = format!("{why}: {s}");
+                                source = s.source();
+                            }
+                            tracing::debug!(subscription = %sub, error = %why, "push failed");
                             metrics::counter!("weir_push_responses_total", "subscription" => sub.clone(), "status" => "error").increment(1);
                             false
                         }
@@ -309,6 +381,48 @@ async fn worker(
             });
         }
     }
+}
+
+/// Adds the push token when the push config names a service account: audience as
+/// configured, else the endpoint URL (as Google does).
+fn authorize(
+    mut req: hyper::Request<Full<Bytes>>,
+    push: &Push,
+    signer: &PushSigner,
+) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error> {
+    if push.oidc_service_account_email.is_empty() {
+        return Ok(req);
+    }
+    let audience = if push.oidc_audience.is_empty() {
+        push.endpoint.as_str()
+    } else {
+        push.oidc_audience.as_str()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match signer.token(&push.oidc_service_account_email, audience, now) {
+        Ok(token) => {
+            let value = hyper::http::HeaderValue::try_from(format!("Bearer {token}"))?;
+            req.headers_mut()
+                .insert(hyper::header::AUTHORIZATION, value);
+        }
+        // unauthenticated, the endpoint refuses it and the message comes again
+        Err(e) => tracing::warn!(error = %e, "push token could not be signed"),
+    }
+    Ok(req)
+}
+
+/// Google's push backoff: once the window is down to one request and pushes keep failing,
+/// the worker waits 100 ms, doubling per failure up to 60 s, before it pushes again.
+fn push_backoff(failures: u32) -> Option<Duration> {
+    if failures == 0 {
+        return None;
+    }
+    let ms = 100u64.saturating_mul(1 << failures.saturating_sub(1).min(20));
+    Some(Duration::from_millis(
+        ms.min(PUSH_BACKOFF_MAX.as_millis() as u64),
+    ))
 }
 
 /// Slow start: one more request in flight per success, half as many after a failure.
@@ -359,6 +473,10 @@ mod tests {
         assert_eq!(next_window(PUSH_WINDOW_MAX, true), PUSH_WINDOW_MAX);
         assert_eq!(next_window(8, false), 4);
         assert_eq!(next_window(1, false), 1);
+        assert_eq!(push_backoff(0), None);
+        assert_eq!(push_backoff(1), Some(Duration::from_millis(100)));
+        assert_eq!(push_backoff(4), Some(Duration::from_millis(800)));
+        assert_eq!(push_backoff(30), Some(PUSH_BACKOFF_MAX));
     }
 
     #[test]

@@ -206,11 +206,12 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<i32> {
         let (c, b) = (controller.readiness(), broker.readiness());
         std::sync::Arc::new(move || c() && b())
     };
-    let gateway = weir_gateway::Gateway::start(weir_gateway::GatewayConfig::new(
-        args.gateway,
-        vec![controller_addr.clone()],
-    ))
-    .await?;
+    let mut gateway_config =
+        weir_gateway::GatewayConfig::new(args.gateway, vec![controller_addr.clone()]);
+    std::fs::create_dir_all(args.data_dir.join("gateway"))?;
+    gateway_config.push_signing_key = Some(args.data_dir.join("gateway").join("push-signing.key"));
+    gateway_config.push_token_issuer = format!("http://{}", args.http);
+    let gateway = weir_gateway::Gateway::start(gateway_config).await?;
     let http = crate::http::serve_with(args.http, ready, stopped, gateway.http_routes()).await?;
     println!("weir dev: single-node cluster ready (Ctrl-C to stop)");
     println!(

@@ -26,6 +26,18 @@ pub struct GatewayArgs {
     /// (`POST /v1/projects/{p}/topics/{t}:cloudevents`); none when not given.
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// The key push tokens (`oidc_token` push configs) are signed with: a PKCS#8 P-256 key,
+    /// PEM or DER, made there if missing. Give every gateway the same file; without one, each
+    /// signs with a key of its own.
+    #[arg(long)]
+    push_signing_key: Option<std::path::PathBuf>,
+    /// `iss` of push tokens: the URL where this gateway's HTTP port is reached
+    /// (`/.well-known/openid-configuration`); default `http://<--http>`.
+    #[arg(long)]
+    push_token_issuer: Option<String>,
+    /// Certificates (PEM) to trust for https push endpoints, besides Mozilla's roots.
+    #[arg(long)]
+    push_ca_file: Option<std::path::PathBuf>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -37,11 +49,24 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<i32> {
     let mut config = GatewayConfig::new(args.listen, controllers);
     config.topic_partitions = args.topic_partitions;
     config.replication_factor = args.replication_factor;
+    config.push_signing_key = args.push_signing_key.clone();
+    config.push_ca_file = args.push_ca_file.clone();
+    config.push_token_issuer = match (&args.push_token_issuer, args.http) {
+        (Some(i), _) => i.clone(),
+        (None, Some(http)) => format!("http://{http}"),
+        (None, None) => "weir-gateway".into(),
+    };
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("--{}", e.replacen('_', "-", 1)))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let gateway = Gateway::start(config).await?;
+    if let Some(p) = &args.push_ca_file {
+        weir_gateway::push::client(Some(p)).map_err(|e| anyhow::anyhow!("--push-ca-file: {e}"))?;
+    }
+    let gateway = Gateway::start(config).await.map_err(|e| match e {
+        weir_gateway::StartError::Key(k) => anyhow::anyhow!("--push-signing-key: {k}"),
+        other => other.into(),
+    })?;
     let http = match args.http {
         Some(addr) => {
             crate::http::metrics_handle()?;
@@ -52,7 +77,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<i32> {
     };
     println!("weir gateway: google.pubsub.v1 on {}", gateway.local_addr);
     if let Some(http) = http {
-        println!("  http {http}  /metrics /healthz /readyz, CloudEvents ingest");
+        println!(
+            "  http {http}  /metrics /healthz /readyz, CloudEvents ingest, /.well-known/jwks.json"
+        );
     }
     crate::controller_cmd::wait_for_signal().await?;
     let _ = stop.send(true);

@@ -66,9 +66,54 @@ def port_open(port):
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def make_ca(root):
+    """A CA and a certificate it signed for 127.0.0.1 (PEM files: CA, certificate, key), for
+    https push endpoints."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(subject, issuer, public_key, signing_key, ca):
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(issuer).public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
+        )
+        if not ca:
+            b = b.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        return b.sign(signing_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weir test CA")])
+    leaf_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    ca = cert(ca_name, ca_name, ca_key.public_key(), ca_key, True)
+    leaf = cert(leaf_name, ca_name, key.public_key(), ca_key, False)
+    paths = [os.path.join(root, n) for n in ("ca.crt", "endpoint.crt", "endpoint.key")]
+    for path, data in zip(paths, [
+        ca.public_bytes(serialization.Encoding.PEM),
+        leaf.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption()),
+    ]):
+        with open(path, "wb") as f:
+            f.write(data)
+    return paths
+
+
 class Cluster:
     def __init__(self, root):
         self.root = root
+        self.ca, self.endpoint_cert, self.endpoint_key = make_ca(root)
         base = free_base()
         self.controller = {i: base + i for i in (1, 2, 3)}
         self.broker = {i: base + 4 + i for i in (1, 2, 3)}
@@ -104,6 +149,10 @@ class Cluster:
             "--topic-partitions", "3",
             "--replication-factor", "3",
             "--http", f"127.0.0.1:{self.gateway_http[g]}",
+            # one key for both, so a push token from either verifies at either's JWKS
+            "--push-signing-key", os.path.join(self.root, "push-signing.key"),
+            # https push endpoints in the tests use this self-signed certificate
+            "--push-ca-file", self.ca,
         ]
         out = self.log(f"gateway-{g}")
         self.gateways[g] = subprocess.Popen(args, stdout=out, stderr=out)

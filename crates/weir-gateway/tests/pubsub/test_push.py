@@ -5,8 +5,11 @@ after max attempts, Google's JSON envelope and the unwrapped form."""
 import base64
 import json
 import os
+import tempfile
+import ssl
 import threading
 import time
+import urllib.request
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,7 +22,7 @@ class Endpoint:
     """Answers 500 to a message's first `fail` attempts (from its `fail` attribute; "all"
     fails forever), 204 after; records every request."""
 
-    def __init__(self, delay=0.0):
+    def __init__(self, delay=0.0, tls=None):
         self.delay = delay
         self.calls = defaultdict(list)  # message id -> [(time, attempt, body, headers)]
         self.lock = threading.Lock()
@@ -47,7 +50,13 @@ class Endpoint:
                 self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/push"
+        scheme = "http"
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/push"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def by_data(self):
@@ -257,3 +266,97 @@ def test_gateway_killed_while_pushing(cluster, names, slow_endpoint):
     print(f"push with a gateway killed: {repeats} repeated pushes of {count}")
     # only what the dead gateway had leased and not yet acked
     assert repeats <= 150
+
+
+def test_push_carries_an_oidc_token_that_google_auth_verifies(cluster, names, endpoint):
+    """A push config with an OIDC service account: each push has `Authorization: Bearer`
+    with a token that google-auth verifies against the gateway's JWKS (as a Cloud Run
+    service would), for the configured audience; without one, no header."""
+    import google.auth.transport.requests
+    from google.oauth2 import id_token
+
+    topic, sub = names
+    publisher, subscriber = cluster.publisher(), cluster.subscriber()
+    publisher.create_topic(request={"name": topic})
+    sa = "pusher@weir-test.iam.gserviceaccount.com"
+    subscriber.create_subscription(
+        request={"name": sub, "topic": topic,
+                 "push_config": {"push_endpoint": endpoint.url,
+                                 "oidc_token": {"service_account_email": sa, "audience": "https://orders.example"}}}
+    )
+    subscriber.create_subscription(
+        request={"name": sub + "-default-aud", "topic": topic,
+                 "push_config": {"push_endpoint": endpoint.url + "?aud=default",
+                                 "oidc_token": {"service_account_email": sa}}}
+    )
+    subscriber.create_subscription(
+        request={"name": sub + "-none", "topic": topic, "push_config": {"push_endpoint": endpoint.url + "?none"}}
+    )
+    got = subscriber.get_subscription(request={"subscription": sub})
+    assert got.push_config.oidc_token.service_account_email == sa
+    assert got.push_config.oidc_token.audience == "https://orders.example"
+    for i in range(4):
+        publisher.publish(topic, f"signed-{i}".encode()).result(timeout=30)
+    wait_until("all pushed to the three subscriptions",
+               lambda: sum(len(c) for c in endpoint.calls.values()) >= 12, timeout=30)
+    request = google.auth.transport.requests.Request()
+    auth = {}
+    for calls in endpoint.calls.values():
+        for _, _, env, headers in calls:
+            lower = {k.lower(): v for k, v in headers.items()}
+            auth.setdefault(env["subscription"], []).append(lower.get("authorization"))
+    assert all(h is None for h in auth[sub + "-none"])
+    for g in (1, 2):
+        certs = f"http://127.0.0.1:{cluster.gateway_http[g]}/.well-known/jwks.json"
+        for header in auth[sub]:
+            assert header.startswith("Bearer ")
+            claims = id_token.verify_token(header[7:], request, audience="https://orders.example", certs_url=certs)
+            assert claims["email"] == sa and claims["email_verified"] is True
+            assert claims["iss"].startswith("http://127.0.0.1:")
+        for header in auth[sub + "-default-aud"]:
+            claims = id_token.verify_token(header[7:], request, audience=endpoint.url + "?aud=default",
+                                           certs_url=certs)
+            assert claims["aud"] == endpoint.url + "?aud=default"
+    # the wrong audience, or a tampered token, is refused
+    token = auth[sub][0][7:]
+    with pytest.raises(Exception):
+        id_token.verify_token(token, request, audience="https://other.example", certs_url=certs)
+    head, body, sig = token.split(".")
+    forged = ".".join([head, body[:-4] + ("AAAA" if body[-4:] != "AAAA" else "BBBB"), sig])
+    with pytest.raises(Exception):
+        id_token.verify_token(forged, request, audience="https://orders.example", certs_url=certs)
+    # the discovery document names the keys
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.gateway_http[1]}/.well-known/openid-configuration") as r:
+        conf = json.loads(r.read())
+    assert conf["jwks_uri"].endswith("/.well-known/jwks.json")
+    assert conf["id_token_signing_alg_values_supported"] == ["ES256"]
+
+
+def test_push_to_an_https_endpoint(cluster, names):
+    """An https endpoint (a certificate the gateways trust through --push-ca-file) gets the
+    pushes; one whose certificate they do not trust gets none and the messages stay
+    unacknowledged."""
+    endpoint = Endpoint(tls=(cluster.endpoint_cert, cluster.endpoint_key))
+    untrusted_dir = tempfile.mkdtemp(prefix="weir-untrusted-")
+    from conftest import make_ca
+    untrusted = Endpoint(tls=make_ca(untrusted_dir)[1:])
+    try:
+        topic, sub = names
+        publisher, subscriber = cluster.publisher(), cluster.subscriber()
+        publisher.create_topic(request={"name": topic})
+        subscriber.create_subscription(
+            request={"name": sub, "topic": topic, "push_config": {"push_endpoint": endpoint.url}})
+        subscriber.create_subscription(
+            request={"name": sub + "-untrusted", "topic": topic,
+                     "push_config": {"push_endpoint": untrusted.url}})
+        for i in range(3):
+            publisher.publish(topic, f"tls-{i}".encode()).result(timeout=30)
+        wait_until("pushed over https", lambda: len(endpoint.by_data()) >= 3, timeout=30)
+        assert set(endpoint.by_data()) == {b"tls-0", b"tls-1", b"tls-2"}
+        time.sleep(2)
+        assert untrusted.calls == {}
+        weir_sub = (sub + "-untrusted").replace("projects/", "").replace("/subscriptions/", ".")
+        assert cluster.backlog(weir_sub) == 3
+    finally:
+        endpoint.server.shutdown()
+        untrusted.server.shutdown()

@@ -47,6 +47,8 @@ pub struct Entry {
     leases: Mutex<Leases>,
     /// Pinged when a nack makes something deliverable.
     changed: Notify,
+    /// (cursor low, its record's timestamp), for the oldest-unacked gauge.
+    oldest: Mutex<Option<(i64, i64)>>,
 }
 
 /// A record as a subscription filter reads it: headers are the attributes.
@@ -268,6 +270,7 @@ impl Subscriber {
                 .map_err(|e| BrokerError::Corrupt(format!("stored filter: {e}")))?,
             spec: Mutex::new((spec, Instant::now())),
             changed: Notify::new(),
+            oldest: Mutex::new(None),
         });
         let mut entries = self.entries();
         match entries.get(&key) {
@@ -557,22 +560,64 @@ impl Subscriber {
         });
     }
 
-    /// Backlog and outstanding counts per subscription, for the metrics.
-    fn gauges(&self, registry: &crate::registry::Registry) -> HashMap<String, (i64, usize)> {
+    /// Per subscription, for the metrics: backlog, outstanding, and the publish time of the
+    /// oldest unacknowledged message (ms since the epoch; over all partitions led here).
+    async fn gauges(&self, registry: &crate::registry::Registry) -> HashMap<String, Gauges> {
         let entries: Vec<Arc<Entry>> = self.entries().values().cloned().collect();
-        let mut out: HashMap<String, (i64, usize)> = HashMap::new();
+        let mut out: HashMap<String, Gauges> = HashMap::new();
         for e in entries {
             let Some(replica) = registry.get(&e.topic, e.partition) else {
                 continue;
             };
             let hw = replica.high_watermark().0;
-            let l = e.lock();
+            let (backlog, outstanding, low) = {
+                let l = e.lock();
+                (l.backlog(hw), l.outstanding(), l.low())
+            };
+            let oldest = if backlog > 0 {
+                oldest_timestamp(&replica, &e, low, hw).await
+            } else {
+                None
+            };
             let slot = out.entry(e.subscription.clone()).or_default();
-            slot.0 += l.backlog(hw);
-            slot.1 += l.outstanding();
+            slot.backlog += backlog;
+            slot.outstanding += outstanding;
+            slot.oldest_ms = match (slot.oldest_ms, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         out
     }
+}
+
+#[derive(Debug, Default)]
+struct Gauges {
+    backlog: i64,
+    outstanding: usize,
+    oldest_ms: Option<i64>,
+}
+
+/// The timestamp of the first record at or past `low`, read once per cursor position.
+async fn oldest_timestamp(replica: &Arc<Replica>, e: &Entry, low: i64, hw: i64) -> Option<i64> {
+    if let Some((at, ts)) = *e.oldest.lock().unwrap_or_else(|p| p.into_inner())
+        && at == low
+    {
+        return Some(ts);
+    }
+    let log = Arc::clone(&replica.log);
+    let batches = tokio::task::spawn_blocking(move || log.read(Offset(low), 1, Some(Offset(hw))))
+        .await
+        .ok()?
+        .ok()?;
+    let ts = batches
+        .iter()
+        .filter_map(|b| weir_proto::convert::stored_records(b).ok())
+        .flatten()
+        .find(|r| r.offset >= low)
+        .and_then(|r| r.record.map(|r| r.timestamp_ms))?;
+    *e.oldest.lock().unwrap_or_else(|p| p.into_inner()) = Some((low, ts));
+    Some(ts)
 }
 
 fn record_bytes(r: &pb::Record) -> usize {
@@ -650,11 +695,19 @@ pub async fn run_committer(
         if last_gauges.elapsed() >= Duration::from_secs(1) {
             last_gauges = Instant::now();
             subscriber.sweep(&registry);
-            for (sub, (backlog, outstanding)) in subscriber.gauges(&registry) {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            for (sub, g) in subscriber.gauges(&registry).await {
                 metrics::gauge!("weir_subscription_backlog_messages", "subscription" => sub.clone())
-                    .set(backlog as f64);
-                metrics::gauge!("weir_subscription_outstanding_messages", "subscription" => sub)
-                    .set(outstanding as f64);
+                    .set(g.backlog as f64);
+                metrics::gauge!("weir_subscription_outstanding_messages", "subscription" => sub.clone())
+                    .set(g.outstanding as f64);
+                let age = g
+                    .oldest_ms
+                    .map_or(0.0, |ts| (now_ms - ts).max(0) as f64 / 1000.0);
+                metrics::gauge!("weir_subscription_oldest_unacked_message_age_seconds", "subscription" => sub)
+                    .set(age);
             }
         }
     }

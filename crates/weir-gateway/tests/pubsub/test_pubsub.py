@@ -467,3 +467,36 @@ def test_cli_describes_backlog_and_oldest_unacked(cluster, names):
     assert sum(int(r[4]) for r in table) == 0, out
     assert all(r[5] == "-" for r in table), out
     assert weir_sub in cluster.weir("subscription", "list")
+
+
+def test_metrics_show_backlog_and_oldest_unacked_age(cluster, names):
+    """The partition leaders' /metrics: per subscription backlog and the age of the oldest
+    unacknowledged message, back to zero once everything is acknowledged."""
+    import urllib.request
+
+    topic, sub = names
+    publisher, subscriber = create(cluster, names)
+    weir_sub = sub.split("/")[1] + "." + sub.split("/")[3]
+
+    def gauge(name):
+        values = []
+        for i in list(cluster.nodes):
+            with urllib.request.urlopen(f"http://127.0.0.1:{cluster.http[i]}/metrics", timeout=2) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith(name + "{") and f'subscription="{weir_sub}"' in line:
+                        values.append(float(line.rsplit(" ", 1)[1]))
+        return values
+
+    for i in range(6):
+        publisher.publish(topic, f"m{i}".encode()).result(timeout=30)
+    # a pull makes the leaders load the subscription; nothing is acknowledged yet
+    r = subscriber.pull(request={"subscription": sub, "max_messages": 10}, timeout=15)
+    assert r.received_messages
+    wait_until("oldest unacked age above 2 s",
+               lambda: max(gauge("weir_subscription_oldest_unacked_message_age_seconds") or [0]) > 2.0, timeout=20)
+    assert sum(gauge("weir_subscription_backlog_messages")) == 6
+    pull_all(subscriber, sub, 6 - len(r.received_messages))
+    subscriber.acknowledge(request={"subscription": sub, "ack_ids": [m.ack_id for m in r.received_messages]})
+    wait_until("backlog and age back to zero",
+               lambda: sum(gauge("weir_subscription_backlog_messages")) == 0
+               and max(gauge("weir_subscription_oldest_unacked_message_age_seconds") or [1]) == 0.0, timeout=20)

@@ -25,7 +25,9 @@ pub enum SubscriptionCommand {
         /// Deliver each partition in order (ordering keys).
         #[arg(long)]
         ordered: bool,
-        /// Google Pub/Sub filter over attributes, e.g. `attributes.kind = "order"`.
+        /// Which messages are delivered: Google Pub/Sub's syntax over attributes
+        /// (`attributes.kind = "order"`), Knative Trigger filters as JSON
+        /// (`[{"prefix": {"type": "order."}}]`) or `cesql: <CloudEvents SQL>`.
         #[arg(long, default_value = "")]
         filter: String,
         #[command(flatten)]

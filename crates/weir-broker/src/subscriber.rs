@@ -47,6 +47,9 @@ pub struct Entry {
     leases: Mutex<Leases>,
     /// Pinged when a nack makes something deliverable.
     changed: Notify,
+    /// The records of the last log read, for the next pulls: a read returns whole batches
+    /// (a producer's batch may hold thousands of records) and a pull may want a few.
+    read_cache: Mutex<ReadCache>,
     /// (cursor low, its record's timestamp), for the oldest-unacked gauge.
     oldest: Mutex<Option<(i64, i64)>>,
 }
@@ -147,6 +150,69 @@ type Key = (String, u32);
 pub struct Subscriber {
     config: BrokerConfig,
     entries: Mutex<HashMap<Key, Arc<Entry>>>,
+    /// Bytes held by the entries' read caches, bounded by `READ_CACHE_BYTES_MAX`.
+    cached_bytes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// What all read caches of a broker hold at most.
+const READ_CACHE_BYTES_MAX: usize = 256 << 20;
+
+fn stored_bytes(records: &[pb::StoredRecord]) -> usize {
+    records
+        .iter()
+        .map(|r| 32 + r.record.as_ref().map_or(0, record_bytes))
+        .sum()
+}
+
+/// One entry's cached read; what it holds counts against the broker's budget until it is
+/// replaced or the entry goes.
+struct ReadCache {
+    budget: Arc<std::sync::atomic::AtomicUsize>,
+    records: Option<Arc<Vec<pb::StoredRecord>>>,
+}
+
+impl ReadCache {
+    fn clear(&mut self) {
+        if let Some(old) = self.records.take() {
+            self.budget
+                .fetch_sub(stored_bytes(&old), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for ReadCache {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+impl Subscriber {
+    /// The cached records of `entry`'s last read if they hold `from`.
+    fn cached_read(&self, entry: &Entry, from: i64) -> Option<Arc<Vec<pb::StoredRecord>>> {
+        let cache = entry.read_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let records = cache.records.as_ref()?;
+        let (first, last) = (records.first()?.offset, records.last()?.offset);
+        (first <= from && from <= last).then(|| Arc::clone(records))
+    }
+
+    /// Keeps `records` as `entry`'s read cache (in place of the last), within the broker's
+    /// budget; returns them.
+    fn cache_read(
+        &self,
+        entry: &Entry,
+        records: Vec<pb::StoredRecord>,
+    ) -> Arc<Vec<pb::StoredRecord>> {
+        use std::sync::atomic::Ordering;
+        let records = Arc::new(records);
+        let mut cache = entry.read_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.clear();
+        let size = stored_bytes(&records);
+        if self.cached_bytes.load(Ordering::Relaxed) + size <= READ_CACHE_BYTES_MAX {
+            self.cached_bytes.fetch_add(size, Ordering::Relaxed);
+            cache.records = Some(Arc::clone(&records));
+        }
+        records
+    }
 }
 
 fn controller_error(e: weir_proto::call::CallError) -> BrokerError {
@@ -174,6 +240,7 @@ impl Subscriber {
         Subscriber {
             config,
             entries: Mutex::new(HashMap::new()),
+            cached_bytes: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
     }
 
@@ -271,6 +338,10 @@ impl Subscriber {
             spec: Mutex::new((spec, Instant::now())),
             changed: Notify::new(),
             oldest: Mutex::new(None),
+            read_cache: Mutex::new(ReadCache {
+                budget: Arc::clone(&self.cached_bytes),
+                records: None,
+            }),
         });
         let mut entries = self.entries();
         match entries.get(&key) {
@@ -338,28 +409,37 @@ impl Subscriber {
                         .map(|d: &pb::Delivery| d.record.as_ref().map_or(0, record_bytes))
                         .sum(),
                 );
-                let batches = tokio::task::spawn_blocking(move || {
-                    log.read(Offset(from), budget.max(1), Some(hw))
-                })
-                .await??;
+                let read = match self.cached_read(entry, from) {
+                    Some(r) => r,
+                    None => {
+                        let batches = tokio::task::spawn_blocking(move || {
+                            log.read(Offset(from), budget.max(1), Some(hw))
+                        })
+                        .await??;
+                        let mut decoded = Vec::new();
+                        for batch in &batches {
+                            decoded.extend(
+                                weir_proto::convert::stored_records(batch)
+                                    .map_err(|e| BrokerError::Corrupt(e.to_string()))?,
+                            );
+                        }
+                        self.cache_read(entry, decoded)
+                    }
+                };
                 let mut records = Vec::new();
                 let mut read_end = from;
                 let mut bytes = 0usize;
-                'batches: for batch in &batches {
-                    let stored = weir_proto::convert::stored_records(batch)
-                        .map_err(|e| BrokerError::Corrupt(e.to_string()))?;
-                    for r in stored {
-                        if r.offset < from || r.offset >= hw.0 {
-                            continue;
-                        }
-                        let size = r.record.as_ref().map_or(0, record_bytes);
-                        if records.len() >= room || (!records.is_empty() && bytes + size > budget) {
-                            break 'batches;
-                        }
-                        bytes += size;
-                        read_end = r.offset + 1;
-                        records.push(r);
+                for r in read.iter() {
+                    if r.offset < from || r.offset >= hw.0 {
+                        continue;
                     }
+                    let size = r.record.as_ref().map_or(0, record_bytes);
+                    if records.len() >= room || (!records.is_empty() && bytes + size > budget) {
+                        break;
+                    }
+                    bytes += size;
+                    read_end = r.offset + 1;
+                    records.push(r.clone());
                 }
                 let read: Vec<(i64, bool)> = records
                     .iter()

@@ -263,6 +263,7 @@ async fn worker(
     let push = Arc::new(push);
     let ordered = info.spec.enable_message_ordering;
     let timeout = Duration::from_secs(u64::from(info.spec.ack_deadline_seconds));
+    let acks = acker(Arc::clone(&backend), Arc::clone(&info), partition);
     let mut window = 1usize;
     // pushes failed in a row: past the first, the worker pauses before it pulls again
     let mut failures = 0u32;
@@ -277,7 +278,10 @@ async fn worker(
                 failures.saturating_add(1)
             };
         };
-        while in_flight.len() >= window || (ordered && !in_flight.is_empty()) {
+        // pull once half the window is free, so a pull brings many messages, not one
+        while window.saturating_sub(in_flight.len()) < window.div_ceil(2)
+            || (ordered && !in_flight.is_empty())
+        {
             if let Some(Ok(o)) = in_flight.join_next().await {
                 settled(o, &mut window);
             }
@@ -340,6 +344,7 @@ async fn worker(
                 Arc::clone(&signer),
             );
             let (backend, info) = (Arc::clone(&backend), Arc::clone(&info));
+            let acks = acks.clone();
             let sub = info.spec.name.clone();
             in_flight.spawn(async move {
                 let _permit = endpoint.acquire_owned().await;
@@ -375,8 +380,16 @@ async fn worker(
                         false
                     }
                 };
-                // settled at once: a nack's backoff starts now, not at the worker's next turn
-                settle(&backend, &info, partition, id, acked).await;
+                if acked {
+                    // acks go out in batches; the acker outlives the worker to send the last
+                    let _ = acks.send(pb::LeaseId {
+                        offset: id.offset,
+                        attempt: id.attempt,
+                    });
+                } else {
+                    // at once: a nack's backoff starts now, not at the worker's next turn
+                    settle(&backend, &info, partition, id, false).await;
+                }
                 Outcome { acked }
             });
         }
@@ -432,6 +445,38 @@ fn next_window(window: usize, acked: bool) -> usize {
     } else {
         (window / 2).max(1)
     }
+}
+
+/// Acks at most this many leases per request.
+const ACK_BATCH_MAX: usize = 1_000;
+
+/// A task that acknowledges what its channel brings, as many per request as have arrived
+/// meanwhile (one request in flight), until every sender is gone.
+fn acker(
+    backend: Arc<Backend>,
+    info: Arc<SubscriptionInfo>,
+    partition: u32,
+) -> tokio::sync::mpsc::UnboundedSender<pb::LeaseId> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<pb::LeaseId>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < ACK_BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(l) => batch.push(l),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = backend
+                .settle(&info.spec, partition, batch, Settle::Ack)
+                .await
+            {
+                // the leases run out and the messages come again
+                tracing::debug!(subscription = %info.spec.name, partition, error = %e, "acking pushes failed");
+            }
+        }
+    });
+    tx
 }
 
 /// Acks or nacks one pushed message.

@@ -8,6 +8,24 @@ use weir_types::BrokerId;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct InternalTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl InternalTlsFiles {
+    pub fn load(&self) -> Result<weir_proto::tls::InternalTls, String> {
+        weir_proto::tls::InternalTls::load(&weir_proto::tls::TlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     pub id: BrokerId,
     /// Where clients reach this broker's data plane.
@@ -16,6 +34,10 @@ pub struct BrokerConfig {
     /// `None`: `listen` serves it too.
     #[serde(default)]
     pub internal_listen: Option<SocketAddr>,
+    /// Mutual TLS on the internal listener (and for fetching from other brokers): PEM files.
+    /// A peer's broker id is the one its certificate names (`broker-<id>.weir`).
+    #[serde(default)]
+    pub internal_tls: Option<InternalTlsFiles>,
     pub rack: Option<String>,
     /// Partition directories live under `<data_dir>/partitions`.
     pub data_dir: PathBuf,
@@ -48,6 +70,7 @@ impl BrokerConfig {
             id,
             listen,
             internal_listen: None,
+            internal_tls: None,
             rack: None,
             data_dir,
             controllers,
@@ -64,6 +87,14 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.id.0 == 0 {
             return Err("id must be positive".into());
+        }
+        if let Some(tls) = &self.internal_tls {
+            if self.internal_listen.is_none() {
+                return Err(
+                    "internal_tls needs internal_listen (replication apart from clients)".into(),
+                );
+            }
+            tls.load().map_err(|e| format!("internal_tls: {e}"))?;
         }
         if self.controllers.is_empty() {
             return Err("controllers must name at least one controller address".into());

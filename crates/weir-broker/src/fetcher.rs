@@ -119,7 +119,15 @@ async fn fetch_from(
             continue;
         };
         if client.as_ref().is_none_or(|(a, _)| *a != addr) {
-            match weir_proto::call::connect(&addr).await {
+            let connected = match &config.internal_tls {
+                // the files are read again per connection: renewed certificates take effect
+                Some(files) => match files.load() {
+                    Ok(tls) => weir_proto::call::connect_tls(&addr, tls.client(leader.0)).await,
+                    Err(e) => Err(weir_proto::call::CallError::Bootstrap(e)),
+                },
+                None => weir_proto::call::connect(&addr).await,
+            };
+            match connected {
                 Ok(ch) => client = Some((addr.clone(), ReplicationClient::new(ch))),
                 Err(e) => {
                     tracing::debug!(%leader, error = %e, "cannot reach leader");

@@ -125,6 +125,8 @@ impl Replication for ReplicationService {
         request: tonic::Request<ipb::ReplicaFetchRequest>,
     ) -> Result<tonic::Response<ipb::ReplicaFetchResponse>, tonic::Status> {
         let started = std::time::Instant::now();
+        // over mutual TLS the follower is who its certificate says, whatever it claims
+        weir_proto::tls::check_peer(&request, request.get_ref().follower_id)?;
         let result = serve_fetch(self, request.into_inner()).await;
         crate::server::record("replica_fetch", started, &result);
         result

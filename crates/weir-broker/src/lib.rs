@@ -59,6 +59,8 @@ pub enum StartError {
     },
     #[error("storage: {0}")]
     Storage(#[from] weir_log::LogError),
+    #[error("internal TLS: {0}")]
+    Tls(String),
 }
 
 /// A running broker.
@@ -168,7 +170,14 @@ impl Broker {
         match internal {
             Some((listener, addr)) => {
                 let mut server_stop = stopped.clone();
-                let server = tonic::transport::Server::builder()
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(tls) = &config.internal_tls {
+                    let tls = tls.load().map_err(StartError::Tls)?;
+                    builder = builder
+                        .tls_config(tls.server())
+                        .map_err(|e| StartError::Tls(e.to_string()))?;
+                }
+                let server = builder
                     .add_service(replication)
                     .serve_with_incoming_shutdown(
                         weir_proto::call::incoming(listener),

@@ -64,6 +64,21 @@ pub async fn connect(addr: &str) -> Result<Channel, CallError> {
     endpoint.connect().await.map_err(|e| anyhow!("{addr}: {e}"))
 }
 
+/// A connected channel to `addr` over TLS.
+pub async fn connect_tls(
+    addr: &str,
+    tls: tonic::transport::ClientTlsConfig,
+) -> Result<Channel, CallError> {
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| CallError::Bootstrap(format!("{addr:?} is not host:port ({e})")))?
+        .tls_config(tls)
+        .map_err(|e| CallError::Bootstrap(format!("{addr}: TLS: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(40))
+        .local_address(source_address());
+    endpoint.connect().await.map_err(|e| anyhow!("{addr}: {e}"))
+}
+
 /// Runs `call` against the bootstrap controllers until one answers, following leader
 /// redirects, and retrying for up to `patience` while no controller is active (an election
 /// takes a moment).

@@ -14,6 +14,7 @@
 pub mod call;
 pub mod convert;
 pub mod status;
+pub mod tls;
 
 /// Generated code for package `weir.v1`.
 pub mod v1 {

@@ -29,6 +29,17 @@ pub struct BrokerArgs {
     /// to the controller [default: none, `--listen` serves it too].
     #[arg(long)]
     pub(crate) internal_listen: Option<SocketAddr>,
+    /// Mutual TLS on `--internal-listen` and for fetching from other brokers: this broker's
+    /// certificate (PEM), valid for `broker-<id>.weir`; with `--internal-tls-key` and
+    /// `--internal-tls-ca`.
+    #[arg(long, requires_all = ["internal_tls_key", "internal_tls_ca"])]
+    pub(crate) internal_tls_cert: Option<std::path::PathBuf>,
+    /// The key of `--internal-tls-cert` (PEM).
+    #[arg(long, requires = "internal_tls_cert")]
+    pub(crate) internal_tls_key: Option<std::path::PathBuf>,
+    /// The CA that signs every broker's certificate (PEM).
+    #[arg(long, requires = "internal_tls_cert")]
+    pub(crate) internal_tls_ca: Option<std::path::PathBuf>,
     /// Controller addresses (`host:port` or `id=host:port`), comma separated
     /// [default: 127.0.0.1:9093].
     #[arg(long, env = "WEIR_CONTROLLERS")]
@@ -76,6 +87,25 @@ pub(crate) fn resolve(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, Option
     );
     config.rack = args.rack.clone().or(file.rack);
     config.internal_listen = args.internal_listen.or(file.internal_listen);
+    if let (Some(cert), Some(key), Some(ca)) = (
+        &args.internal_tls_cert,
+        &args.internal_tls_key,
+        &args.internal_tls_ca,
+    ) {
+        anyhow::ensure!(
+            config.internal_listen.is_some(),
+            "--internal-tls-cert needs --internal-listen (replication apart from clients)"
+        );
+        let files = weir_broker::config::InternalTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        };
+        files
+            .load()
+            .map_err(|e| anyhow::anyhow!("--internal-tls-cert: {e}"))?;
+        config.internal_tls = Some(files);
+    }
     anyhow::ensure!(
         config.internal_listen != Some(config.listen),
         "--internal-listen must differ from --listen ({})",

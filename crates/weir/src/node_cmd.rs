@@ -32,6 +32,13 @@ pub struct NodeArgs {
     /// [default: none, `--broker-listen` serves it too].
     #[arg(long)]
     broker_internal_listen: Option<SocketAddr>,
+    /// Mutual TLS between brokers (see `weir broker --internal-tls-cert`).
+    #[arg(long, requires_all = ["broker_internal_tls_key", "broker_internal_tls_ca"])]
+    broker_internal_tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, requires = "broker_internal_tls_cert")]
+    broker_internal_tls_key: Option<std::path::PathBuf>,
+    #[arg(long, requires = "broker_internal_tls_cert")]
+    broker_internal_tls_ca: Option<std::path::PathBuf>,
     /// Every controller, `id=host:port,...`, including this node's. Bootstraps an empty
     /// quorum (unless `--join`); the broker finds the active controller among them.
     #[arg(long, env = "WEIR_CONTROLLERS")]
@@ -83,6 +90,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
         id: Some(args.id),
         listen: args.broker_listen,
         internal_listen: args.broker_internal_listen,
+        internal_tls_cert: args.broker_internal_tls_cert.clone(),
+        internal_tls_key: args.broker_internal_tls_key.clone(),
+        internal_tls_ca: args.broker_internal_tls_ca.clone(),
         controllers: Some(args.controllers.clone()),
         rack: args.rack.clone(),
         data_dir: Some(args.data_dir.join("broker")),

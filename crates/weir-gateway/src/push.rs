@@ -382,10 +382,12 @@ async fn worker(
                 };
                 if acked {
                     // acks go out in batches; the acker outlives the worker to send the last
-                    let _ = acks.send(pb::LeaseId {
-                        offset: id.offset,
-                        attempt: id.attempt,
-                    });
+                    let _ = acks
+                        .send(pb::LeaseId {
+                            offset: id.offset,
+                            attempt: id.attempt,
+                        })
+                        .await;
                 } else {
                     // at once: a nack's backoff starts now, not at the worker's next turn
                     settle(&backend, &info, partition, id, false).await;
@@ -451,13 +453,14 @@ fn next_window(window: usize, acked: bool) -> usize {
 const ACK_BATCH_MAX: usize = 1_000;
 
 /// A task that acknowledges what its channel brings, as many per request as have arrived
-/// meanwhile (one request in flight), until every sender is gone.
+/// meanwhile (one request in flight), until every sender is gone. The channel is bounded:
+/// while the leader is slow to take acks, pushes wait for room.
 fn acker(
     backend: Arc<Backend>,
     info: Arc<SubscriptionInfo>,
     partition: u32,
-) -> tokio::sync::mpsc::UnboundedSender<pb::LeaseId> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<pb::LeaseId>();
+) -> tokio::sync::mpsc::Sender<pb::LeaseId> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<pb::LeaseId>(ACK_BATCH_MAX * 4);
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];

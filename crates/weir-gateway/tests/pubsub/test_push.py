@@ -14,6 +14,7 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from google.cloud import pubsub_v1
 
 from conftest import PROJECT, wait_until
 
@@ -360,3 +361,49 @@ def test_push_to_an_https_endpoint(cluster, names):
     finally:
         endpoint.server.shutdown()
         untrusted.server.shutdown()
+
+
+def test_ordered_push_keeps_order_under_retries(cluster, names, endpoint):
+    """An ordered push subscription with an endpoint that fails one message of one key
+    twice: for that key nothing later is pushed until the message succeeds; every key's
+    successes come in publish order; keys of other partitions go on meanwhile."""
+    topic, sub = names
+    publisher = cluster.publisher(
+        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+    )
+    subscriber = cluster.subscriber()
+    publisher.create_topic(request={"name": topic})
+    subscriber.create_subscription(
+        request={"name": sub, "topic": topic, "enable_message_ordering": True,
+                 "push_config": {"push_endpoint": endpoint.url},
+                 "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 2}}}
+    )
+    keys, per_key, failing = [f"k{k}" for k in range(8)], 6, 2
+    futures = [
+        publisher.publish(topic, f"{k}:{i}".encode(), ordering_key=k,
+                          fail="2" if (k, i) == ("k0", failing) else "0")
+        for i in range(per_key)
+        for k in keys
+    ]
+    for f in futures:
+        f.result(timeout=60)
+    wait_until("every message pushed", lambda: len(endpoint.by_data()) >= per_key * len(keys)
+               and len(endpoint.by_data().get(f"k0:{failing}".encode(), [])) >= 3, timeout=60)
+    time.sleep(1)
+    with endpoint.lock:
+        calls = sorted(
+            (t, base64.b64decode(env["message"]["data"]).decode())
+            for cs in endpoint.calls.values() for (t, _, env, _) in cs
+        )
+    by_key = {k: [(t, int(d.split(":")[1])) for t, d in calls if d.split(":")[0] == k] for k in keys}
+    k0 = by_key["k0"]
+    tries = [t for t, i in k0 if i == failing]
+    assert len(tries) == 3, k0
+    assert min(t for t, i in k0 if i > failing) > tries[-1], f"k0 went on past a failing message: {k0}"
+    for k, mine in by_key.items():
+        last = {}
+        for t, i in mine:
+            last[i] = t
+        assert sorted(last, key=last.get) == list(range(per_key)), (k, mine)
+    # some key (of another partition) was done before k0's failing message succeeded
+    assert any(max(t for t, _ in mine) < tries[-1] for k, mine in by_key.items() if k != "k0"), by_key

@@ -23,6 +23,9 @@ struct Lease {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     pub ordered: bool,
+    /// At most one message out at a time (ordered push: one in flight per key, whichever
+    /// gateway pushes it).
+    pub serial: bool,
     pub exactly_once: bool,
     pub retry_minimum_backoff: Duration,
     pub retry_maximum_backoff: Duration,
@@ -153,6 +156,10 @@ impl Leases {
         deadline: Instant,
     ) -> Vec<Delivered> {
         let mut out = Vec::new();
+        if self.policy.serial && !self.leases.is_empty() {
+            return out;
+        }
+        let max = if self.policy.serial { max.min(1) } else { max };
         if self.policy.ordered && !self.leases.is_empty() {
             // in order: the waiting ones go out only once nothing earlier is outstanding
             if let (Some((w, _)), Some((l, _))) = (
@@ -190,6 +197,9 @@ impl Leases {
         if self.outstanding() >= self.policy.outstanding_max {
             return None;
         }
+        if self.policy.serial && self.outstanding() > 0 {
+            return None;
+        }
         if self.policy.ordered && !self.waiting.is_empty() {
             return None;
         }
@@ -198,9 +208,15 @@ impl Leases {
 
     /// How many new messages may be leased now.
     pub fn fresh_room(&self) -> usize {
-        self.policy
+        let room = self
+            .policy
             .outstanding_max
-            .saturating_sub(self.outstanding())
+            .saturating_sub(self.outstanding());
+        if self.policy.serial {
+            room.min(1)
+        } else {
+            room
+        }
     }
 
     /// Leases the new messages read from `from` (offsets ascending; `read_end` is one past
@@ -242,7 +258,9 @@ impl Leases {
                 filtered += 1;
                 continue;
             }
-            if self.outstanding() >= self.policy.outstanding_max {
+            if self.outstanding() >= self.policy.outstanding_max
+                || (self.policy.serial && self.outstanding() > 0)
+            {
                 // full: the rest is read again later
                 self.next = offset;
                 return Some((out, filtered));
@@ -397,6 +415,7 @@ mod tests {
     fn policy() -> Policy {
         Policy {
             ordered: false,
+            serial: false,
             exactly_once: false,
             retry_minimum_backoff: Duration::ZERO,
             retry_maximum_backoff: Duration::ZERO,
@@ -505,6 +524,28 @@ mod tests {
         assert_eq!(l.fresh_from(), None);
         assert_eq!(offsets(&l.take_redeliveries(t0, 10, dl)), vec![1, 2, 3]);
         assert_eq!(l.fresh_from(), Some(4));
+    }
+
+    #[test]
+    fn serial_partitions_have_one_message_out_at_a_time() {
+        let t0 = Instant::now();
+        let mut p = policy();
+        p.ordered = true;
+        p.serial = true;
+        let dl = t0 + Duration::from_secs(10);
+        let mut l = Leases::new(&Cursor::at(0), p);
+        assert_eq!(l.fresh_room(), 1);
+        let got = l.lease_fresh(0, &[0, 1, 2], 3, dl).expect("fresh");
+        assert_eq!(offsets(&got), vec![0]);
+        // nothing more while 0 is out, whoever asks
+        assert_eq!(l.fresh_from(), None);
+        // 0 nacked: it alone comes again, then 1 only once 0 is acked
+        assert!(l.modify(0, 1, 0, t0));
+        assert_eq!(offsets(&l.take_redeliveries(t0, 10, dl)), vec![0]);
+        assert_eq!(l.fresh_from(), None);
+        assert!(l.take_redeliveries(t0, 10, dl).is_empty());
+        assert!(l.ack(0, 2, t0));
+        assert_eq!(l.fresh_from(), Some(1));
     }
 
     #[test]

@@ -138,6 +138,7 @@ impl Entry {
 fn policy(spec: &SubscriptionSpec) -> Policy {
     Policy {
         ordered: spec.enable_message_ordering,
+        serial: spec.enable_message_ordering && spec.push.is_some(),
         exactly_once: spec.enable_exactly_once_delivery,
         retry_minimum_backoff: Duration::from_millis(spec.retry_minimum_backoff_ms),
         retry_maximum_backoff: Duration::from_millis(spec.retry_maximum_backoff_ms),
@@ -368,6 +369,10 @@ impl Subscriber {
         let mut hw_changes = replica.subscribe_high_watermark();
         let exactly_once = entry.spec().enable_exactly_once_delivery;
         loop {
+            // listening before looking: a change between the look and the wait still wakes
+            let changed = entry.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let now = Instant::now();
             let hw = replica.high_watermark();
             let start = replica.log.start_offset();
@@ -492,7 +497,7 @@ impl Subscriber {
                 .unwrap_or(wait_until);
             tokio::select! {
                 _ = hw_changes.changed() => {}
-                _ = entry.changed.notified() => {}
+                _ = &mut changed => {}
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
             if replica.leadership().leader_epoch != entry.leader_epoch {
@@ -514,8 +519,11 @@ impl Subscriber {
                 .iter()
                 .filter(|d| !l.ack(d.offset, d.attempt, now))
                 .copied()
-                .collect()
+                .collect::<Vec<_>>()
         };
+        // an ack may be what a waiting pull needs: room under the outstanding bound, or the
+        // next message of a serial partition
+        entry.changed.notify_waiters();
         metrics::counter!("weir_subscription_acks_total").increment(leases.len() as u64);
         if entry.spec().enable_exactly_once_delivery {
             self.commit_now(entry).await?;

@@ -15,14 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use clap::Parser;
-use weir_client::{Metadata, Producer, ProducerConfig};
+use weir_client::Metadata;
 use weir_proto::call::{self, parse_bootstrap};
 use weir_proto::v1 as pb;
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::subscriptions_client::SubscriptionsClient;
-use weir_types::Record;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -60,29 +58,14 @@ fn rss_bytes(pid: u32) -> Option<u64> {
 }
 
 async fn publish(args: &Args, topic: &str) -> anyhow::Result<Duration> {
-    let producer = Producer::new(ProducerConfig::new(parse_bootstrap(&args.bootstrap)?))?;
-    let value = Bytes::from(vec![b'x'; args.value_bytes]);
-    let started = Instant::now();
-    let mut pending = Vec::with_capacity(10_000);
-    for i in 0..args.messages {
-        let record = Record {
-            timestamp_ms: 0,
-            key: None,
-            value: Some(value.clone()),
-            headers: Vec::new(),
-        };
-        let p = (i % u64::from(args.partitions)) as u32;
-        pending.push(producer.send(topic, Some(p), record).await?);
-        if pending.len() == 10_000 {
-            for f in pending.drain(..) {
-                f.await?;
-            }
-        }
-    }
-    for f in pending {
-        f.await?;
-    }
-    Ok(started.elapsed())
+    weir_benches::publish(
+        &args.bootstrap,
+        topic,
+        args.messages,
+        args.partitions,
+        args.value_bytes,
+    )
+    .await
 }
 
 type Leases = Vec<pb::LeaseId>;

@@ -1,0 +1,42 @@
+//! What the benchmark binaries share.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use weir_client::{Producer, ProducerConfig};
+use weir_proto::call::parse_bootstrap;
+use weir_types::Record;
+
+/// Publishes `messages` records of `value_bytes` round-robin over `partitions`, 10,000 in
+/// flight at most; returns how long it took.
+pub async fn publish(
+    bootstrap: &str,
+    topic: &str,
+    messages: u64,
+    partitions: u32,
+    value_bytes: usize,
+) -> anyhow::Result<Duration> {
+    let producer = Producer::new(ProducerConfig::new(parse_bootstrap(bootstrap)?))?;
+    let value = Bytes::from(vec![b'x'; value_bytes]);
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(10_000);
+    for i in 0..messages {
+        let record = Record {
+            timestamp_ms: 0,
+            key: None,
+            value: Some(value.clone()),
+            headers: Vec::new(),
+        };
+        let p = (i % u64::from(partitions)) as u32;
+        pending.push(producer.send(topic, Some(p), record).await?);
+        if pending.len() == 10_000 {
+            for f in pending.drain(..) {
+                f.await?;
+            }
+        }
+    }
+    for f in pending {
+        f.await?;
+    }
+    Ok(started.elapsed())
+}

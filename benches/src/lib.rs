@@ -40,3 +40,53 @@ pub async fn publish(
     }
     Ok(started.elapsed())
 }
+
+/// Creates a topic through the controllers.
+pub async fn create_topic(
+    bootstrap: &[String],
+    name: &str,
+    partitions: u32,
+    replication_factor: u32,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let request = weir_proto::v1::CreateTopicRequest {
+        name: name.to_string(),
+        partitions,
+        replication_factor,
+        config: None,
+    };
+    weir_proto::call::with_controller(bootstrap, Duration::from_secs(10), |ch| {
+        let request = request.clone();
+        async move {
+            weir_proto::v1::admin_client::AdminClient::new(ch)
+                .create_topic(request)
+                .await
+        }
+    })
+    .await
+    .context("create topic")?;
+    Ok(())
+}
+
+/// Creates a subscription from each partition's log start.
+pub async fn create_subscription(
+    bootstrap: &[String],
+    spec: weir_proto::v1::SubscriptionSpec,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let request = weir_proto::v1::CreateSubscriptionRequest {
+        spec: Some(spec),
+        start: Vec::new(),
+    };
+    weir_proto::call::with_controller(bootstrap, Duration::from_secs(10), |ch| {
+        let request = request.clone();
+        async move {
+            weir_proto::v1::subscriptions_client::SubscriptionsClient::new(ch)
+                .create_subscription(request)
+                .await
+        }
+    })
+    .await
+    .context("create subscription")?;
+    Ok(())
+}

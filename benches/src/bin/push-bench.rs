@@ -12,13 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use bytes::Bytes;
 use clap::Parser;
-use weir_proto::call::{self, parse_bootstrap};
+use weir_proto::call::parse_bootstrap;
 use weir_proto::v1 as pb;
-use weir_proto::v1::admin_client::AdminClient;
-use weir_proto::v1::subscriptions_client::SubscriptionsClient;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -97,17 +95,8 @@ async fn main() -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
     let topic = format!("push-bench-{stamp}");
-    call::with_controller(&bootstrap, Duration::from_secs(10), |ch| {
-        let request = pb::CreateTopicRequest {
-            name: topic.clone(),
-            partitions: args.partitions,
-            replication_factor: args.replication_factor,
-            config: None,
-        };
-        async move { AdminClient::new(ch).create_topic(request).await }
-    })
-    .await
-    .context("create topic")?;
+    weir_benches::create_topic(&bootstrap, &topic, args.partitions, args.replication_factor)
+        .await?;
     let took = publish(&args, &topic).await?;
     println!(
         "publish  {} messages of {} B in {:.2}s: {:.0} msg/s",
@@ -117,29 +106,20 @@ async fn main() -> anyhow::Result<()> {
         args.messages as f64 / took.as_secs_f64()
     );
     let created = Instant::now();
-    call::with_controller(&bootstrap, Duration::from_secs(10), |ch| {
-        let request = pb::CreateSubscriptionRequest {
-            spec: Some(pb::SubscriptionSpec {
-                name: format!("{topic}-push"),
-                topic: topic.clone(),
-                push: Some(pb::PushSpec {
-                    endpoint: format!("http://{addr}/push"),
-                    no_wrapper: args.no_wrapper,
-                    ..Default::default()
-                }),
+    weir_benches::create_subscription(
+        &bootstrap,
+        pb::SubscriptionSpec {
+            name: format!("{topic}-push"),
+            topic: topic.clone(),
+            push: Some(pb::PushSpec {
+                endpoint: format!("http://{addr}/push"),
+                no_wrapper: args.no_wrapper,
                 ..Default::default()
             }),
-            // from each partition's log start: the backlog just published
-            start: Vec::new(),
-        };
-        async move {
-            SubscriptionsClient::new(ch)
-                .create_subscription(request)
-                .await
-        }
-    })
-    .await
-    .context("create subscription")?;
+            ..Default::default()
+        },
+    )
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout_seconds);
     while counts.requests.load(Ordering::Relaxed) < args.messages {
         if Instant::now() > deadline {

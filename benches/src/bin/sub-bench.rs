@@ -14,13 +14,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use weir_client::Metadata;
-use weir_proto::call::{self, parse_bootstrap};
+use weir_proto::call::parse_bootstrap;
 use weir_proto::v1 as pb;
-use weir_proto::v1::admin_client::AdminClient;
-use weir_proto::v1::subscriptions_client::SubscriptionsClient;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -192,34 +190,17 @@ async fn main() -> anyhow::Result<()> {
         .as_millis();
     let topic = format!("sub-bench-{stamp}");
     let sub = format!("{topic}-sub");
-    call::with_controller(&bootstrap, Duration::from_secs(10), |ch| {
-        let request = pb::CreateTopicRequest {
-            name: topic.clone(),
-            partitions: args.partitions,
-            replication_factor: args.replication_factor,
-            config: None,
-        };
-        async move { AdminClient::new(ch).create_topic(request).await }
-    })
-    .await
-    .context("create topic")?;
-    call::with_controller(&bootstrap, Duration::from_secs(10), |ch| {
-        let request = pb::CreateSubscriptionRequest {
-            spec: Some(pb::SubscriptionSpec {
-                name: sub.clone(),
-                topic: topic.clone(),
-                ..Default::default()
-            }),
-            start: Vec::new(),
-        };
-        async move {
-            SubscriptionsClient::new(ch)
-                .create_subscription(request)
-                .await
-        }
-    })
-    .await
-    .context("create subscription")?;
+    weir_benches::create_topic(&bootstrap, &topic, args.partitions, args.replication_factor)
+        .await?;
+    weir_benches::create_subscription(
+        &bootstrap,
+        pb::SubscriptionSpec {
+            name: sub.clone(),
+            topic: topic.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
     let per_partition = args.messages / u64::from(args.partitions);
     let total = per_partition * u64::from(args.partitions);
 

@@ -14,7 +14,7 @@ use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use tonic::transport::Channel;
+use weir_proto::call::Channel;
 use weir_proto::call::{self, parse_bootstrap};
 use weir_proto::internal::v1 as ipb;
 use weir_proto::internal::v1::broker_registry_client::BrokerRegistryClient;

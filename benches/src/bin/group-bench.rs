@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
+use weir_proto::call::Channel;
 use weir_client::{GroupConsumer, GroupConsumerConfig};
 use weir_proto::call::{self, parse_bootstrap};
 use weir_proto::v1 as pb;

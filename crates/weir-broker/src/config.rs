@@ -57,6 +57,10 @@ pub struct BrokerConfig {
     pub produce_timeout_ms: u64,
     /// How long a follower's fetch waits at the leader when there is nothing new.
     pub replica_fetch_wait_ms: u32,
+    /// TLS on the public listener and who may call (built from the security settings at
+    /// start, not part of a config file).
+    #[serde(skip)]
+    pub security: weir_proto::auth::ListenerSecurity,
 }
 
 impl BrokerConfig {
@@ -81,6 +85,7 @@ impl BrokerConfig {
             replica_lag_ms_max: 10_000,
             produce_timeout_ms: 30_000,
             replica_fetch_wait_ms: 500,
+            security: Default::default(),
         }
     }
 

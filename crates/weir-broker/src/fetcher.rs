@@ -79,7 +79,7 @@ async fn fetch_from(
     registry: Arc<Registry>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut client: Option<(String, ReplicationClient<tonic::transport::Channel>)> = None;
+    let mut client: Option<(String, ReplicationClient<weir_proto::call::Channel>)> = None;
     // partitions held back by a reassignment throttle, until when
     let mut throttled: HashMap<Key, Instant> = HashMap::new();
     loop {

@@ -160,13 +160,15 @@ impl Broker {
             registry: Arc::clone(&registry),
             session: session.clone(),
             producer_ids: Arc::new(tokio::sync::Mutex::new((0, 0))),
+            security: Arc::clone(&config.security.security),
         };
         let replication = ReplicationServer::new(leader::ReplicationService {
             registry: Arc::clone(&registry),
             fetch_wait_ms_max: config.fetch_wait_ms_max,
         });
+        let auth = config.security.interceptor();
         let mut public = tonic::transport::Server::builder();
-        let mut public = public.add_service(BrokerServer::new(service));
+        let mut public = public.add_service(BrokerServer::with_interceptor(service, auth.clone()));
         match internal {
             Some((listener, addr)) => {
                 let mut server_stop = stopped.clone();
@@ -192,13 +194,22 @@ impl Broker {
                 });
             }
             // no internal listener: replication shares the public one
-            None => public = public.add_service(replication),
+            None => {
+                public = public.add_service(tonic::service::interceptor::InterceptedService::new(
+                    replication,
+                    auth,
+                ))
+            }
         }
         let mut server_stop = stopped;
-        let server =
-            public.serve_with_incoming_shutdown(weir_proto::call::incoming(listener), async move {
+        let server = weir_proto::call::serve(
+            public,
+            listener,
+            config.security.tls.clone(),
+            async move {
                 let _ = server_stop.wait_for(|s| *s).await;
-            });
+            },
+        );
         tasks.spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "broker gRPC server failed");

@@ -99,6 +99,17 @@ impl Registry {
         self.reconcile(&view, false).await
     }
 
+    /// The ACLs as last applied.
+    pub fn acls(&self) -> Arc<Vec<weir_types::acl::Acl>> {
+        Arc::clone(
+            &self
+                .metadata
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .acls,
+        )
+    }
+
     /// The metadata as last applied.
     pub fn view(&self) -> ClusterView {
         self.metadata

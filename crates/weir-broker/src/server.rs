@@ -10,6 +10,8 @@ use tonic::{Request, Response, Status};
 use weir_proto::internal::v1 as ipb;
 use weir_proto::v1 as pb;
 use weir_proto::v1::broker_server::Broker;
+use weir_proto::auth::Security;
+use weir_types::acl::{CLUSTER, Operation, ResourceType};
 use weir_types::{Offset, RecordBatch};
 
 use crate::config::BrokerConfig;
@@ -26,6 +28,25 @@ pub struct BrokerService {
     pub session: tokio::sync::watch::Receiver<crate::session::SessionState>,
     /// `[next, end)` of the producer-id block this broker hands out from.
     pub producer_ids: Arc<tokio::sync::Mutex<(i64, i64)>>,
+    pub security: Arc<Security>,
+}
+
+impl BrokerService {
+    /// Whether the caller may do `operation` on `kind`/`name` by the ACLs of the latest
+    /// metadata (PERMISSION_DENIED otherwise).
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        operation: Operation,
+        kind: ResourceType,
+        name: &str,
+    ) -> Result<(), Status> {
+        if !self.security.authorization() {
+            return Ok(());
+        }
+        self.security
+            .authorize(request, self.registry.acls().iter(), operation, kind, name)
+    }
 }
 
 /// Producer ids reserved from the controller at a time.
@@ -160,6 +181,7 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::SubscriptionPullRequest>,
     ) -> Result<Response<pb::SubscriptionPullResponse>, Status> {
+        self.authorize(&request, Operation::Read, ResourceType::Subscription, &request.get_ref().subscription)?;
         let started = std::time::Instant::now();
         let result = self.pull_inner(request.into_inner()).await;
         record("pull", started, &result);
@@ -170,6 +192,7 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::SubscriptionAckRequest>,
     ) -> Result<Response<pb::SubscriptionAckResponse>, Status> {
+        self.authorize(&request, Operation::Read, ResourceType::Subscription, &request.get_ref().subscription)?;
         let started = std::time::Instant::now();
         let r = request.into_inner();
         let result = async {
@@ -193,6 +216,7 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::SubscriptionModifyRequest>,
     ) -> Result<Response<pb::SubscriptionAckResponse>, Status> {
+        self.authorize(&request, Operation::Read, ResourceType::Subscription, &request.get_ref().subscription)?;
         let r = request.into_inner();
         let result = async {
             if r.deadline_seconds > 600 {
@@ -216,6 +240,7 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::SeekSubscriptionRequest>,
     ) -> Result<Response<pb::SeekSubscriptionResponse>, Status> {
+        self.authorize(&request, Operation::Read, ResourceType::Subscription, &request.get_ref().subscription)?;
         let r = request.into_inner();
         let result = async {
             let cursor = weir_proto::convert::cursor("cursor", r.cursor)
@@ -234,6 +259,7 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::GetCursorRequest>,
     ) -> Result<Response<pb::GetCursorResponse>, Status> {
+        self.authorize(&request, Operation::Describe, ResourceType::Subscription, &request.get_ref().subscription)?;
         let r = request.into_inner();
         let result = async {
             let (_, entry) = self
@@ -252,6 +278,7 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
+        self.authorize(&request, Operation::Write, ResourceType::Topic, &request.get_ref().topic)?;
         let started = std::time::Instant::now();
         let result = match Produce::try_from(request.into_inner()) {
             Ok(req) => self.produce_inner(req).await,
@@ -265,6 +292,7 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
+        self.authorize(&request, Operation::Read, ResourceType::Topic, &request.get_ref().topic)?;
         let started = std::time::Instant::now();
         let result = match Fetch::try_from(request.into_inner()) {
             Ok(req) => self.fetch_inner(req).await,
@@ -280,8 +308,21 @@ impl Broker for BrokerService {
 
     async fn init_producer_id(
         &self,
-        _request: Request<pb::InitProducerIdRequest>,
+        request: Request<pb::InitProducerIdRequest>,
     ) -> Result<Response<pb::InitProducerIdResponse>, Status> {
+        // an idempotent producer needs write on some topic (or on the cluster)
+        if self.security.authorization()
+            && self
+                .authorize(&request, Operation::Write, ResourceType::Cluster, CLUSTER)
+                .is_err()
+        {
+            self.security.authorize_any(
+                &request,
+                self.registry.acls().iter(),
+                Operation::Write,
+                ResourceType::Topic,
+            )?;
+        }
         let mut block = self.producer_ids.lock().await;
         if block.0 >= block.1 {
             let Some(incarnation) = self.session.borrow().incarnation else {
@@ -321,6 +362,7 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::ListOffsetsRequest>,
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
+        self.authorize(&request, Operation::Describe, ResourceType::Topic, &request.get_ref().topic)?;
         let started = std::time::Instant::now();
         let result = match ListOffsets::try_from(request.into_inner()) {
             Ok(req) => self.list_offsets_inner(req).await,

@@ -21,7 +21,7 @@ fn free_addr() -> std::net::SocketAddr {
 struct Setup {
     controller: Controller,
     broker: Broker,
-    client: BrokerClient<tonic::transport::Channel>,
+    client: BrokerClient<weir_proto::call::Channel>,
     _dir: tempfile::TempDir,
 }
 

@@ -75,7 +75,7 @@ async fn replication_as(
     addr: std::net::SocketAddr,
     files: &InternalTlsFiles,
     leader: u32,
-) -> ReplicationClient<tonic::transport::Channel> {
+) -> ReplicationClient<weir_proto::call::Channel> {
     let tls = files.load().expect("load");
     ReplicationClient::new(
         weir_proto::call::connect_tls(&addr.to_string(), tls.client(leader))

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
+use weir_proto::call::Channel;
 use weir_proto::status::{error_code, leader_hint};
 use weir_types::ErrorCode;
 

@@ -17,6 +17,8 @@ use weir_proto::internal::v1::broker_registry_server::BrokerRegistry;
 use weir_proto::status::{redirect, status};
 use weir_proto::v1::admin_server::Admin;
 use weir_proto::v1::{self as pb};
+use weir_proto::auth::Security;
+use weir_types::acl::{CLUSTER, Operation, ResourceType};
 use weir_types::{BrokerId, ErrorCode};
 
 use crate::metadata::{
@@ -80,6 +82,12 @@ pub struct Services {
     pub leases: Arc<Leases>,
     pub lease: Duration,
     pub preferred_leader_check: Duration,
+    pub security: Arc<Security>,
+}
+
+fn acl_filter(filter: Option<pb::AclFilter>) -> Result<weir_types::acl::AclFilter, Status> {
+    weir_types::acl::AclFilter::try_from(filter.unwrap_or_default())
+        .map_err(|e| invalid(&format!("filter.{}", e.field), &e.reason))
 }
 
 fn rejection_status(r: Rejection) -> Status {
@@ -346,6 +354,23 @@ fn describe_broker(b: &crate::metadata::Broker) -> pb::BrokerDescription {
 }
 
 impl Services {
+    /// Whether the request's principal may do `operation` on the resource, by the ACLs this
+    /// controller has applied (PERMISSION_DENIED otherwise).
+    pub(crate) async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        operation: Operation,
+        kind: ResourceType,
+        name: &str,
+    ) -> Result<(), Status> {
+        if !self.security.authorization() {
+            return Ok(());
+        }
+        let state = self.sm.read().await;
+        self.security
+            .authorize(request, &state.acls, operation, kind, name)
+    }
+
     /// The update that brings a watcher at `since` to the current version: only the changes
     /// when the history reaches back to `since`, a full snapshot otherwise.
     pub async fn metadata_update(&self, since: u64) -> pb::MetadataUpdate {
@@ -369,6 +394,12 @@ impl Services {
                     .filter_map(|b| md.brokers.get(b))
                     .map(describe_broker)
                     .collect(),
+                acls_included: state.acls_version > since,
+                acls: if state.acls_version > since {
+                    state.acls.iter().map(pb::Acl::from).collect()
+                } else {
+                    Vec::new()
+                },
             },
             None => pb::MetadataUpdate {
                 version: state.version(),
@@ -376,6 +407,8 @@ impl Services {
                 topics: md.topics.values().map(describe_topic).collect(),
                 brokers: md.brokers.values().map(describe_broker).collect(),
                 deleted_topics: Vec::new(),
+                acls_included: true,
+                acls: state.acls.iter().map(pb::Acl::from).collect(),
             },
         }
     }
@@ -390,6 +423,7 @@ impl Admin for Services {
         &self,
         request: Request<pb::WatchMetadataRequest>,
     ) -> Result<Response<Self::WatchMetadataStream>, Status> {
+        self.authorize(&request, Operation::Describe, ResourceType::Cluster, CLUSTER).await?;
         let from = request.into_inner().from_version;
         let mut last = from;
         let mut sent_any = false;
@@ -426,6 +460,7 @@ impl Admin for Services {
         &self,
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
+        self.authorize(&request, Operation::Create, ResourceType::Topic, &request.get_ref().name).await?;
         let req = request.into_inner();
         crate::metadata::validate_topic_name(&req.name).map_err(rejection_status)?;
         if req.partitions == 0 {
@@ -463,6 +498,7 @@ impl Admin for Services {
         &self,
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        self.authorize(&request, Operation::Delete, ResourceType::Topic, &request.get_ref().name).await?;
         let name = request.into_inner().name;
         if name.is_empty() {
             return Err(invalid("name", "must not be empty"));
@@ -477,8 +513,9 @@ impl Admin for Services {
 
     async fn list_topics(
         &self,
-        _request: Request<pb::ListTopicsRequest>,
+        request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        self.authorize(&request, Operation::Describe, ResourceType::Cluster, CLUSTER).await?;
         self.linearizable().await?;
         let state = self.sm.read().await;
         Ok(Response::new(pb::ListTopicsResponse {
@@ -491,6 +528,7 @@ impl Admin for Services {
         &self,
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
+        self.authorize(&request, Operation::Describe, ResourceType::Topic, &request.get_ref().name).await?;
         self.linearizable().await?;
         let topic = self.topic(&request.into_inner().name).await?;
         Ok(Response::new(describe_topic(&topic)))
@@ -500,6 +538,7 @@ impl Admin for Services {
         &self,
         request: Request<pb::CreatePartitionsRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
+        self.authorize(&request, Operation::Alter, ResourceType::Topic, &request.get_ref().name).await?;
         let req = request.into_inner();
         self.propose(Command::CreatePartitions {
             name: req.name.clone(),
@@ -513,6 +552,7 @@ impl Admin for Services {
         &self,
         request: Request<pb::AlterTopicConfigRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
+        self.authorize(&request, Operation::Alter, ResourceType::Topic, &request.get_ref().name).await?;
         let req = request.into_inner();
         let change = config_change(req.config)?;
         if change == ConfigChange::default() {
@@ -528,8 +568,9 @@ impl Admin for Services {
 
     async fn describe_cluster(
         &self,
-        _request: Request<pb::DescribeClusterRequest>,
+        request: Request<pb::DescribeClusterRequest>,
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
+        self.authorize(&request, Operation::Describe, ResourceType::Cluster, CLUSTER).await?;
         Ok(Response::new(self.describe_cluster_now().await))
     }
 
@@ -537,6 +578,7 @@ impl Admin for Services {
         &self,
         request: Request<pb::AddControllerRequest>,
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
+        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER).await?;
         let req = request.into_inner();
         if req.id == 0 {
             return Err(invalid("id", "must be positive"));
@@ -563,6 +605,7 @@ impl Admin for Services {
         &self,
         request: Request<pb::ReassignPartitionRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
+        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER).await?;
         let req = request.into_inner();
         match self
             .propose(Command::Reassign {
@@ -584,6 +627,7 @@ impl Admin for Services {
         &self,
         request: Request<pb::ElectLeaderRequest>,
     ) -> Result<Response<pb::ElectLeaderResponse>, Status> {
+        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER).await?;
         let req = request.into_inner();
         if req.unclean {
             tracing::warn!(topic = %req.topic, partition = req.partition, "unclean leader election requested");
@@ -614,10 +658,75 @@ impl Admin for Services {
         }
     }
 
+    async fn create_acls(
+        &self,
+        request: Request<pb::CreateAclsRequest>,
+    ) -> Result<Response<pb::CreateAclsResponse>, Status> {
+        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER).await?;
+        let acls = request
+            .into_inner()
+            .acls
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| {
+                weir_types::acl::Acl::try_from(a)
+                    .map_err(|e| invalid(&format!("acls[{i}].{}", e.field), &e.reason))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if acls.is_empty() {
+            return Err(invalid("acls", "must not be empty"));
+        }
+        match self.propose(Command::CreateAcls(acls)).await? {
+            Outcome::AclsCreated { created } => {
+                Ok(Response::new(pb::CreateAclsResponse { created }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_acls(
+        &self,
+        request: Request<pb::DeleteAclsRequest>,
+    ) -> Result<Response<pb::DeleteAclsResponse>, Status> {
+        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER).await?;
+        let filter = acl_filter(request.into_inner().filter)?;
+        if filter == weir_types::acl::AclFilter::default() {
+            return Err(invalid(
+                "filter",
+                "sets no field (to remove every ACL, name a permission)",
+            ));
+        }
+        match self.propose(Command::DeleteAcls(filter)).await? {
+            Outcome::AclsDeleted { deleted } => Ok(Response::new(pb::DeleteAclsResponse {
+                deleted: deleted.iter().map(pb::Acl::from).collect(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_acls(
+        &self,
+        request: Request<pb::ListAclsRequest>,
+    ) -> Result<Response<pb::ListAclsResponse>, Status> {
+        self.authorize(&request, Operation::Describe, ResourceType::Cluster, CLUSTER).await?;
+        let filter = acl_filter(request.into_inner().filter)?;
+        self.linearizable().await?;
+        let state = self.sm.read().await;
+        Ok(Response::new(pb::ListAclsResponse {
+            acls: state
+                .acls
+                .iter()
+                .filter(|a| filter.matches(a))
+                .map(pb::Acl::from)
+                .collect(),
+        }))
+    }
+
     async fn remove_controller(
         &self,
         request: Request<pb::RemoveControllerRequest>,
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
+        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER).await?;
         let id = request.into_inner().id;
         self.leader_only()?;
         let mut voters = self.voters();
@@ -641,6 +750,7 @@ impl BrokerRegistry for Services {
         &self,
         request: Request<ipb::RegisterBrokerRequest>,
     ) -> Result<Response<ipb::RegisterBrokerResponse>, Status> {
+        Security::require_broker(&request, Some(request.get_ref().broker_id))?;
         let req = request.into_inner();
         if req.broker_id == 0 {
             return Err(invalid("broker_id", "must be positive"));
@@ -672,6 +782,7 @@ impl BrokerRegistry for Services {
         &self,
         request: Request<ipb::AlterPartitionRequest>,
     ) -> Result<Response<ipb::AlterPartitionResponse>, Status> {
+        Security::require_broker(&request, Some(request.get_ref().broker_id))?;
         let req = request.into_inner();
         let outcome = self
             .propose(Command::AlterIsr {
@@ -700,6 +811,7 @@ impl BrokerRegistry for Services {
         &self,
         request: Request<ipb::AllocateProducerIdsRequest>,
     ) -> Result<Response<ipb::AllocateProducerIdsResponse>, Status> {
+        Security::require_broker(&request, Some(request.get_ref().broker_id))?;
         let req = request.into_inner();
         match self
             .propose(Command::AllocateProducerIds {
@@ -722,6 +834,7 @@ impl BrokerRegistry for Services {
         &self,
         request: Request<ipb::BrokerHeartbeatRequest>,
     ) -> Result<Response<ipb::BrokerHeartbeatResponse>, Status> {
+        Security::require_broker(&request, Some(request.get_ref().broker_id))?;
         let req = request.into_inner();
         self.leader_only()?;
         let id = BrokerId(req.broker_id);

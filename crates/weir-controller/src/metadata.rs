@@ -198,6 +198,10 @@ pub enum Command {
     Group(crate::group::GroupCommand),
     /// A subscription change, applied by [`crate::subscription::Subscriptions`].
     Subscription(crate::subscription::SubscriptionCommand),
+    /// Adds access control lists (those present already stay as they are).
+    CreateAcls(Vec<weir_types::acl::Acl>),
+    /// Removes every ACL the filter matches.
+    DeleteAcls(weir_types::acl::AclFilter),
 }
 
 /// Why a command was rejected. Rejections change nothing.
@@ -278,6 +282,12 @@ pub enum Outcome {
     Subscription(
         Result<crate::subscription::SubscriptionOutcome, crate::subscription::SubscriptionError>,
     ),
+    AclsCreated {
+        created: u32,
+    },
+    AclsDeleted {
+        deleted: Vec<weir_types::acl::Acl>,
+    },
     Rejected(Rejection),
 }
 
@@ -415,9 +425,12 @@ impl Metadata {
                 partition_epoch,
                 isr,
             ),
-            Command::Group(_) | Command::Subscription(_) => Err(invalid(
+            Command::Group(_)
+            | Command::Subscription(_)
+            | Command::CreateAcls(_)
+            | Command::DeleteAcls(_) => Err(invalid(
                 "command",
-                "group and subscription commands are applied to their own state",
+                "group, subscription and ACL commands are applied to their own state",
             )),
         };
         result.unwrap_or_else(Outcome::Rejected)

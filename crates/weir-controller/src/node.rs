@@ -51,6 +51,10 @@ pub struct ControllerConfig {
     pub group_heartbeat_interval_ms: u32,
     /// Session timeout for members that do not ask for their own.
     pub group_session_timeout_ms: u32,
+    /// TLS on the listener and who may call (not part of a config file: built from the
+    /// security settings at start).
+    #[serde(skip)]
+    pub security: weir_proto::auth::ListenerSecurity,
 }
 
 impl ControllerConfig {
@@ -69,6 +73,7 @@ impl ControllerConfig {
             preferred_leader_check_ms: 30_000,
             group_heartbeat_interval_ms: 1000,
             group_session_timeout_ms: 10_000,
+            security: Default::default(),
         }
     }
 
@@ -221,6 +226,7 @@ impl Controller {
             leases: Arc::clone(&leases),
             lease: Duration::from_millis(config.broker_lease_ms),
             preferred_leader_check: Duration::from_millis(config.preferred_leader_check_ms),
+            security: Arc::clone(&config.security.security),
         };
         let mut tasks = JoinSet::new();
         let coordinator = Coordinator::start(
@@ -233,24 +239,41 @@ impl Controller {
             &mut tasks,
         );
         let mut server_stop = stopped.clone();
-        let server = tonic::transport::Server::builder()
-            .add_service(ControllerRaftServer::new(RaftService {
-                raft: raft.clone(),
-            }))
-            .add_service(AdminServer::new(services.clone()))
-            .add_service(BrokerRegistryServer::new(services.clone()))
-            .add_service(GroupCoordinatorServer::new(coordinator))
+        let auth = config.security.interceptor();
+        let router = tonic::transport::Server::builder()
+            .add_service(ControllerRaftServer::with_interceptor(
+                RaftService { raft: raft.clone() },
+                auth.clone(),
+            ))
+            .add_service(AdminServer::with_interceptor(services.clone(), auth.clone()))
+            .add_service(BrokerRegistryServer::with_interceptor(
+                services.clone(),
+                auth.clone(),
+            ))
+            .add_service(GroupCoordinatorServer::with_interceptor(
+                coordinator,
+                auth.clone(),
+            ))
             .add_service(
-                weir_proto::v1::subscriptions_server::SubscriptionsServer::new(services.clone()),
-            )
-            .add_service(
-                weir_proto::internal::v1::subscription_cursors_server::SubscriptionCursorsServer::new(
+                weir_proto::v1::subscriptions_server::SubscriptionsServer::with_interceptor(
                     services.clone(),
+                    auth.clone(),
                 ),
             )
-            .serve_with_incoming_shutdown(weir_proto::call::incoming(listener), async move {
+            .add_service(
+                weir_proto::internal::v1::subscription_cursors_server::SubscriptionCursorsServer::with_interceptor(
+                    services.clone(),
+                    auth,
+                ),
+            );
+        let server = weir_proto::call::serve(
+            router,
+            listener,
+            config.security.tls.clone(),
+            async move {
                 let _ = server_stop.wait_for(|s| *s).await;
-            });
+            },
+        );
         tasks.spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "controller gRPC server failed");

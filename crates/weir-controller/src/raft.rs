@@ -17,7 +17,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use weir_proto::call::Channel;
 use weir_proto::internal::v1::RaftPayload;
 use weir_proto::internal::v1::controller_raft_client::ControllerRaftClient;
 use weir_proto::internal::v1::controller_raft_server::ControllerRaft;
@@ -49,11 +49,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        let channel = Endpoint::from_shared(format!("http://{}", node.addr))
-            .map(|e| {
-                e.connect_timeout(CONNECT_TIMEOUT)
-                    .local_address(weir_proto::call::source_address())
-                    .connect_lazy()
+        let channel = weir_proto::call::endpoint(&node.addr)
+            .map(|(e, credentials)| {
+                Channel::new(e.connect_timeout(CONNECT_TIMEOUT).connect_lazy(), credentials)
             })
             .map_err(|e| e.to_string());
         Peer {
@@ -166,6 +164,7 @@ impl ControllerRaft for RaftService {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        weir_proto::auth::Security::require_controller(&request)?;
         let req = decode(request.get_ref())?;
         encode(&self.raft.vote(req).await)
     }
@@ -174,6 +173,7 @@ impl ControllerRaft for RaftService {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        weir_proto::auth::Security::require_controller(&request)?;
         let req = decode(request.get_ref())?;
         encode(&self.raft.append_entries(req).await)
     }
@@ -182,6 +182,7 @@ impl ControllerRaft for RaftService {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        weir_proto::auth::Security::require_controller(&request)?;
         let req = decode(request.get_ref())?;
         encode(&self.raft.install_snapshot(req).await)
     }

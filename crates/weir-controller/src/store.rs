@@ -229,6 +229,12 @@ pub struct Applied {
     pub groups: Groups,
     #[serde(default)]
     pub subscriptions: crate::subscription::Subscriptions,
+    /// The access control lists.
+    #[serde(default)]
+    pub acls: std::collections::BTreeSet<weir_types::acl::Acl>,
+    /// The version of the last change to `acls` (0: never changed).
+    #[serde(default)]
+    pub acls_version: u64,
     /// Changes after `changes_from`, oldest first, at most [`CHANGES_MAX`].
     #[serde(skip)]
     pub changes: std::collections::VecDeque<Change>,
@@ -265,6 +271,29 @@ impl Applied {
             }
             Command::Subscription(sc) => {
                 Outcome::Subscription(self.subscriptions.apply(sc, version, &self.metadata))
+            }
+            Command::CreateAcls(acls) => {
+                if let Some((field, reason)) = acls.iter().find_map(|a| a.validate().err()) {
+                    return Outcome::Rejected(crate::metadata::Rejection::Invalid {
+                        field: format!("acls.{field}"),
+                        reason,
+                    });
+                }
+                let before = self.acls.len();
+                self.acls.extend(acls);
+                let created = (self.acls.len() - before) as u32;
+                if created > 0 {
+                    self.acls_version = version;
+                }
+                Outcome::AclsCreated { created }
+            }
+            Command::DeleteAcls(filter) => {
+                let deleted: Vec<_> = self.acls.iter().filter(|a| filter.matches(a)).cloned().collect();
+                if !deleted.is_empty() {
+                    self.acls.retain(|a| !filter.matches(a));
+                    self.acls_version = version;
+                }
+                Outcome::AclsDeleted { deleted }
             }
             command => {
                 let outcome = self.metadata.apply(command.clone());
@@ -314,7 +343,10 @@ fn touched(
             (metadata.topics.keys().cloned().collect(), Vec::new())
         }
         Command::Reassign { topic, .. } => (vec![topic.clone()], Vec::new()),
-        Command::Group(_) | Command::Subscription(_) => (Vec::new(), Vec::new()),
+        Command::Group(_)
+        | Command::Subscription(_)
+        | Command::CreateAcls(_)
+        | Command::DeleteAcls(_) => (Vec::new(), Vec::new()),
         Command::RegisterBroker { id, .. } | Command::FenceBroker { id, .. } => {
             let topics = metadata
                 .topics
@@ -392,6 +424,9 @@ impl Applied {
             metadata: installed.metadata,
             groups: installed.groups,
             subscriptions: installed.subscriptions,
+            acls: installed.acls,
+            // watchers resync from a snapshot, which carries the ACLs
+            acls_version: installed.acls_version,
             changes: Default::default(),
             // history before a snapshot is unknown: watchers resync
             changes_from: version,

@@ -10,6 +10,8 @@ use weir_proto::internal::v1::subscription_cursors_server::SubscriptionCursors;
 use weir_proto::status::status;
 use weir_proto::v1 as pb;
 use weir_proto::v1::subscriptions_server::Subscriptions as SubscriptionsApi;
+use weir_proto::auth::Security;
+use weir_types::acl::{CLUSTER, Operation, ResourceType};
 use weir_types::subscription::{Cursor, SubscriptionSpec};
 use weir_types::{BrokerId, ErrorCode, LeaderEpoch};
 
@@ -98,6 +100,30 @@ impl Services {
         }
     }
 
+    /// A snapshot is guarded by its subscription's ACLs; one that does not exist needs
+    /// describe on the cluster to learn so.
+    async fn authorize_snapshot<T>(
+        &self,
+        request: &Request<T>,
+        operation: Operation,
+        name: &str,
+    ) -> Result<(), Status> {
+        let subscription = {
+            let state = self.sm.read().await;
+            state.subscriptions.snapshots.get(name).map(|s| s.subscription.clone())
+        };
+        match subscription {
+            Some(sub) => {
+                self.authorize(request, operation, ResourceType::Subscription, &sub)
+                    .await
+            }
+            None => {
+                self.authorize(request, Operation::Describe, ResourceType::Cluster, CLUSTER)
+                    .await
+            }
+        }
+    }
+
     async fn partition_count(&self, topic: &str) -> u32 {
         let state = self.sm.read().await;
         state
@@ -134,6 +160,8 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::CreateSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionDescription>, Status> {
+        self.authorize(&request, Operation::Create, ResourceType::Subscription, request.get_ref().spec.as_ref().map_or("", |s| s.name.as_str())).await?;
+        self.authorize(&request, Operation::Read, ResourceType::Topic, request.get_ref().spec.as_ref().map_or("", |s| s.topic.as_str())).await?;
         let r = request.into_inner();
         let spec: SubscriptionSpec = r.spec.ok_or_else(|| error_status(invalid_spec()))?.into();
         let start = cursors_from(r.start)?;
@@ -151,6 +179,7 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::GetSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionDescription>, Status> {
+        self.authorize(&request, Operation::Describe, ResourceType::Subscription, &request.get_ref().name).await?;
         self.linearizable().await?;
         let name = request.into_inner().name;
         let state = self.sm.read().await;
@@ -171,6 +200,7 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::UpdateSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionDescription>, Status> {
+        self.authorize(&request, Operation::Alter, ResourceType::Subscription, request.get_ref().spec.as_ref().map_or("", |s| s.name.as_str())).await?;
         let r = request.into_inner();
         let spec: SubscriptionSpec = r.spec.ok_or_else(|| error_status(invalid_spec()))?.into();
         let outcome = self
@@ -187,6 +217,7 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        self.authorize(&request, Operation::Describe, ResourceType::Cluster, CLUSTER).await?;
         self.linearizable().await?;
         let r = request.into_inner();
         let state = self.sm.read().await;
@@ -214,6 +245,7 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::DeleteSubscriptionRequest>,
     ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
+        self.authorize(&request, Operation::Delete, ResourceType::Subscription, &request.get_ref().name).await?;
         let name = request.into_inner().name;
         self.propose_subscription(SubscriptionCommand::Delete { name })
             .await?;
@@ -224,6 +256,7 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::SnapshotDescription>, Status> {
+        self.authorize(&request, Operation::Read, ResourceType::Subscription, &request.get_ref().subscription).await?;
         let r = request.into_inner();
         let outcome = self
             .propose_subscription(SubscriptionCommand::CreateSnapshot {
@@ -241,6 +274,7 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::GetSnapshotRequest>,
     ) -> Result<Response<pb::SnapshotDescription>, Status> {
+        self.authorize_snapshot(&request, Operation::Describe, &request.get_ref().name).await?;
         self.linearizable().await?;
         let name = request.into_inner().name;
         let state = self.sm.read().await;
@@ -256,6 +290,7 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::UpdateSnapshotRequest>,
     ) -> Result<Response<pb::SnapshotDescription>, Status> {
+        self.authorize_snapshot(&request, Operation::Alter, &request.get_ref().name).await?;
         let r = request.into_inner();
         let outcome = self
             .propose_subscription(SubscriptionCommand::UpdateSnapshot {
@@ -271,6 +306,7 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        self.authorize(&request, Operation::Describe, ResourceType::Cluster, CLUSTER).await?;
         self.linearizable().await?;
         let r = request.into_inner();
         let state = self.sm.read().await;
@@ -289,6 +325,7 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        self.authorize_snapshot(&request, Operation::Alter, &request.get_ref().name).await?;
         let name = request.into_inner().name;
         self.propose_subscription(SubscriptionCommand::DeleteSnapshot { name })
             .await?;
@@ -309,6 +346,7 @@ impl SubscriptionCursors for Services {
         &self,
         request: Request<ipb::LoadCursorRequest>,
     ) -> Result<Response<ipb::LoadCursorResponse>, Status> {
+        Security::require_broker(&request, None)?;
         self.linearizable().await?;
         let r = request.into_inner();
         let state = self.sm.read().await;
@@ -332,6 +370,7 @@ impl SubscriptionCursors for Services {
         &self,
         request: Request<ipb::CommitCursorsRequest>,
     ) -> Result<Response<ipb::CommitCursorsResponse>, Status> {
+        Security::require_broker(&request, Some(request.get_ref().broker_id))?;
         let r = request.into_inner();
         let mut commits = Vec::with_capacity(r.commits.len());
         for (i, c) in r.commits.into_iter().enumerate() {

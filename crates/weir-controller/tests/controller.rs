@@ -31,7 +31,7 @@ async fn start(dir: &std::path::Path, addr: std::net::SocketAddr) -> Controller 
 async fn start_with_a_broker(
     dir: &std::path::Path,
     addr: std::net::SocketAddr,
-) -> (Controller, tonic::transport::Channel) {
+) -> (Controller, weir_proto::call::Channel) {
     let controller = start(dir, addr).await;
     let channel = weir_proto::call::connect(&addr.to_string())
         .await

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::Status;
-use tonic::transport::Channel;
+use weir_proto::call::Channel;
 use weir_client::{ClientError, Metadata, Producer};
 use weir_proto::call::CallError;
 use weir_proto::v1 as pb;

@@ -4,7 +4,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+/// A connection to a Weir node, carrying this process's credentials on every request.
+pub type Channel = tonic::service::interceptor::InterceptedService<
+    tonic::transport::Channel,
+    crate::auth::Credentials,
+>;
 use weir_types::ErrorCode;
 
 use crate::status::{error_code, leader_hint};
@@ -54,21 +60,75 @@ pub fn source_address() -> Option<std::net::IpAddr> {
     SOURCE_ADDRESS.get().copied()
 }
 
-/// A connected channel to `addr` (`host:port`).
-pub async fn connect(addr: &str) -> Result<Channel, CallError> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| CallError::Bootstrap(format!("{addr:?} is not host:port ({e})")))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(40))
-        .local_address(source_address());
-    endpoint.connect().await.map_err(|e| anyhow!("{addr}: {e}"))
+/// How this process reaches the cluster: TLS (CA, and a client certificate for mutual TLS)
+/// and a bearer token. Set once at start (`--tls-ca`, `--tls-cert`, `--tls-key`, `--token`);
+/// every connection made through this module uses it.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSecurity {
+    pub tls: Option<crate::tls::ClientTlsFiles>,
+    pub token: Option<String>,
 }
 
-/// A connected channel to `addr` over TLS.
+static CLIENT_SECURITY: std::sync::OnceLock<(
+    Option<tonic::transport::ClientTlsConfig>,
+    crate::auth::Credentials,
+)> = std::sync::OnceLock::new();
+
+/// Sets this process's client security; checks the files now (an error names them).
+pub fn set_client_security(security: &ClientSecurity) -> Result<(), String> {
+    let tls = security.tls.as_ref().map(|t| t.config(None)).transpose()?;
+    let credentials = match &security.token {
+        Some(token) => crate::auth::Credentials::bearer(token)?,
+        None => crate::auth::Credentials::default(),
+    };
+    let _ = CLIENT_SECURITY.set((tls, credentials));
+    Ok(())
+}
+
+fn client_security() -> (Option<tonic::transport::ClientTlsConfig>, crate::auth::Credentials) {
+    CLIENT_SECURITY.get().cloned().unwrap_or_default()
+}
+
+/// An endpoint for `addr` (`host:port`) with this process's TLS, when it has any.
+pub fn endpoint(addr: &str) -> Result<(Endpoint, crate::auth::Credentials), CallError> {
+    let (tls, credentials) = client_security();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| CallError::Bootstrap(format!("{addr:?} is not host:port ({e})")))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| CallError::Bootstrap(format!("{addr}: TLS: {e}")))?;
+    }
+    Ok((
+        endpoint
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(40))
+            .local_address(source_address()),
+        credentials,
+    ))
+}
+
+/// A connected channel to `addr` (`host:port`).
+pub async fn connect(addr: &str) -> Result<Channel, CallError> {
+    let (endpoint, credentials) = endpoint(addr)?;
+    let channel = endpoint.connect().await.map_err(|e| anyhow!("{addr}: {e}"))?;
+    Ok(Channel::new(channel, credentials))
+}
+
+/// A channel to `addr` that connects on first use.
+pub fn connect_lazy(addr: &str) -> Result<Channel, CallError> {
+    let (endpoint, credentials) = endpoint(addr)?;
+    Ok(Channel::new(endpoint.connect_lazy(), credentials))
+}
+
+/// A connected channel to `addr` over TLS with its own configuration (the internal
+/// listener's, which checks the peer's identity).
 pub async fn connect_tls(
     addr: &str,
     tls: tonic::transport::ClientTlsConfig,
 ) -> Result<Channel, CallError> {
+    let (_, credentials) = client_security();
     let endpoint = Endpoint::from_shared(format!("https://{addr}"))
         .map_err(|e| CallError::Bootstrap(format!("{addr:?} is not host:port ({e})")))?
         .tls_config(tls)
@@ -76,7 +136,8 @@ pub async fn connect_tls(
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(40))
         .local_address(source_address());
-    endpoint.connect().await.map_err(|e| anyhow!("{addr}: {e}"))
+    let channel = endpoint.connect().await.map_err(|e| anyhow!("{addr}: {e}"))?;
+    Ok(Channel::new(channel, credentials))
 }
 
 /// Runs `call` against the bootstrap controllers until one answers, following leader
@@ -126,6 +187,27 @@ where
                 }
                 _ => return Err(CallError::Status(status)),
             },
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown`, over TLS when `tls` is given.
+pub async fn serve(
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), shutdown)
+                .await
         }
     }
 }

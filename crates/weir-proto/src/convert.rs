@@ -232,12 +232,26 @@ impl TryFrom<v1::MetadataUpdate> for weir_types::metadata::MetadataUpdate {
                     .map_err(|e| e.within(format!("brokers[{i}]")))
             })
             .collect::<Result<_, _>>()?;
+        let acls = if u.acls_included {
+            let acls = u
+                .acls
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    weir_types::acl::Acl::try_from(a).map_err(|e| e.within(format!("acls[{i}]")))
+                })
+                .collect::<Result<_, _>>()?;
+            Some(acls)
+        } else {
+            None
+        };
         Ok(weir_types::metadata::MetadataUpdate {
             version: u.version,
             snapshot: u.snapshot,
             topics,
             brokers,
             deleted_topics: u.deleted_topics,
+            acls,
         })
     }
 }
@@ -396,5 +410,83 @@ mod tests {
         })
         .expect_err("too short");
         assert_eq!(err.field, "data");
+    }
+}
+
+fn acl_field<T: std::str::FromStr<Err = String>>(field: &str, raw: &str) -> Result<T, FieldError> {
+    raw.parse().map_err(|e: String| FieldError::new(field, e))
+}
+
+fn acl_filter_field<T: std::str::FromStr<Err = String>>(
+    field: &str,
+    raw: &str,
+) -> Result<Option<T>, FieldError> {
+    if raw.is_empty() {
+        Ok(None)
+    } else {
+        acl_field(field, raw).map(Some)
+    }
+}
+
+impl TryFrom<v1::Acl> for weir_types::acl::Acl {
+    type Error = FieldError;
+
+    fn try_from(a: v1::Acl) -> Result<Self, Self::Error> {
+        let acl = weir_types::acl::Acl {
+            principal: a.principal,
+            resource_type: acl_field("resource_type", &a.resource_type)?,
+            pattern_type: if a.pattern_type.is_empty() {
+                weir_types::acl::PatternType::Literal
+            } else {
+                acl_field("pattern_type", &a.pattern_type)?
+            },
+            resource: a.resource,
+            operation: acl_field("operation", &a.operation)?,
+            permission: acl_field("permission", &a.permission)?,
+        };
+        acl.validate()
+            .map_err(|(field, reason)| FieldError::new(field, reason))?;
+        Ok(acl)
+    }
+}
+
+impl From<&weir_types::acl::Acl> for v1::Acl {
+    fn from(a: &weir_types::acl::Acl) -> Self {
+        v1::Acl {
+            principal: a.principal.clone(),
+            resource_type: a.resource_type.name().into(),
+            pattern_type: a.pattern_type.name().into(),
+            resource: a.resource.clone(),
+            operation: a.operation.name().into(),
+            permission: a.permission.name().into(),
+        }
+    }
+}
+
+impl TryFrom<v1::AclFilter> for weir_types::acl::AclFilter {
+    type Error = FieldError;
+
+    fn try_from(f: v1::AclFilter) -> Result<Self, Self::Error> {
+        Ok(weir_types::acl::AclFilter {
+            principal: (!f.principal.is_empty()).then_some(f.principal),
+            resource_type: acl_filter_field("resource_type", &f.resource_type)?,
+            pattern_type: acl_filter_field("pattern_type", &f.pattern_type)?,
+            resource: (!f.resource.is_empty()).then_some(f.resource),
+            operation: acl_filter_field("operation", &f.operation)?,
+            permission: acl_filter_field("permission", &f.permission)?,
+        })
+    }
+}
+
+impl From<&weir_types::acl::AclFilter> for v1::AclFilter {
+    fn from(f: &weir_types::acl::AclFilter) -> Self {
+        v1::AclFilter {
+            principal: f.principal.clone().unwrap_or_default(),
+            resource_type: f.resource_type.map(|t| t.name().into()).unwrap_or_default(),
+            pattern_type: f.pattern_type.map(|t| t.name().into()).unwrap_or_default(),
+            resource: f.resource.clone().unwrap_or_default(),
+            operation: f.operation.map(|o| o.name().into()).unwrap_or_default(),
+            permission: f.permission.map(|p| p.name().into()).unwrap_or_default(),
+        }
     }
 }

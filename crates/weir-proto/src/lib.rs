@@ -9,8 +9,12 @@
 //! - `convert`: `TryFrom` conversions that check every field, failing with a
 //!   [`FieldError`] that names the field.
 //! - [`status`]: the only place a `tonic::Status` is built from Weir's errors.
-//! - [`call`]: connecting to a cluster and following NOT_CONTROLLER redirects.
+//! - [`call`]: connecting to a cluster (TLS and credentials included) and following
+//!   NOT_CONTROLLER redirects.
+//! - [`tls`]: server and client TLS (certificates reloaded on change), peer identities.
+//! - [`auth`]: authentication of every request and the ACL check every RPC makes.
 
+pub mod auth;
 pub mod call;
 pub mod convert;
 pub mod status;

@@ -81,7 +81,13 @@ pub fn names_broker(cert_der: &[u8], id: u32) -> bool {
 /// otherwise.
 pub fn check_peer<T>(request: &tonic::Request<T>, claimed: u32) -> Result<(), tonic::Status> {
     let Some(certs) = request.peer_certs() else {
-        return Ok(());
+        return if is_tls(request) {
+            Err(tonic::Status::unauthenticated(
+                "a client certificate is required",
+            ))
+        } else {
+            Ok(())
+        };
     };
     match certs.first() {
         Some(leaf) if names_broker(leaf.as_ref(), claimed) => Ok(()),
@@ -92,5 +98,364 @@ pub fn check_peer<T>(request: &tonic::Request<T>, claimed: u32) -> Result<(), to
         None => Err(tonic::Status::unauthenticated(
             "a client certificate is required",
         )),
+    }
+}
+
+/// The DNS name a controller's certificate carries for its identity.
+pub fn controller_name(id: u64) -> String {
+    format!("controller-{id}.weir")
+}
+
+/// Whether the request came over a TLS connection (with or without a client certificate).
+pub fn is_tls<T>(request: &tonic::Request<T>) -> bool {
+    request
+        .extensions()
+        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+        .is_some()
+}
+
+/// What a verified peer certificate says its holder is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertIdentity {
+    Broker(u32),
+    Controller(u64),
+    /// Any other holder: the certificate subject's common name (or, without one, its first
+    /// DNS name).
+    Named(String),
+}
+
+impl CertIdentity {
+    /// The principal name ACLs and super-user lists speak of.
+    pub fn principal(&self) -> String {
+        match self {
+            CertIdentity::Broker(id) => format!("broker-{id}"),
+            CertIdentity::Controller(id) => format!("controller-{id}"),
+            CertIdentity::Named(name) => name.clone(),
+        }
+    }
+}
+
+/// Reads the identity out of a leaf certificate the handshake verified.
+pub fn cert_identity(cert_der: &[u8]) -> Option<CertIdentity> {
+    let der = rustls::pki_types::CertificateDer::from(cert_der);
+    let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+    for name in cert.valid_dns_names() {
+        let Some(stem) = name.strip_suffix(".weir") else {
+            continue;
+        };
+        if let Some(id) = stem.strip_prefix("broker-").and_then(|n| n.parse().ok()) {
+            return Some(CertIdentity::Broker(id));
+        }
+        if let Some(id) = stem.strip_prefix("controller-").and_then(|n| n.parse().ok()) {
+            return Some(CertIdentity::Controller(id));
+        }
+    }
+    if let Some(cn) = der::common_name(cert.subject()) {
+        return Some(CertIdentity::Named(cn));
+    }
+    cert.valid_dns_names()
+        .next()
+        .map(|n| CertIdentity::Named(n.to_string()))
+}
+
+/// The identity of the request's client certificate: `Ok(None)` on a connection without TLS.
+pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<Option<CertIdentity>, tonic::Status> {
+    let Some(certs) = request.peer_certs() else {
+        return Ok(None);
+    };
+    match certs.first() {
+        Some(leaf) => cert_identity(leaf.as_ref())
+            .map(Some)
+            .ok_or_else(|| tonic::Status::unauthenticated("the client certificate names no one")),
+        None => Ok(None),
+    }
+}
+
+/// Just enough DER to find a subject's common name.
+mod der {
+    /// One TLV: (tag, contents, rest).
+    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, mut rest) = rest.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let (bytes, after) = rest.split_at(n);
+            rest = after;
+            bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+        };
+        if rest.len() < len {
+            return None;
+        }
+        let (contents, rest) = rest.split_at(len);
+        Some((tag, contents, rest))
+    }
+
+    /// OID 2.5.4.3 (commonName), encoded.
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+
+    /// `subject`: the contents of the Name SEQUENCE (a sequence of RDN SETs).
+    pub fn common_name(mut subject: &[u8]) -> Option<String> {
+        while !subject.is_empty() {
+            let (tag, set, rest) = tlv(subject)?;
+            subject = rest;
+            if tag != 0x31 {
+                return None;
+            }
+            let mut set = set;
+            while !set.is_empty() {
+                let (tag, atv, rest) = tlv(set)?;
+                set = rest;
+                if tag != 0x30 {
+                    return None;
+                }
+                let (oid_tag, oid, value) = tlv(atv)?;
+                if oid_tag == 0x06 && oid == CN {
+                    let (_, text, _) = tlv(value)?;
+                    return std::str::from_utf8(text).ok().map(str::to_string);
+                }
+            }
+        }
+        None
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn truncated_input_is_none_not_a_panic() {
+            let name = [
+                0x31, 0x0e, 0x30, 0x0c, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x05, b'a', b'l',
+                b'i', b'c', b'e',
+            ];
+            assert_eq!(super::common_name(&name).as_deref(), Some("alice"));
+            for cut in 0..name.len() {
+                assert_eq!(super::common_name(&name[..cut]), None, "cut at {cut}");
+            }
+        }
+    }
+}
+
+/// A server's TLS: its certificate chain and key, and the CA its clients' certificates are
+/// checked against (client certificates are then optional at the TLS layer; whether a
+/// request needs one is authentication's business). The files are read again when they
+/// change (checked at most once a second, on new connections), so rotated certificates are
+/// served without a restart; a change that does not load keeps the previous files in use.
+#[derive(Debug)]
+pub struct ServerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    current: std::sync::Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    stamps: Vec<Option<(std::time::SystemTime, u64)>>,
+    checked: std::time::Instant,
+    config: std::sync::Arc<rustls::ServerConfig>,
+}
+
+fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Certificates from a PEM file.
+pub fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let bytes = read(path, "certificate")?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("certificate {}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let bytes = read(path, "key")?;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|e| format!("key {}: {e}", path.display()))
+}
+
+/// The ring provider (no C build), shared by every TLS configuration.
+pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("CA {}: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+impl ServerTls {
+    /// Loads the files once (so a bad path or file is an error at start).
+    pub fn new(
+        cert: PathBuf,
+        key: PathBuf,
+        client_ca: Option<PathBuf>,
+    ) -> Result<ServerTls, String> {
+        let config = build_server(&cert, &key, client_ca.as_deref())?;
+        let tls = ServerTls {
+            cert,
+            key,
+            client_ca,
+            current: std::sync::Mutex::new(Loaded {
+                stamps: Vec::new(),
+                checked: std::time::Instant::now(),
+                config,
+            }),
+        };
+        let stamps = tls.stamps();
+        tls.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stamps = stamps;
+        Ok(tls)
+    }
+
+    fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.cert, &self.key].into_iter().chain(self.client_ca.as_ref())
+    }
+
+    fn stamps(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
+        self.paths().map(|p| stamp(p)).collect()
+    }
+
+    /// The configuration for a new connection, reloaded first if a file changed.
+    pub fn config(&self) -> std::sync::Arc<rustls::ServerConfig> {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.checked.elapsed() >= std::time::Duration::from_secs(1) {
+            current.checked = std::time::Instant::now();
+            let stamps = self.stamps();
+            if stamps != current.stamps {
+                match build_server(&self.cert, &self.key, self.client_ca.as_deref()) {
+                    Ok(config) => {
+                        tracing::info!(cert = %self.cert.display(), "TLS files changed: reloaded");
+                        current.config = config;
+                        current.stamps = stamps;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS files changed but do not load; serving the previous ones");
+                    }
+                }
+            }
+        }
+        std::sync::Arc::clone(&current.config)
+    }
+}
+
+fn build_server(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
+    let chain = read_certs(cert)?;
+    let private = read_key(key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots(ca)?),
+                provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("CA {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, private).map_err(|e| {
+        format!(
+            "certificate {} and key {}: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(std::sync::Arc::new(config))
+}
+
+/// How long a client has to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepted connections after a TLS handshake (`TCP_NODELAY` set). Handshakes run apart, so
+/// a slow or plain-text client holds up no one; failed ones are logged and dropped.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    tls: std::sync::Arc<ServerTls>,
+) -> impl tokio_stream::Stream<
+    Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = tx.closed() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (conn, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let _ = conn.set_nodelay(true);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A client's TLS: the CA that signs the servers' certificates, and optionally this
+/// client's own certificate and key (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl ClientTlsFiles {
+    /// The tonic configuration for a server whose certificate names `domain` (None: the
+    /// host the address names).
+    pub fn config(&self, domain: Option<String>) -> Result<ClientTlsConfig, String> {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca, "CA")?));
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            config = config.identity(Identity::from_pem(read(cert, "certificate")?, read(key, "key")?));
+        }
+        if let Some(domain) = domain {
+            config = config.domain_name(domain);
+        }
+        Ok(config)
     }
 }

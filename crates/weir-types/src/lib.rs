@@ -1,6 +1,7 @@
 //! Weir's shared vocabulary, free of any runtime (no tokio, no tonic).
 //!
 //! - [`id`]: newtypes for every id, offset and epoch.
+//! - [`acl`]: access control lists and the allow/deny decision.
 //! - [`batch`]: the record-batch wire and disk format (Kafka v2 layout), its builder, its
 //!   validation and its record iterator. The storage engine stores these bytes as sent.
 //! - [`compression`]: the codecs a batch may be compressed with; batches are never
@@ -12,6 +13,7 @@
 //! - [`metadata`]: the cluster view (brokers, topics, leadership) brokers and clients keep
 //!   current from the controllers' updates.
 
+pub mod acl;
 pub mod batch;
 pub mod cesql;
 pub mod compression;

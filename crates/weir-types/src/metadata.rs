@@ -60,6 +60,8 @@ pub struct MetadataUpdate {
     pub topics: Vec<TopicInfo>,
     pub brokers: Vec<BrokerInfo>,
     pub deleted_topics: Vec<String>,
+    /// The whole ACL list when it is part of this update; `None`: unchanged.
+    pub acls: Option<Vec<crate::acl::Acl>>,
 }
 
 /// The metadata as of `version` (0: nothing received yet).
@@ -68,6 +70,8 @@ pub struct ClusterView {
     pub version: u64,
     pub topics: BTreeMap<String, TopicInfo>,
     pub brokers: BTreeMap<BrokerId, BrokerInfo>,
+    /// The access control lists, sorted.
+    pub acls: std::sync::Arc<Vec<crate::acl::Acl>>,
 }
 
 impl ClusterView {
@@ -90,6 +94,9 @@ impl ClusterView {
         }
         for b in update.brokers {
             self.brokers.insert(b.id, b);
+        }
+        if let Some(acls) = update.acls {
+            self.acls = std::sync::Arc::new(acls);
         }
         true
     }

@@ -17,7 +17,7 @@ pub(crate) async fn with_controller<T, F, Fut>(
     call: F,
 ) -> Result<T, CallError>
 where
-    F: FnMut(tonic::transport::Channel) -> Fut,
+    F: FnMut(weir_proto::call::Channel) -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
     weir_proto::call::with_controller(bootstrap, PATIENCE, call).await

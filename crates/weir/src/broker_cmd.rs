@@ -55,6 +55,8 @@ pub struct BrokerArgs {
     pub(crate) http: Option<SocketAddr>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    #[command(flatten)]
+    pub(crate) security: crate::security_cmd::ServerSecurityArgs,
 }
 
 /// The broker's settings: flags over the `--config` file over defaults.
@@ -153,7 +155,8 @@ pub fn controller_addresses(raw: &str) -> anyhow::Result<Vec<String>> {
 
 pub async fn run_broker(args: BrokerArgs) -> anyhow::Result<i32> {
     logging::init(args.log_format);
-    let (config, http) = resolve(&args)?;
+    let (mut config, http) = resolve(&args)?;
+    config.security = crate::security_cmd::listener_security(&args.security)?;
     let id = config.id;
     bind_outgoing_to(config.listen);
     crate::faults::init()?;

@@ -54,6 +54,8 @@ pub struct ControllerArgs {
     pub(crate) http: Option<SocketAddr>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    #[command(flatten)]
+    pub(crate) security: crate::security_cmd::ServerSecurityArgs,
 }
 
 /// The controller's settings: flags over the `--config` file over defaults.
@@ -139,7 +141,8 @@ pub fn parse_voters(raw: &str) -> anyhow::Result<BTreeMap<u64, String>> {
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     logging::init(args.log_format);
-    let (config, http) = resolve(&args)?;
+    let (mut config, http) = resolve(&args)?;
+    config.security = crate::security_cmd::listener_security(&args.security)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}", config.data_dir.display()))?;
     let id = config.id;

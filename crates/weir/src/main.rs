@@ -12,6 +12,7 @@ mod http;
 mod log_cmd;
 mod logging;
 mod node_cmd;
+mod security_cmd;
 mod subscription_cmd;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    tls: security_cmd::TlsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,6 +51,9 @@ enum Command {
     /// Create, list, describe (backlog, oldest unacked) and delete subscriptions.
     #[command(subcommand)]
     Subscription(subscription_cmd::SubscriptionCommand),
+    /// Add, remove and list access control lists.
+    #[command(subcommand)]
+    Acl(security_cmd::AclCommand),
     /// Send lines as records to a topic.
     Produce(data_cmd::ProduceArgs),
     /// Print records from a topic.
@@ -59,6 +65,10 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if let Err(err) = security_cmd::init(&cli.tls) {
+        eprintln!("weir: error: {err:#}");
+        std::process::exit(2);
+    }
     let result = match cli.command {
         Command::Log(cmd) => log_cmd::run(cmd),
         Command::Dev(args) => runtime().and_then(|rt| rt.block_on(broker_cmd::run_dev(args))),
@@ -75,6 +85,7 @@ fn main() {
         Command::Subscription(cmd) => {
             runtime().and_then(|rt| rt.block_on(subscription_cmd::run(cmd)))
         }
+        Command::Acl(cmd) => runtime().and_then(|rt| rt.block_on(security_cmd::run(cmd))),
         Command::Cluster(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_cluster(cmd))),
     };
     match result {

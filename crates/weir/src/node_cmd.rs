@@ -65,6 +65,8 @@ pub struct NodeArgs {
     http: Option<SocketAddr>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    security: crate::security_cmd::ServerSecurityArgs,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
@@ -84,6 +86,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
         heartbeat_ms: None,
         http: None,
         log_format: args.log_format,
+        security: args.security.clone(),
     };
     let broker_args = BrokerArgs {
         config: args.config.clone(),
@@ -98,9 +101,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
         data_dir: Some(args.data_dir.join("broker")),
         http: None,
         log_format: args.log_format,
+        security: args.security.clone(),
     };
-    let (controller_config, _) = controller_cmd::resolve(&controller_args)?;
-    let (broker_config, _) = broker_cmd::resolve(&broker_args)?;
+    let (mut controller_config, _) = controller_cmd::resolve(&controller_args)?;
+    let (mut broker_config, _) = broker_cmd::resolve(&broker_args)?;
+    // one security for both roles: the same certificates, tokens and ACL checks
+    let security = crate::security_cmd::listener_security(&args.security)?;
+    controller_config.security = security.clone();
+    broker_config.security = security;
     std::fs::create_dir_all(&controller_config.data_dir)
         .map_err(|e| anyhow::anyhow!("--data-dir {}: {e}", controller_config.data_dir.display()))?;
     broker_cmd::bind_outgoing_to(controller_config.listen);

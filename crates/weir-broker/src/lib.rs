@@ -202,14 +202,10 @@ impl Broker {
             }
         }
         let mut server_stop = stopped;
-        let server = weir_proto::call::serve(
-            public,
-            listener,
-            config.security.tls.clone(),
-            async move {
+        let server =
+            weir_proto::call::serve(public, listener, config.security.tls.clone(), async move {
                 let _ = server_stop.wait_for(|s| *s).await;
-            },
-        );
+            });
         tasks.spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "broker gRPC server failed");

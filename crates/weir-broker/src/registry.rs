@@ -101,13 +101,7 @@ impl Registry {
 
     /// The ACLs as last applied.
     pub fn acls(&self) -> Arc<Vec<weir_types::acl::Acl>> {
-        Arc::clone(
-            &self
-                .metadata
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .acls,
-        )
+        Arc::clone(&self.metadata.read().unwrap_or_else(|p| p.into_inner()).acls)
     }
 
     /// The metadata as last applied.

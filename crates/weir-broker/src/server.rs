@@ -7,10 +7,10 @@ use weir_faults::bugs::{self, Bug};
 
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
+use weir_proto::auth::Security;
 use weir_proto::internal::v1 as ipb;
 use weir_proto::v1 as pb;
 use weir_proto::v1::broker_server::Broker;
-use weir_proto::auth::Security;
 use weir_types::acl::{CLUSTER, Operation, ResourceType};
 use weir_types::{Offset, RecordBatch};
 
@@ -181,7 +181,12 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::SubscriptionPullRequest>,
     ) -> Result<Response<pb::SubscriptionPullResponse>, Status> {
-        self.authorize(&request, Operation::Read, ResourceType::Subscription, &request.get_ref().subscription)?;
+        self.authorize(
+            &request,
+            Operation::Read,
+            ResourceType::Subscription,
+            &request.get_ref().subscription,
+        )?;
         let started = std::time::Instant::now();
         let result = self.pull_inner(request.into_inner()).await;
         record("pull", started, &result);
@@ -192,7 +197,12 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::SubscriptionAckRequest>,
     ) -> Result<Response<pb::SubscriptionAckResponse>, Status> {
-        self.authorize(&request, Operation::Read, ResourceType::Subscription, &request.get_ref().subscription)?;
+        self.authorize(
+            &request,
+            Operation::Read,
+            ResourceType::Subscription,
+            &request.get_ref().subscription,
+        )?;
         let started = std::time::Instant::now();
         let r = request.into_inner();
         let result = async {
@@ -216,7 +226,12 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::SubscriptionModifyRequest>,
     ) -> Result<Response<pb::SubscriptionAckResponse>, Status> {
-        self.authorize(&request, Operation::Read, ResourceType::Subscription, &request.get_ref().subscription)?;
+        self.authorize(
+            &request,
+            Operation::Read,
+            ResourceType::Subscription,
+            &request.get_ref().subscription,
+        )?;
         let r = request.into_inner();
         let result = async {
             if r.deadline_seconds > 600 {
@@ -240,7 +255,12 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::SeekSubscriptionRequest>,
     ) -> Result<Response<pb::SeekSubscriptionResponse>, Status> {
-        self.authorize(&request, Operation::Read, ResourceType::Subscription, &request.get_ref().subscription)?;
+        self.authorize(
+            &request,
+            Operation::Read,
+            ResourceType::Subscription,
+            &request.get_ref().subscription,
+        )?;
         let r = request.into_inner();
         let result = async {
             let cursor = weir_proto::convert::cursor("cursor", r.cursor)
@@ -259,7 +279,12 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::GetCursorRequest>,
     ) -> Result<Response<pb::GetCursorResponse>, Status> {
-        self.authorize(&request, Operation::Describe, ResourceType::Subscription, &request.get_ref().subscription)?;
+        self.authorize(
+            &request,
+            Operation::Describe,
+            ResourceType::Subscription,
+            &request.get_ref().subscription,
+        )?;
         let r = request.into_inner();
         let result = async {
             let (_, entry) = self
@@ -278,7 +303,12 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
-        self.authorize(&request, Operation::Write, ResourceType::Topic, &request.get_ref().topic)?;
+        self.authorize(
+            &request,
+            Operation::Write,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         let started = std::time::Instant::now();
         let result = match Produce::try_from(request.into_inner()) {
             Ok(req) => self.produce_inner(req).await,
@@ -292,7 +322,12 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
-        self.authorize(&request, Operation::Read, ResourceType::Topic, &request.get_ref().topic)?;
+        self.authorize(
+            &request,
+            Operation::Read,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         let started = std::time::Instant::now();
         let result = match Fetch::try_from(request.into_inner()) {
             Ok(req) => self.fetch_inner(req).await,
@@ -362,7 +397,12 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::ListOffsetsRequest>,
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
-        self.authorize(&request, Operation::Describe, ResourceType::Topic, &request.get_ref().topic)?;
+        self.authorize(
+            &request,
+            Operation::Describe,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         let started = std::time::Instant::now();
         let result = match ListOffsets::try_from(request.into_inner()) {
             Ok(req) => self.list_offsets_inner(req).await,

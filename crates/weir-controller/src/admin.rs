@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use tonic::{Request, Response, Status};
+use weir_proto::auth::Security;
 use weir_proto::internal::v1 as ipb;
 use weir_proto::internal::v1::broker_registry_server::BrokerRegistry;
 use weir_proto::status::{redirect, status};
 use weir_proto::v1::admin_server::Admin;
 use weir_proto::v1::{self as pb};
-use weir_proto::auth::Security;
 use weir_types::acl::{CLUSTER, Operation, ResourceType};
 use weir_types::{BrokerId, ErrorCode};
 
@@ -423,7 +423,13 @@ impl Admin for Services {
         &self,
         request: Request<pb::WatchMetadataRequest>,
     ) -> Result<Response<Self::WatchMetadataStream>, Status> {
-        self.authorize(&request, Operation::Describe, ResourceType::Cluster, CLUSTER).await?;
+        self.authorize(
+            &request,
+            Operation::Describe,
+            ResourceType::Cluster,
+            CLUSTER,
+        )
+        .await?;
         let from = request.into_inner().from_version;
         let mut last = from;
         let mut sent_any = false;
@@ -460,7 +466,13 @@ impl Admin for Services {
         &self,
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
-        self.authorize(&request, Operation::Create, ResourceType::Topic, &request.get_ref().name).await?;
+        self.authorize(
+            &request,
+            Operation::Create,
+            ResourceType::Topic,
+            &request.get_ref().name,
+        )
+        .await?;
         let req = request.into_inner();
         crate::metadata::validate_topic_name(&req.name).map_err(rejection_status)?;
         if req.partitions == 0 {
@@ -498,7 +510,13 @@ impl Admin for Services {
         &self,
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
-        self.authorize(&request, Operation::Delete, ResourceType::Topic, &request.get_ref().name).await?;
+        self.authorize(
+            &request,
+            Operation::Delete,
+            ResourceType::Topic,
+            &request.get_ref().name,
+        )
+        .await?;
         let name = request.into_inner().name;
         if name.is_empty() {
             return Err(invalid("name", "must not be empty"));
@@ -515,7 +533,13 @@ impl Admin for Services {
         &self,
         request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
-        self.authorize(&request, Operation::Describe, ResourceType::Cluster, CLUSTER).await?;
+        self.authorize(
+            &request,
+            Operation::Describe,
+            ResourceType::Cluster,
+            CLUSTER,
+        )
+        .await?;
         self.linearizable().await?;
         let state = self.sm.read().await;
         Ok(Response::new(pb::ListTopicsResponse {
@@ -528,7 +552,13 @@ impl Admin for Services {
         &self,
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
-        self.authorize(&request, Operation::Describe, ResourceType::Topic, &request.get_ref().name).await?;
+        self.authorize(
+            &request,
+            Operation::Describe,
+            ResourceType::Topic,
+            &request.get_ref().name,
+        )
+        .await?;
         self.linearizable().await?;
         let topic = self.topic(&request.into_inner().name).await?;
         Ok(Response::new(describe_topic(&topic)))
@@ -538,7 +568,13 @@ impl Admin for Services {
         &self,
         request: Request<pb::CreatePartitionsRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
-        self.authorize(&request, Operation::Alter, ResourceType::Topic, &request.get_ref().name).await?;
+        self.authorize(
+            &request,
+            Operation::Alter,
+            ResourceType::Topic,
+            &request.get_ref().name,
+        )
+        .await?;
         let req = request.into_inner();
         self.propose(Command::CreatePartitions {
             name: req.name.clone(),
@@ -552,7 +588,13 @@ impl Admin for Services {
         &self,
         request: Request<pb::AlterTopicConfigRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
-        self.authorize(&request, Operation::Alter, ResourceType::Topic, &request.get_ref().name).await?;
+        self.authorize(
+            &request,
+            Operation::Alter,
+            ResourceType::Topic,
+            &request.get_ref().name,
+        )
+        .await?;
         let req = request.into_inner();
         let change = config_change(req.config)?;
         if change == ConfigChange::default() {
@@ -570,7 +612,13 @@ impl Admin for Services {
         &self,
         request: Request<pb::DescribeClusterRequest>,
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
-        self.authorize(&request, Operation::Describe, ResourceType::Cluster, CLUSTER).await?;
+        self.authorize(
+            &request,
+            Operation::Describe,
+            ResourceType::Cluster,
+            CLUSTER,
+        )
+        .await?;
         Ok(Response::new(self.describe_cluster_now().await))
     }
 
@@ -578,7 +626,8 @@ impl Admin for Services {
         &self,
         request: Request<pb::AddControllerRequest>,
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
-        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER).await?;
+        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER)
+            .await?;
         let req = request.into_inner();
         if req.id == 0 {
             return Err(invalid("id", "must be positive"));
@@ -605,7 +654,8 @@ impl Admin for Services {
         &self,
         request: Request<pb::ReassignPartitionRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
-        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER).await?;
+        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER)
+            .await?;
         let req = request.into_inner();
         match self
             .propose(Command::Reassign {
@@ -627,7 +677,8 @@ impl Admin for Services {
         &self,
         request: Request<pb::ElectLeaderRequest>,
     ) -> Result<Response<pb::ElectLeaderResponse>, Status> {
-        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER).await?;
+        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER)
+            .await?;
         let req = request.into_inner();
         if req.unclean {
             tracing::warn!(topic = %req.topic, partition = req.partition, "unclean leader election requested");
@@ -662,7 +713,8 @@ impl Admin for Services {
         &self,
         request: Request<pb::CreateAclsRequest>,
     ) -> Result<Response<pb::CreateAclsResponse>, Status> {
-        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER).await?;
+        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER)
+            .await?;
         let acls = request
             .into_inner()
             .acls
@@ -688,7 +740,8 @@ impl Admin for Services {
         &self,
         request: Request<pb::DeleteAclsRequest>,
     ) -> Result<Response<pb::DeleteAclsResponse>, Status> {
-        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER).await?;
+        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER)
+            .await?;
         let filter = acl_filter(request.into_inner().filter)?;
         if filter == weir_types::acl::AclFilter::default() {
             return Err(invalid(
@@ -708,7 +761,13 @@ impl Admin for Services {
         &self,
         request: Request<pb::ListAclsRequest>,
     ) -> Result<Response<pb::ListAclsResponse>, Status> {
-        self.authorize(&request, Operation::Describe, ResourceType::Cluster, CLUSTER).await?;
+        self.authorize(
+            &request,
+            Operation::Describe,
+            ResourceType::Cluster,
+            CLUSTER,
+        )
+        .await?;
         let filter = acl_filter(request.into_inner().filter)?;
         self.linearizable().await?;
         let state = self.sm.read().await;
@@ -726,7 +785,8 @@ impl Admin for Services {
         &self,
         request: Request<pb::RemoveControllerRequest>,
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
-        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER).await?;
+        self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER)
+            .await?;
         let id = request.into_inner().id;
         self.leader_only()?;
         let mut voters = self.voters();

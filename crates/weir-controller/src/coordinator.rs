@@ -283,15 +283,31 @@ impl GroupCoordinator for Coordinator {
         &self,
         request: Request<pb::ConsumerGroupHeartbeatRequest>,
     ) -> Result<Response<pb::ConsumerGroupHeartbeatResponse>, Status> {
-        self.services.authorize(&request, Operation::Read, ResourceType::Group, &request.get_ref().group).await?;
+        self.services
+            .authorize(
+                &request,
+                Operation::Read,
+                ResourceType::Group,
+                &request.get_ref().group,
+            )
+            .await?;
         if let Some(topics) = &request.get_ref().subscribed_topics {
             for topic in &topics.topics {
-                self.services.authorize(&request, Operation::Read, ResourceType::Topic, topic).await?;
+                self.services
+                    .authorize(&request, Operation::Read, ResourceType::Topic, topic)
+                    .await?;
             }
         }
-        if request.get_ref().subscribed_regex.as_deref().is_some_and(|r| !r.is_empty()) {
+        if request
+            .get_ref()
+            .subscribed_regex
+            .as_deref()
+            .is_some_and(|r| !r.is_empty())
+        {
             // a pattern may match any topic: it needs read on every one
-            self.services.authorize(&request, Operation::Read, ResourceType::Topic, "*").await?;
+            self.services
+                .authorize(&request, Operation::Read, ResourceType::Topic, "*")
+                .await?;
         }
         self.services.leader_only()?;
         let host = request
@@ -355,9 +371,18 @@ impl GroupCoordinator for Coordinator {
         &self,
         request: Request<pb::CommitOffsetsRequest>,
     ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
-        self.services.authorize(&request, Operation::Read, ResourceType::Group, &request.get_ref().group).await?;
+        self.services
+            .authorize(
+                &request,
+                Operation::Read,
+                ResourceType::Group,
+                &request.get_ref().group,
+            )
+            .await?;
         for o in &request.get_ref().offsets {
-            self.services.authorize(&request, Operation::Read, ResourceType::Topic, &o.topic).await?;
+            self.services
+                .authorize(&request, Operation::Read, ResourceType::Topic, &o.topic)
+                .await?;
         }
         self.services.leader_only()?;
         let r = request.into_inner();
@@ -383,7 +408,14 @@ impl GroupCoordinator for Coordinator {
         &self,
         request: Request<pb::FetchOffsetsRequest>,
     ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
-        self.services.authorize(&request, Operation::Describe, ResourceType::Group, &request.get_ref().group).await?;
+        self.services
+            .authorize(
+                &request,
+                Operation::Describe,
+                ResourceType::Group,
+                &request.get_ref().group,
+            )
+            .await?;
         self.services.linearizable().await?;
         let r = request.into_inner();
         group::validate_group_name(&r.group).map_err(group_status)?;
@@ -409,7 +441,14 @@ impl GroupCoordinator for Coordinator {
         &self,
         request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        self.services.authorize(&request, Operation::Describe, ResourceType::Cluster, CLUSTER).await?;
+        self.services
+            .authorize(
+                &request,
+                Operation::Describe,
+                ResourceType::Cluster,
+                CLUSTER,
+            )
+            .await?;
         self.services.linearizable().await?;
         let state = self.services.sm.read().await;
         Ok(Response::new(pb::ListGroupsResponse {
@@ -431,7 +470,14 @@ impl GroupCoordinator for Coordinator {
         &self,
         request: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::GroupDescription>, Status> {
-        self.services.authorize(&request, Operation::Describe, ResourceType::Group, &request.get_ref().group).await?;
+        self.services
+            .authorize(
+                &request,
+                Operation::Describe,
+                ResourceType::Group,
+                &request.get_ref().group,
+            )
+            .await?;
         self.services.linearizable().await?;
         let (g, offsets) = self.group(&request.into_inner().group).await?;
         Ok(Response::new(describe_group(&g, offsets)))
@@ -441,7 +487,14 @@ impl GroupCoordinator for Coordinator {
         &self,
         request: Request<pb::ResetOffsetsRequest>,
     ) -> Result<Response<pb::GroupDescription>, Status> {
-        self.services.authorize(&request, Operation::Alter, ResourceType::Group, &request.get_ref().group).await?;
+        self.services
+            .authorize(
+                &request,
+                Operation::Alter,
+                ResourceType::Group,
+                &request.get_ref().group,
+            )
+            .await?;
         let r = request.into_inner();
         let offsets = offsets_from(r.offsets)?;
         match self
@@ -468,7 +521,14 @@ impl GroupCoordinator for Coordinator {
         &self,
         request: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
-        self.services.authorize(&request, Operation::Delete, ResourceType::Group, &request.get_ref().group).await?;
+        self.services
+            .authorize(
+                &request,
+                Operation::Delete,
+                ResourceType::Group,
+                &request.get_ref().group,
+            )
+            .await?;
         let group = request.into_inner().group;
         match self
             .propose_group(GroupCommand::DeleteGroup { group })

@@ -266,14 +266,10 @@ impl Controller {
                     auth,
                 ),
             );
-        let server = weir_proto::call::serve(
-            router,
-            listener,
-            config.security.tls.clone(),
-            async move {
+        let server =
+            weir_proto::call::serve(router, listener, config.security.tls.clone(), async move {
                 let _ = server_stop.wait_for(|s| *s).await;
-            },
-        );
+            });
         tasks.spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "controller gRPC server failed");

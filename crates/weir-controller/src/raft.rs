@@ -51,7 +51,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
         let channel = weir_proto::call::endpoint(&node.addr)
             .map(|(e, credentials)| {
-                Channel::new(e.connect_timeout(CONNECT_TIMEOUT).connect_lazy(), credentials)
+                Channel::new(
+                    e.connect_timeout(CONNECT_TIMEOUT).connect_lazy(),
+                    credentials,
+                )
             })
             .map_err(|e| e.to_string());
         Peer {

@@ -283,15 +283,20 @@ impl Applied {
                 self.acls.extend(acls);
                 let created = (self.acls.len() - before) as u32;
                 if created > 0 {
-                    self.acls_version = version;
+                    self.acls_changed(version);
                 }
                 Outcome::AclsCreated { created }
             }
             Command::DeleteAcls(filter) => {
-                let deleted: Vec<_> = self.acls.iter().filter(|a| filter.matches(a)).cloned().collect();
+                let deleted: Vec<_> = self
+                    .acls
+                    .iter()
+                    .filter(|a| filter.matches(a))
+                    .cloned()
+                    .collect();
                 if !deleted.is_empty() {
                     self.acls.retain(|a| !filter.matches(a));
-                    self.acls_version = version;
+                    self.acls_changed(version);
                 }
                 Outcome::AclsDeleted { deleted }
             }
@@ -313,6 +318,15 @@ impl Applied {
                 outcome
             }
         }
+    }
+
+    /// Notes an ACL change: watchers are woken and get the whole list.
+    fn acls_changed(&mut self, version: u64) {
+        self.acls_version = version;
+        self.record(Change {
+            version,
+            ..Default::default()
+        });
     }
 
     fn record(&mut self, change: Change) {

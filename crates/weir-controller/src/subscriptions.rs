@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 
 use tonic::{Request, Response, Status};
+use weir_proto::auth::Security;
 use weir_proto::internal::v1 as ipb;
 use weir_proto::internal::v1::subscription_cursors_server::SubscriptionCursors;
 use weir_proto::status::status;
 use weir_proto::v1 as pb;
 use weir_proto::v1::subscriptions_server::Subscriptions as SubscriptionsApi;
-use weir_proto::auth::Security;
 use weir_types::acl::{CLUSTER, Operation, ResourceType};
 use weir_types::subscription::{Cursor, SubscriptionSpec};
 use weir_types::{BrokerId, ErrorCode, LeaderEpoch};
@@ -110,7 +110,11 @@ impl Services {
     ) -> Result<(), Status> {
         let subscription = {
             let state = self.sm.read().await;
-            state.subscriptions.snapshots.get(name).map(|s| s.subscription.clone())
+            state
+                .subscriptions
+                .snapshots
+                .get(name)
+                .map(|s| s.subscription.clone())
         };
         match subscription {
             Some(sub) => {
@@ -160,8 +164,28 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::CreateSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionDescription>, Status> {
-        self.authorize(&request, Operation::Create, ResourceType::Subscription, request.get_ref().spec.as_ref().map_or("", |s| s.name.as_str())).await?;
-        self.authorize(&request, Operation::Read, ResourceType::Topic, request.get_ref().spec.as_ref().map_or("", |s| s.topic.as_str())).await?;
+        self.authorize(
+            &request,
+            Operation::Create,
+            ResourceType::Subscription,
+            request
+                .get_ref()
+                .spec
+                .as_ref()
+                .map_or("", |s| s.name.as_str()),
+        )
+        .await?;
+        self.authorize(
+            &request,
+            Operation::Read,
+            ResourceType::Topic,
+            request
+                .get_ref()
+                .spec
+                .as_ref()
+                .map_or("", |s| s.topic.as_str()),
+        )
+        .await?;
         let r = request.into_inner();
         let spec: SubscriptionSpec = r.spec.ok_or_else(|| error_status(invalid_spec()))?.into();
         let start = cursors_from(r.start)?;
@@ -179,7 +203,13 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::GetSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionDescription>, Status> {
-        self.authorize(&request, Operation::Describe, ResourceType::Subscription, &request.get_ref().name).await?;
+        self.authorize(
+            &request,
+            Operation::Describe,
+            ResourceType::Subscription,
+            &request.get_ref().name,
+        )
+        .await?;
         self.linearizable().await?;
         let name = request.into_inner().name;
         let state = self.sm.read().await;
@@ -200,7 +230,17 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::UpdateSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionDescription>, Status> {
-        self.authorize(&request, Operation::Alter, ResourceType::Subscription, request.get_ref().spec.as_ref().map_or("", |s| s.name.as_str())).await?;
+        self.authorize(
+            &request,
+            Operation::Alter,
+            ResourceType::Subscription,
+            request
+                .get_ref()
+                .spec
+                .as_ref()
+                .map_or("", |s| s.name.as_str()),
+        )
+        .await?;
         let r = request.into_inner();
         let spec: SubscriptionSpec = r.spec.ok_or_else(|| error_status(invalid_spec()))?.into();
         let outcome = self
@@ -217,7 +257,13 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
-        self.authorize(&request, Operation::Describe, ResourceType::Cluster, CLUSTER).await?;
+        self.authorize(
+            &request,
+            Operation::Describe,
+            ResourceType::Cluster,
+            CLUSTER,
+        )
+        .await?;
         self.linearizable().await?;
         let r = request.into_inner();
         let state = self.sm.read().await;
@@ -245,7 +291,13 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::DeleteSubscriptionRequest>,
     ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
-        self.authorize(&request, Operation::Delete, ResourceType::Subscription, &request.get_ref().name).await?;
+        self.authorize(
+            &request,
+            Operation::Delete,
+            ResourceType::Subscription,
+            &request.get_ref().name,
+        )
+        .await?;
         let name = request.into_inner().name;
         self.propose_subscription(SubscriptionCommand::Delete { name })
             .await?;
@@ -256,7 +308,13 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::SnapshotDescription>, Status> {
-        self.authorize(&request, Operation::Read, ResourceType::Subscription, &request.get_ref().subscription).await?;
+        self.authorize(
+            &request,
+            Operation::Read,
+            ResourceType::Subscription,
+            &request.get_ref().subscription,
+        )
+        .await?;
         let r = request.into_inner();
         let outcome = self
             .propose_subscription(SubscriptionCommand::CreateSnapshot {
@@ -274,7 +332,8 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::GetSnapshotRequest>,
     ) -> Result<Response<pb::SnapshotDescription>, Status> {
-        self.authorize_snapshot(&request, Operation::Describe, &request.get_ref().name).await?;
+        self.authorize_snapshot(&request, Operation::Describe, &request.get_ref().name)
+            .await?;
         self.linearizable().await?;
         let name = request.into_inner().name;
         let state = self.sm.read().await;
@@ -290,7 +349,8 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::UpdateSnapshotRequest>,
     ) -> Result<Response<pb::SnapshotDescription>, Status> {
-        self.authorize_snapshot(&request, Operation::Alter, &request.get_ref().name).await?;
+        self.authorize_snapshot(&request, Operation::Alter, &request.get_ref().name)
+            .await?;
         let r = request.into_inner();
         let outcome = self
             .propose_subscription(SubscriptionCommand::UpdateSnapshot {
@@ -306,7 +366,13 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
-        self.authorize(&request, Operation::Describe, ResourceType::Cluster, CLUSTER).await?;
+        self.authorize(
+            &request,
+            Operation::Describe,
+            ResourceType::Cluster,
+            CLUSTER,
+        )
+        .await?;
         self.linearizable().await?;
         let r = request.into_inner();
         let state = self.sm.read().await;
@@ -325,7 +391,8 @@ impl SubscriptionsApi for Services {
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
-        self.authorize_snapshot(&request, Operation::Alter, &request.get_ref().name).await?;
+        self.authorize_snapshot(&request, Operation::Alter, &request.get_ref().name)
+            .await?;
         let name = request.into_inner().name;
         self.propose_subscription(SubscriptionCommand::DeleteSnapshot { name })
             .await?;

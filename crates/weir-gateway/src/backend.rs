@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::Status;
-use weir_proto::call::Channel;
 use weir_client::{ClientError, Metadata, Producer};
 use weir_proto::call::CallError;
+use weir_proto::call::Channel;
 use weir_proto::v1 as pb;
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;

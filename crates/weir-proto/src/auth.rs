@@ -8,9 +8,9 @@
 //! grant it answers PERMISSION_DENIED.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -129,7 +129,9 @@ impl Security {
             let token = value
                 .strip_prefix("Bearer ")
                 .or_else(|| value.strip_prefix("bearer "))
-                .ok_or_else(|| Status::unauthenticated("authorization: expected \"Bearer <token>\""))?
+                .ok_or_else(|| {
+                    Status::unauthenticated("authorization: expected \"Bearer <token>\"")
+                })?
                 .trim();
             return self.token_principal(token).map(Some);
         }
@@ -261,7 +263,9 @@ impl Security {
                 other.principal(),
                 id.map_or("a broker".to_string(), |id| format!("broker-{id}"))
             ))),
-            None => Err(Status::unauthenticated("a broker's client certificate is required")),
+            None => Err(Status::unauthenticated(
+                "a broker's client certificate is required",
+            )),
         }
     }
 
@@ -275,7 +279,9 @@ impl Security {
                 "only controllers take part in Raft, not {}",
                 other.principal()
             ))),
-            None => Err(Status::unauthenticated("a controller's client certificate is required")),
+            None => Err(Status::unauthenticated(
+                "a controller's client certificate is required",
+            )),
         }
     }
 }
@@ -333,12 +339,14 @@ struct Reloading<T> {
     path: PathBuf,
     what: &'static str,
     parse: fn(&[u8]) -> Result<T, String>,
-    state: Mutex<(Option<(SystemTime, u64)>, Instant, Arc<T>)>,
+    state: Mutex<Loaded<T>>,
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+#[derive(Debug)]
+struct Loaded<T> {
+    stamp: crate::tls::Stamp,
+    checked: Instant,
+    value: Arc<T>,
 }
 
 impl<T> Reloading<T> {
@@ -347,14 +355,18 @@ impl<T> Reloading<T> {
         what: &'static str,
         parse: fn(&[u8]) -> Result<T, String>,
     ) -> Result<Reloading<T>, String> {
-        let stamp = stamp(&path);
+        let stamp = crate::tls::stamp(&path);
         let bytes = std::fs::read(&path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
         let value = parse(&bytes).map_err(|e| format!("{what} {}: {e}", path.display()))?;
         Ok(Reloading {
             path,
             what,
             parse,
-            state: Mutex::new((stamp, Instant::now(), Arc::new(value))),
+            state: Mutex::new(Loaded {
+                stamp,
+                checked: Instant::now(),
+                value: Arc::new(value),
+            }),
         })
     }
 
@@ -363,18 +375,18 @@ impl<T> Reloading<T> {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.1.elapsed() >= Duration::from_secs(1) {
-            state.1 = Instant::now();
-            let now = stamp(&self.path);
-            if now != state.0 {
+        if state.checked.elapsed() >= crate::tls::RELOAD_CHECK {
+            state.checked = Instant::now();
+            let now = crate::tls::stamp(&self.path);
+            if now != state.stamp {
                 match std::fs::read(&self.path)
                     .map_err(|e| e.to_string())
                     .and_then(|b| (self.parse)(&b))
                 {
                     Ok(value) => {
                         tracing::info!(file = %self.path.display(), "{} changed: reloaded", self.what);
-                        state.0 = now;
-                        state.2 = Arc::new(value);
+                        state.stamp = now;
+                        state.value = Arc::new(value);
                     }
                     Err(e) => tracing::warn!(
                         file = %self.path.display(), error = %e,
@@ -383,7 +395,7 @@ impl<T> Reloading<T> {
                 }
             }
         }
-        Arc::clone(&state.2)
+        Arc::clone(&state.value)
     }
 }
 
@@ -406,7 +418,10 @@ impl Tokens {
                 return Err(format!("line {}: expected \"<principal> <token>\"", i + 1));
             };
             if token.len() < 16 {
-                return Err(format!("line {}: a token must be at least 16 characters", i + 1));
+                return Err(format!(
+                    "line {}: a token must be at least 16 characters",
+                    i + 1
+                ));
             }
             tokens.insert(token.as_bytes().to_vec(), principal.to_string());
         }
@@ -447,7 +462,10 @@ struct Jwk {
 enum VerifyKey {
     /// Uncompressed P-256 point.
     Es256(Vec<u8>),
-    Rs256 { n: Vec<u8>, e: Vec<u8> },
+    Rs256 {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
 }
 
 #[derive(serde::Deserialize)]
@@ -496,7 +514,11 @@ impl Jwks {
                     e: b64(&format!("keys[{i}].e"), k.e.as_ref())?,
                 },
                 (kty, crv) => {
-                    tracing::warn!(kty, ?crv, "JWKS: key {i} is of a kind not supported; skipped");
+                    tracing::warn!(
+                        kty,
+                        ?crv,
+                        "JWKS: key {i} is of a kind not supported; skipped"
+                    );
                     continue;
                 }
             };
@@ -537,12 +559,15 @@ pub fn verify_jwt(
     now: i64,
 ) -> Result<String, String> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err("not a JWT".into());
     };
     let header: JwtHeader = serde_json::from_slice(
-        &URL_SAFE_NO_PAD.decode(h).map_err(|_| "header is not base64url")?,
+        &URL_SAFE_NO_PAD
+            .decode(h)
+            .map_err(|_| "header is not base64url")?,
     )
     .map_err(|_| "header is not JSON")?;
     let signature = URL_SAFE_NO_PAD
@@ -562,13 +587,15 @@ pub fn verify_jwt(
             )
             .verify(signed, &signature)
             .is_ok(),
-            (VerifyKey::Rs256 { n, e }, "RS256") => ring::signature::RsaPublicKeyComponents { n, e }
-                .verify(
-                    &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-                    signed,
-                    &signature,
-                )
-                .is_ok(),
+            (VerifyKey::Rs256 { n, e }, "RS256") => {
+                ring::signature::RsaPublicKeyComponents { n, e }
+                    .verify(
+                        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                        signed,
+                        &signature,
+                    )
+                    .is_ok()
+            }
             _ => false,
         };
         if ok {
@@ -583,7 +610,9 @@ pub fn verify_jwt(
         ));
     }
     let claims: JwtClaims = serde_json::from_slice(
-        &URL_SAFE_NO_PAD.decode(p).map_err(|_| "claims are not base64url")?,
+        &URL_SAFE_NO_PAD
+            .decode(p)
+            .map_err(|_| "claims are not base64url")?,
     )
     .map_err(|_| "claims are not JSON")?;
     let exp = claims.exp.ok_or("exp is missing")?;
@@ -654,15 +683,23 @@ mod tests {
             .expect("parses");
         assert_eq!(t.lookup("0123456789abcdef0123").as_deref(), Some("alice"));
         assert_eq!(t.lookup("0123456789abcdef0124"), None);
-        assert!(Tokens::parse(b"alice short\n").unwrap_err().contains("line 1"));
-        assert!(Tokens::parse(b"alice\n").unwrap_err().contains("expected"));
+        assert!(
+            Tokens::parse(b"alice short\n")
+                .expect_err("refused")
+                .contains("line 1")
+        );
+        assert!(
+            Tokens::parse(b"alice\n")
+                .expect_err("refused")
+                .contains("expected")
+        );
     }
 
     fn es256_jwt(claims: serde_json::Value, kid: &str) -> (String, Jwks) {
         use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .expect("key");
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
             .expect("pair");
         let point = pair.public_key().as_ref();
@@ -683,20 +720,47 @@ mod tests {
         let now = 1_800_000_000;
         let claims = serde_json::json!({"sub": "alice", "iss": "https://idp", "aud": ["weir"], "exp": now + 300});
         let (token, jwks) = es256_jwt(claims.clone(), "k1");
-        assert_eq!(verify_jwt(&token, &jwks, Some("https://idp"), Some("weir"), now), Ok("alice".into()));
-        assert!(verify_jwt(&token, &jwks, Some("https://other"), None, now).unwrap_err().contains("iss"));
-        assert!(verify_jwt(&token, &jwks, None, Some("x"), now).unwrap_err().contains("aud"));
-        assert!(verify_jwt(&token, &jwks, None, None, now + 400).unwrap_err().contains("expired"));
+        assert_eq!(
+            verify_jwt(&token, &jwks, Some("https://idp"), Some("weir"), now),
+            Ok("alice".into())
+        );
+        assert!(
+            verify_jwt(&token, &jwks, Some("https://other"), None, now)
+                .expect_err("refused")
+                .contains("iss")
+        );
+        assert!(
+            verify_jwt(&token, &jwks, None, Some("x"), now)
+                .expect_err("refused")
+                .contains("aud")
+        );
+        assert!(
+            verify_jwt(&token, &jwks, None, None, now + 400)
+                .expect_err("refused")
+                .contains("expired")
+        );
         // signed by another key
         let (_, other_keys) = es256_jwt(claims, "k1");
-        assert!(verify_jwt(&token, &other_keys, None, None, now).unwrap_err().contains("signature"));
+        assert!(
+            verify_jwt(&token, &other_keys, None, None, now)
+                .expect_err("refused")
+                .contains("signature")
+        );
         // a changed claim breaks the signature
         let mut parts: Vec<&str> = token.split('.').collect();
         let forged = URL_SAFE_NO_PAD.encode(r#"{"sub":"root","exp":9999999999}"#);
         parts[1] = &forged;
-        assert!(verify_jwt(&parts.join("."), &jwks, None, None, now).unwrap_err().contains("signature"));
+        assert!(
+            verify_jwt(&parts.join("."), &jwks, None, None, now)
+                .expect_err("refused")
+                .contains("signature")
+        );
         // alg none is not a thing
-        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#), parts[1]);
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+            parts[1]
+        );
         assert!(verify_jwt(&none, &jwks, None, None, now).is_err());
     }
 }

@@ -85,7 +85,10 @@ pub fn set_client_security(security: &ClientSecurity) -> Result<(), String> {
     Ok(())
 }
 
-fn client_security() -> (Option<tonic::transport::ClientTlsConfig>, crate::auth::Credentials) {
+fn client_security() -> (
+    Option<tonic::transport::ClientTlsConfig>,
+    crate::auth::Credentials,
+) {
     CLIENT_SECURITY.get().cloned().unwrap_or_default()
 }
 
@@ -112,7 +115,10 @@ pub fn endpoint(addr: &str) -> Result<(Endpoint, crate::auth::Credentials), Call
 /// A connected channel to `addr` (`host:port`).
 pub async fn connect(addr: &str) -> Result<Channel, CallError> {
     let (endpoint, credentials) = endpoint(addr)?;
-    let channel = endpoint.connect().await.map_err(|e| anyhow!("{addr}: {e}"))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| anyhow!("{addr}: {e}"))?;
     Ok(Channel::new(channel, credentials))
 }
 
@@ -136,7 +142,10 @@ pub async fn connect_tls(
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(40))
         .local_address(source_address());
-    let channel = endpoint.connect().await.map_err(|e| anyhow!("{addr}: {e}"))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| anyhow!("{addr}: {e}"))?;
     Ok(Channel::new(channel, credentials))
 }
 

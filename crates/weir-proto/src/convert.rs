@@ -353,66 +353,6 @@ impl From<&weir_types::subscription::SubscriptionSpec> for v1::SubscriptionSpec 
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-    use weir_types::BatchBuilder;
-
-    #[test]
-    fn records_round_trip_and_bad_fields_are_named() {
-        let record = Record {
-            timestamp_ms: 5,
-            key: Some(Bytes::from_static(b"k")),
-            value: None,
-            headers: vec![Header {
-                key: "trace".into(),
-                value: Some(Bytes::from_static(b"1")),
-            }],
-        };
-        let wire: v1::Record = record.clone().into();
-        assert_eq!(Record::try_from(wire.clone()), Ok(record));
-
-        let mut bad = wire.clone();
-        bad.headers.push(v1::Header {
-            key: String::new(),
-            value: None,
-        });
-        let err = Record::try_from(bad).expect_err("empty header key");
-        assert_eq!(err.field, "headers[1].key");
-
-        let mut bad = wire;
-        bad.timestamp_ms = -1;
-        assert_eq!(
-            Record::try_from(bad).expect_err("negative").field,
-            "timestamp_ms"
-        );
-    }
-
-    #[test]
-    fn batches_cross_the_wire_unchanged() {
-        let batch = BatchBuilder::default()
-            .record(Record {
-                value: Some(Bytes::from_static(b"hello")),
-                ..Record::default()
-            })
-            .build()
-            .expect("build")
-            .stamped(Offset(9), LeaderEpoch(2));
-        let wire: v1::RecordBatch = batch.clone().into();
-        assert_eq!(RecordBatch::try_from(wire).expect("framed"), batch);
-        let stored = stored_records(&batch).expect("records");
-        assert_eq!(stored[0].offset, 9);
-        assert_eq!(stored[0].leader_epoch, 2);
-
-        let err = RecordBatch::try_from(v1::RecordBatch {
-            data: Bytes::from_static(b"short"),
-        })
-        .expect_err("too short");
-        assert_eq!(err.field, "data");
-    }
-}
-
 fn acl_field<T: std::str::FromStr<Err = String>>(field: &str, raw: &str) -> Result<T, FieldError> {
     raw.parse().map_err(|e: String| FieldError::new(field, e))
 }
@@ -488,5 +428,65 @@ impl From<&weir_types::acl::AclFilter> for v1::AclFilter {
             operation: f.operation.map(|o| o.name().into()).unwrap_or_default(),
             permission: f.permission.map(|p| p.name().into()).unwrap_or_default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use weir_types::BatchBuilder;
+
+    #[test]
+    fn records_round_trip_and_bad_fields_are_named() {
+        let record = Record {
+            timestamp_ms: 5,
+            key: Some(Bytes::from_static(b"k")),
+            value: None,
+            headers: vec![Header {
+                key: "trace".into(),
+                value: Some(Bytes::from_static(b"1")),
+            }],
+        };
+        let wire: v1::Record = record.clone().into();
+        assert_eq!(Record::try_from(wire.clone()), Ok(record));
+
+        let mut bad = wire.clone();
+        bad.headers.push(v1::Header {
+            key: String::new(),
+            value: None,
+        });
+        let err = Record::try_from(bad).expect_err("empty header key");
+        assert_eq!(err.field, "headers[1].key");
+
+        let mut bad = wire;
+        bad.timestamp_ms = -1;
+        assert_eq!(
+            Record::try_from(bad).expect_err("negative").field,
+            "timestamp_ms"
+        );
+    }
+
+    #[test]
+    fn batches_cross_the_wire_unchanged() {
+        let batch = BatchBuilder::default()
+            .record(Record {
+                value: Some(Bytes::from_static(b"hello")),
+                ..Record::default()
+            })
+            .build()
+            .expect("build")
+            .stamped(Offset(9), LeaderEpoch(2));
+        let wire: v1::RecordBatch = batch.clone().into();
+        assert_eq!(RecordBatch::try_from(wire).expect("framed"), batch);
+        let stored = stored_records(&batch).expect("records");
+        assert_eq!(stored[0].offset, 9);
+        assert_eq!(stored[0].leader_epoch, 2);
+
+        let err = RecordBatch::try_from(v1::RecordBatch {
+            data: Bytes::from_static(b"short"),
+        })
+        .expect_err("too short");
+        assert_eq!(err.field, "data");
     }
 }

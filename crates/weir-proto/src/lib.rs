@@ -20,6 +20,11 @@ pub mod convert;
 pub mod status;
 pub mod tls;
 
+/// The encoded `FileDescriptorSet` of every proto file above (for tools and for tests that
+/// walk every RPC).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/weir_descriptor.bin"));
+
 /// Generated code for package `weir.v1`.
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]

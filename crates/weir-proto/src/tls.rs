@@ -146,7 +146,10 @@ pub fn cert_identity(cert_der: &[u8]) -> Option<CertIdentity> {
         if let Some(id) = stem.strip_prefix("broker-").and_then(|n| n.parse().ok()) {
             return Some(CertIdentity::Broker(id));
         }
-        if let Some(id) = stem.strip_prefix("controller-").and_then(|n| n.parse().ok()) {
+        if let Some(id) = stem
+            .strip_prefix("controller-")
+            .and_then(|n| n.parse().ok())
+        {
             return Some(CertIdentity::Controller(id));
         }
     }
@@ -159,7 +162,9 @@ pub fn cert_identity(cert_der: &[u8]) -> Option<CertIdentity> {
 }
 
 /// The identity of the request's client certificate: `Ok(None)` on a connection without TLS.
-pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<Option<CertIdentity>, tonic::Status> {
+pub fn peer_identity<T>(
+    request: &tonic::Request<T>,
+) -> Result<Option<CertIdentity>, tonic::Status> {
     let Some(certs) = request.peer_certs() else {
         return Ok(None);
     };
@@ -186,7 +191,9 @@ mod der {
             }
             let (bytes, after) = rest.split_at(n);
             rest = after;
-            bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+            bytes
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
         };
         if rest.len() < len {
             return None;
@@ -228,8 +235,8 @@ mod der {
         #[test]
         fn truncated_input_is_none_not_a_panic() {
             let name = [
-                0x31, 0x0e, 0x30, 0x0c, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x05, b'a', b'l',
-                b'i', b'c', b'e',
+                0x31, 0x0e, 0x30, 0x0c, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x05, b'a', b'l', b'i',
+                b'c', b'e',
             ];
             assert_eq!(super::common_name(&name).as_deref(), Some("alice"));
             for cut in 0..name.len() {
@@ -254,12 +261,18 @@ pub struct ServerTls {
 
 #[derive(Debug)]
 struct Loaded {
-    stamps: Vec<Option<(std::time::SystemTime, u64)>>,
+    stamps: Vec<Stamp>,
     checked: std::time::Instant,
     config: std::sync::Arc<rustls::ServerConfig>,
 }
 
-fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+/// A file's modification time and length: when it changes, the file is read again.
+pub(crate) type Stamp = Option<(std::time::SystemTime, u64)>;
+
+/// How often files that are reloaded on change are looked at (on use, not by a timer).
+pub(crate) const RELOAD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub(crate) fn stamp(path: &Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
@@ -272,7 +285,10 @@ pub fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("certificate {}: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(format!("certificate {}: no certificate in it", path.display()));
+        return Err(format!(
+            "certificate {}: no certificate in it",
+            path.display()
+        ));
     }
     Ok(certs)
 }
@@ -326,10 +342,12 @@ impl ServerTls {
     }
 
     fn paths(&self) -> impl Iterator<Item = &PathBuf> {
-        [&self.cert, &self.key].into_iter().chain(self.client_ca.as_ref())
+        [&self.cert, &self.key]
+            .into_iter()
+            .chain(self.client_ca.as_ref())
     }
 
-    fn stamps(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    fn stamps(&self) -> Vec<Stamp> {
         self.paths().map(|p| stamp(p)).collect()
     }
 
@@ -339,7 +357,7 @@ impl ServerTls {
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.checked.elapsed() >= std::time::Duration::from_secs(1) {
+        if current.checked.elapsed() >= RELOAD_CHECK {
             current.checked = std::time::Instant::now();
             let stamps = self.stamps();
             if stamps != current.stamps {
@@ -449,9 +467,13 @@ impl ClientTlsFiles {
     /// The tonic configuration for a server whose certificate names `domain` (None: the
     /// host the address names).
     pub fn config(&self, domain: Option<String>) -> Result<ClientTlsConfig, String> {
-        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca, "CA")?));
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca, "CA")?));
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-            config = config.identity(Identity::from_pem(read(cert, "certificate")?, read(key, "key")?));
+            config = config.identity(Identity::from_pem(
+                read(cert, "certificate")?,
+                read(key, "key")?,
+            ));
         }
         if let Some(domain) = domain {
             config = config.domain_name(domain);

@@ -86,7 +86,10 @@ impl Acl {
         if self.resource_type == ResourceType::Cluster
             && (self.resource != CLUSTER || self.pattern_type != PatternType::Literal)
         {
-            return Err(("resource", format!("the cluster resource is named {CLUSTER:?}")));
+            return Err((
+                "resource",
+                format!("the cluster resource is named {CLUSTER:?}"),
+            ));
         }
         Ok(())
     }
@@ -222,7 +225,13 @@ impl std::fmt::Display for Acl {
 mod tests {
     use super::*;
 
-    fn acl(principal: &str, op: Operation, kind: ResourceType, pattern: &str, p: Permission) -> Acl {
+    fn acl(
+        principal: &str,
+        op: Operation,
+        kind: ResourceType,
+        pattern: &str,
+        p: Permission,
+    ) -> Acl {
         let (pattern_type, resource) = match pattern.strip_suffix('*') {
             Some(prefix) if !prefix.is_empty() => (PatternType::Prefixed, prefix.to_string()),
             _ => (PatternType::Literal, pattern.to_string()),
@@ -250,18 +259,40 @@ mod tests {
             acl("alice", All, Topic, "audit-secret", Deny),
             acl("bob", All, Group, "*", Allow),
         ];
-        let check = |who, op, kind, name| authorize(&acls, who, op, kind, name) == Decision::Allowed;
+        let check =
+            |who, op, kind, name| authorize(&acls, who, op, kind, name) == Decision::Allowed;
         assert!(check("alice", Write, Topic, "orders"));
-        assert!(!check("alice", Read, Topic, "orders"), "write does not grant read");
-        assert!(check("alice", Describe, Topic, "orders"), "write implies describe");
+        assert!(
+            !check("alice", Read, Topic, "orders"),
+            "write does not grant read"
+        );
+        assert!(
+            check("alice", Describe, Topic, "orders"),
+            "write implies describe"
+        );
         assert!(!check("alice", Write, Topic, "orders2"), "literal is exact");
         assert!(check("alice", Read, Topic, "audit-2026"), "prefix");
-        assert!(!check("alice", Read, Topic, "audit-secret"), "deny wins over a prefix allow");
-        assert!(!check("alice", Describe, Topic, "audit-secret"), "deny all covers describe");
-        assert!(check("carol", Describe, Cluster, CLUSTER), "wildcard principal");
+        assert!(
+            !check("alice", Read, Topic, "audit-secret"),
+            "deny wins over a prefix allow"
+        );
+        assert!(
+            !check("alice", Describe, Topic, "audit-secret"),
+            "deny all covers describe"
+        );
+        assert!(
+            check("carol", Describe, Cluster, CLUSTER),
+            "wildcard principal"
+        );
         assert!(!check("carol", Alter, Cluster, CLUSTER));
-        assert!(check("bob", Delete, Group, "anything"), "literal * matches every name");
-        assert!(!check("bob", Delete, Topic, "anything"), "resource types are apart");
+        assert!(
+            check("bob", Delete, Group, "anything"),
+            "literal * matches every name"
+        );
+        assert!(
+            !check("bob", Delete, Topic, "anything"),
+            "resource types are apart"
+        );
         assert!(!check("dave", Read, Topic, "orders"), "no rule, no access");
     }
 
@@ -274,16 +305,28 @@ mod tests {
         let c = acl("alice", Alter, Cluster, "other", Allow);
         assert_eq!(c.validate().map_err(|e| e.0), Err("resource"));
         assert_eq!("WRITE".parse::<Operation>(), Ok(Write));
-        assert!("frobnicate".parse::<Operation>().unwrap_err().contains("read, write"));
+        assert!(
+            "frobnicate"
+                .parse::<Operation>()
+                .expect_err("refused")
+                .contains("read, write")
+        );
     }
 
     #[test]
     fn filters_match_on_the_fields_they_set() {
         let a = acl("alice", Read, Topic, "t", Allow);
         assert!(AclFilter::default().matches(&a));
-        let f = AclFilter { principal: Some("alice".into()), operation: Some(Read), ..Default::default() };
+        let f = AclFilter {
+            principal: Some("alice".into()),
+            operation: Some(Read),
+            ..Default::default()
+        };
         assert!(f.matches(&a));
-        let f = AclFilter { permission: Some(Deny), ..Default::default() };
+        let f = AclFilter {
+            permission: Some(Deny),
+            ..Default::default()
+        };
         assert!(!f.matches(&a));
     }
 }

@@ -176,6 +176,7 @@ mod tests {
             topics: vec![topic("a", 1), topic("b", 1)],
             brokers: vec![broker(1, false)],
             deleted_topics: vec![],
+            acls: None,
         }));
         assert!(view.apply(MetadataUpdate {
             version: 7,
@@ -183,6 +184,7 @@ mod tests {
             topics: vec![topic("b", 3), topic("c", 1)],
             brokers: vec![broker(2, true)],
             deleted_topics: vec!["a".into()],
+            acls: None,
         }));
         assert_eq!(view.version, 7);
         let names: Vec<(&str, usize)> = view
@@ -206,6 +208,7 @@ mod tests {
             topics: vec![topic("d", 2)],
             brokers: vec![broker(1, false)],
             deleted_topics: vec![],
+            acls: None,
         }));
         assert_eq!(view.topics.keys().collect::<Vec<_>>(), vec!["d"]);
         assert_eq!(
@@ -224,6 +227,7 @@ mod tests {
             topics: vec![topic("a", 1)],
             brokers: vec![broker(1, true)],
             deleted_topics: vec![],
+            acls: None,
         });
         assert_eq!(view.leader("a", 0), Some((BrokerId(1), None)));
     }

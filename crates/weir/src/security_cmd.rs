@@ -200,7 +200,13 @@ fn resource(
     if let Some(s) = subscription {
         return Some(named(ResourceType::Subscription, s));
     }
-    cluster.then(|| (ResourceType::Cluster, PatternType::Literal, acl::CLUSTER.to_string()))
+    cluster.then(|| {
+        (
+            ResourceType::Cluster,
+            PatternType::Literal,
+            acl::CLUSTER.to_string(),
+        )
+    })
 }
 
 fn filter(f: &AclFilterArgs) -> AclFilter {
@@ -254,10 +260,13 @@ pub async fn run(command: AclCommand) -> anyhow::Result<i32> {
                 }
             }
             let request = pb::CreateAclsRequest { acls: acls.clone() };
-            let created = crate::admin_cmd::with_controller(&weir_proto::call::parse_bootstrap(&a.target.bootstrap)?, move |ch| {
-                let request = request.clone();
-                async move { AdminClient::new(ch).create_acls(request).await }
-            })
+            let created = crate::admin_cmd::with_controller(
+                &weir_proto::call::parse_bootstrap(&a.target.bootstrap)?,
+                move |ch| {
+                    let request = request.clone();
+                    async move { AdminClient::new(ch).create_acls(request).await }
+                },
+            )
             .await?
             .into_inner()
             .created;
@@ -273,10 +282,13 @@ pub async fn run(command: AclCommand) -> anyhow::Result<i32> {
             let request = pb::DeleteAclsRequest {
                 filter: Some(pb::AclFilter::from(&filter)),
             };
-            let deleted = crate::admin_cmd::with_controller(&weir_proto::call::parse_bootstrap(&f.target.bootstrap)?, move |ch| {
-                let request = request.clone();
-                async move { AdminClient::new(ch).delete_acls(request).await }
-            })
+            let deleted = crate::admin_cmd::with_controller(
+                &weir_proto::call::parse_bootstrap(&f.target.bootstrap)?,
+                move |ch| {
+                    let request = request.clone();
+                    async move { AdminClient::new(ch).delete_acls(request).await }
+                },
+            )
             .await?
             .into_inner()
             .deleted;
@@ -287,10 +299,13 @@ pub async fn run(command: AclCommand) -> anyhow::Result<i32> {
             let request = pb::ListAclsRequest {
                 filter: Some(pb::AclFilter::from(&filter(&f))),
             };
-            let acls = crate::admin_cmd::with_controller(&weir_proto::call::parse_bootstrap(&f.target.bootstrap)?, move |ch| {
-                let request = request.clone();
-                async move { AdminClient::new(ch).list_acls(request).await }
-            })
+            let acls = crate::admin_cmd::with_controller(
+                &weir_proto::call::parse_bootstrap(&f.target.bootstrap)?,
+                move |ch| {
+                    let request = request.clone();
+                    async move { AdminClient::new(ch).list_acls(request).await }
+                },
+            )
             .await?
             .into_inner()
             .acls;

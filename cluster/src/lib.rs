@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use weir_proto::v1 as pb;
 use weir_proto::v1::admin_client::AdminClient;
 
+pub mod tls;
+
 pub const CONTROLLER_PORT: u16 = 9093;
 pub const BROKER_PORT: u16 = 9092;
 /// Brokers replicate on their internal listener: same address, this port.
@@ -74,6 +76,9 @@ pub struct Spec {
     /// Extra environment variables for every node process; `{node}` in a value becomes the
     /// node's name and `{dir}` the cluster directory.
     pub env: Vec<(String, String)>,
+    /// TLS on every listener and between nodes: a CA and node certificates are made in
+    /// `<dir>/tls`, and this process's connections use them (`tls/client.crt`).
+    pub tls: bool,
 }
 
 /// A running (or partly running) cluster.
@@ -85,6 +90,9 @@ pub struct Cluster {
     /// Extra environment variables for every node process.
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// Every listener speaks TLS (certificates in `<dir>/tls`).
+    #[serde(default)]
+    pub tls: bool,
     #[serde(skip)]
     children: BTreeMap<String, Child>,
 }
@@ -120,6 +128,20 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes this process's connections use the cluster's CA and client certificate.
+fn use_client_tls(dir: &Path) -> anyhow::Result<()> {
+    let tls = dir.join("tls");
+    weir_proto::call::set_client_security(&weir_proto::call::ClientSecurity {
+        tls: Some(weir_proto::tls::ClientTlsFiles {
+            ca: tls.join("ca.crt"),
+            cert: Some(tls.join("client.crt")),
+            key: Some(tls.join("client.key")),
+        }),
+        token: None,
+    })
+    .map_err(anyhow::Error::msg)
+}
+
 /// A free `127.<a>.<b>.x` prefix: no process listens on its first address.
 fn pick_prefix() -> String {
     for _ in 0..64 {
@@ -151,6 +173,30 @@ impl Cluster {
             .collect();
         let controller_list: Vec<String> = (1..=spec.controllers).map(controller_addr).collect();
         let mut nodes = Vec::new();
+        let authority = if spec.tls {
+            let authority = tls::Authority::create(&dir.join("tls"))?;
+            authority.issue("client", &[], &[])?;
+            use_client_tls(&dir)?;
+            Some(authority)
+        } else {
+            None
+        };
+        // TLS flags of node `name` (id `id`) at `ip`
+        let tls_args = |name: &str, id: u32, ip: String| -> anyhow::Result<Vec<String>> {
+            let Some(authority) = &authority else {
+                return Ok(Vec::new());
+            };
+            let ip: std::net::IpAddr = ip.parse()?;
+            let issued = authority.issue_member(name, id, &[], &[ip])?;
+            Ok(vec![
+                "--tls-ca".into(),
+                authority.ca_file.display().to_string(),
+                "--tls-cert".into(),
+                issued.cert.display().to_string(),
+                "--tls-key".into(),
+                issued.key.display().to_string(),
+            ])
+        };
         // a controller's flags; a combined node adds its broker's address
         let controller_args = |command: &str, i: u32, data_dir: &Path| -> Vec<String> {
             let mut args = vec![
@@ -187,12 +233,14 @@ impl Cluster {
                 (Role::Controller, format!("controller-{i}"), "controller")
             };
             let data_dir = dir.join(&name);
+            let mut args = controller_args(command, i, &data_dir);
+            args.extend(tls_args(&name, i, format!("{prefix}.{}", 10 + i))?);
             nodes.push(Node {
                 role,
                 id: i,
                 addr: controller_addr(i),
                 log_file: dir.join(format!("{name}.log")),
-                args: controller_args(command, i, &data_dir),
+                args,
                 data_dir,
                 name,
                 pid: None,
@@ -220,7 +268,10 @@ impl Cluster {
                     data_dir.display().to_string(),
                     "--http".into(),
                     format!("{prefix}.{}:{HTTP_PORT}", 20 + i),
-                ],
+                ]
+                .into_iter()
+                .chain(tls_args(&name, i, format!("{prefix}.{}", 20 + i))?)
+                .collect(),
                 addr,
                 data_dir,
                 name,
@@ -232,6 +283,7 @@ impl Cluster {
             weir: spec.weir.clone(),
             nodes,
             env: spec.env.clone(),
+            tls: spec.tls,
             children: BTreeMap::new(),
         };
         let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
@@ -246,7 +298,12 @@ impl Cluster {
     pub fn load(dir: &Path) -> anyhow::Result<Cluster> {
         let path = dir.join("cluster.json");
         let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+        let cluster: Cluster =
+            serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        if cluster.tls {
+            use_client_tls(&cluster.dir)?;
+        }
+        Ok(cluster)
     }
 
     pub fn save(&self) -> anyhow::Result<()> {

@@ -330,6 +330,7 @@ fn run(args: &TestArgs) -> anyhow::Result<Report> {
         weir: weir_binary(args.weir.clone())?,
         broker_lease_ms: 1500,
         env,
+        tls: false,
     };
     let node_names: Vec<String> = if combined {
         (1..=controllers).map(|i| format!("node-{i}")).collect()

@@ -64,6 +64,10 @@ struct Args {
     /// Measure the controller instead: this many topic creations, then heartbeats.
     #[arg(long)]
     controller_ops: Option<u64>,
+    /// Connect over TLS with the CA and client certificate of a `weir-cluster up --tls`
+    /// cluster (its `<dir>/tls`).
+    #[arg(long)]
+    tls_dir: Option<std::path::PathBuf>,
 }
 
 async fn admin(bootstrap: &[String]) -> anyhow::Result<(AdminClient<Channel>, String)> {
@@ -188,6 +192,17 @@ fn rand_suffix() -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.tls_dir {
+        call::set_client_security(&call::ClientSecurity {
+            tls: Some(weir_proto::tls::ClientTlsFiles {
+                ca: dir.join("ca.crt"),
+                cert: Some(dir.join("client.crt")),
+                key: Some(dir.join("client.key")),
+            }),
+            token: None,
+        })
+        .map_err(|e| anyhow::anyhow!("--tls-dir: {e}"))?;
+    }
     let bootstrap = parse_bootstrap(&args.bootstrap)?;
     if let Some(ops) = args.controller_ops {
         return controller_bench(&bootstrap, ops).await;

@@ -38,6 +38,9 @@ enum Cmd {
         broker_lease_ms: u64,
         #[arg(long, default_value_t = 60)]
         timeout_s: u64,
+        /// TLS everywhere: a CA and node certificates are made in `<dir>/tls`.
+        #[arg(long)]
+        tls: bool,
     },
     /// Nodes, pids, liveness and the controllers' view of the cluster.
     Status {
@@ -94,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             weir,
             broker_lease_ms,
             timeout_s,
+            tls,
         } => {
             let weir = match weir {
                 Some(w) => w,
@@ -111,6 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     weir,
                     broker_lease_ms,
                     env: Vec::new(),
+                    tls,
                 },
                 Duration::from_secs(timeout_s),
             )?;

@@ -88,10 +88,23 @@ pub struct Backend {
     pub metadata: Metadata,
     pub producer: Producer,
     cache: Mutex<HashMap<String, (Instant, Arc<SubscriptionInfo>)>>,
+    /// Who may call the gateway and what they may do (by the cluster's ACLs).
+    pub security: Arc<weir_proto::auth::Security>,
+}
+
+/// The authenticated caller of a gateway RPC (none when authentication is off).
+pub type Caller = Option<weir_proto::auth::Principal>;
+
+/// The caller of `request`.
+pub fn caller<T>(request: &tonic::Request<T>) -> Caller {
+    weir_proto::auth::Security::principal(request).cloned()
 }
 
 impl Backend {
-    pub fn new(controllers: Vec<String>) -> Result<Backend, ClientError> {
+    pub fn new(
+        controllers: Vec<String>,
+        security: Arc<weir_proto::auth::Security>,
+    ) -> Result<Backend, ClientError> {
         let mut producer = weir_client::ProducerConfig::new(controllers.clone());
         producer.linger_ms = 1;
         Ok(Backend {
@@ -99,7 +112,29 @@ impl Backend {
             producer: Producer::new(producer)?,
             controllers,
             cache: Mutex::new(HashMap::new()),
+            security,
         })
+    }
+
+    /// Whether `caller` may do `operation` on the Weir resource `kind`/`name`, by the ACLs
+    /// of the cluster's latest metadata.
+    pub async fn authorize(
+        &self,
+        caller: &Caller,
+        operation: weir_types::acl::Operation,
+        kind: weir_types::acl::ResourceType,
+        name: &str,
+    ) -> Result<(), Status> {
+        if !self.security.authorization() {
+            return Ok(());
+        }
+        let view = self
+            .metadata
+            .cluster()
+            .await
+            .map_err(|e| Status::unavailable(format!("cluster metadata: {e}")))?;
+        self.security
+            .authorize_principal(caller.as_ref(), view.acls.iter(), operation, kind, name)
     }
 
     pub async fn admin<T, F, Fut>(&self, call: F) -> Result<T, Status>

@@ -59,6 +59,9 @@ pub struct GatewayConfig {
     pub push_token_issuer: String,
     /// Certificates (PEM) trusted for https push endpoints besides Mozilla's roots.
     pub push_ca_file: Option<std::path::PathBuf>,
+    /// TLS on the gRPC listener, how Pub/Sub clients authenticate, and whether the
+    /// cluster's ACLs apply to them.
+    pub security: weir_proto::auth::ListenerSecurity,
 }
 
 impl GatewayConfig {
@@ -71,6 +74,7 @@ impl GatewayConfig {
             push_signing_key: None,
             push_token_issuer: "weir-gateway".into(),
             push_ca_file: None,
+            security: Default::default(),
         }
     }
 
@@ -119,7 +123,10 @@ impl Gateway {
                     addr: config.listen,
                     source,
                 })?;
-        let backend = Arc::new(backend::Backend::new(config.controllers.clone())?);
+        let backend = Arc::new(backend::Backend::new(
+            config.controllers.clone(),
+            Arc::clone(&config.security.security),
+        )?);
         let signer = Arc::new(token::PushSigner::new(
             config.push_signing_key.as_deref(),
             config.push_token_issuer.clone(),
@@ -142,10 +149,12 @@ impl Gateway {
             stopped.clone(),
         ));
         let mut server_stop = stopped;
-        let server = tonic::transport::Server::builder()
-            .add_service(PublisherServer::new(publisher))
-            .add_service(SubscriberServer::new(subscriber))
-            .serve_with_incoming_shutdown(weir_proto::call::incoming(listener), async move {
+        let auth = config.security.interceptor();
+        let router = tonic::transport::Server::builder()
+            .add_service(PublisherServer::with_interceptor(publisher, auth.clone()))
+            .add_service(SubscriberServer::with_interceptor(subscriber, auth));
+        let server =
+            weir_proto::call::serve(router, listener, config.security.tls.clone(), async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             });
         tasks.spawn(async move {

@@ -9,9 +9,10 @@ use weir_proto::google::pubsub::v1 as gpb;
 use weir_proto::google::pubsub::v1::publisher_server::Publisher;
 use weir_proto::v1 as pb;
 
-use crate::backend::{Backend, client_status, futures_join};
+use crate::backend::{Backend, caller, client_status, futures_join};
 use crate::convert;
 use crate::names::{self, Kind, Name};
+use weir_types::acl::{Operation, ResourceType};
 
 /// A topic keeps messages at least this long (a subscription's default retention of
 /// unacknowledged messages); Google's topic retention, when set, extends it.
@@ -103,8 +104,17 @@ impl Publisher for PublisherService {
         &self,
         request: Request<gpb::Topic>,
     ) -> Result<Response<gpb::Topic>, Status> {
+        let caller = caller(&request);
         let t = request.into_inner();
         let name = Name::parse("topic", &t.name, Kind::Topics)?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Create,
+                ResourceType::Topic,
+                &name.weir(),
+            )
+            .await?;
         let partitions = match t.labels.get(PARTITIONS_LABEL) {
             Some(raw) => raw
                 .parse::<u32>()
@@ -151,11 +161,15 @@ impl Publisher for PublisherService {
         &self,
         request: Request<gpb::UpdateTopicRequest>,
     ) -> Result<Response<gpb::Topic>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let t = r
             .topic
             .ok_or_else(|| Status::invalid_argument("Invalid [topic]: must be set"))?;
         let name = Name::parse("topic", &t.name, Kind::Topics)?;
+        self.backend
+            .authorize(&caller, Operation::Alter, ResourceType::Topic, &name.weir())
+            .await?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         if paths.is_empty() {
             return Err(Status::invalid_argument(
@@ -198,8 +212,12 @@ impl Publisher for PublisherService {
         &self,
         request: Request<gpb::PublishRequest>,
     ) -> Result<Response<gpb::PublishResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let name = Name::parse("topic", &r.topic, Kind::Topics)?;
+        self.backend
+            .authorize(&caller, Operation::Write, ResourceType::Topic, &name.weir())
+            .await?;
         if r.messages.is_empty() {
             return Err(Status::invalid_argument("Invalid [messages]: none given"));
         }
@@ -272,7 +290,16 @@ impl Publisher for PublisherService {
         &self,
         request: Request<gpb::GetTopicRequest>,
     ) -> Result<Response<gpb::Topic>, Status> {
+        let caller = caller(&request);
         let name = Name::parse("topic", &request.into_inner().topic, Kind::Topics)?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Describe,
+                ResourceType::Topic,
+                &name.weir(),
+            )
+            .await?;
         Ok(Response::new(google_topic(
             &self.describe(&name.weir()).await?,
         )))
@@ -282,8 +309,17 @@ impl Publisher for PublisherService {
         &self,
         request: Request<gpb::ListTopicsRequest>,
     ) -> Result<Response<gpb::ListTopicsResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let project = names::project("project", &r.project)?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Describe,
+                ResourceType::Topic,
+                &format!("{project}."),
+            )
+            .await?;
         let all = self
             .backend
             .admin(|mut c| async move { c.list_topics(pb::ListTopicsRequest {}).await })
@@ -307,8 +343,17 @@ impl Publisher for PublisherService {
         &self,
         request: Request<gpb::ListTopicSubscriptionsRequest>,
     ) -> Result<Response<gpb::ListTopicSubscriptionsResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let name = Name::parse("topic", &r.topic, Kind::Topics)?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Describe,
+                ResourceType::Topic,
+                &name.weir(),
+            )
+            .await?;
         self.describe(&name.weir()).await?;
         let request = pb::ListSubscriptionsRequest {
             prefix: String::new(),
@@ -339,8 +384,17 @@ impl Publisher for PublisherService {
         &self,
         request: Request<gpb::ListTopicSnapshotsRequest>,
     ) -> Result<Response<gpb::ListTopicSnapshotsResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let name = Name::parse("topic", &r.topic, Kind::Topics)?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Describe,
+                ResourceType::Topic,
+                &name.weir(),
+            )
+            .await?;
         let request = pb::ListSnapshotsRequest {
             prefix: String::new(),
             topic: name.weir(),
@@ -369,7 +423,16 @@ impl Publisher for PublisherService {
         &self,
         request: Request<gpb::DeleteTopicRequest>,
     ) -> Result<Response<()>, Status> {
+        let caller = caller(&request);
         let name = Name::parse("topic", &request.into_inner().topic, Kind::Topics)?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Delete,
+                ResourceType::Topic,
+                &name.weir(),
+            )
+            .await?;
         let request = pb::DeleteTopicRequest { name: name.weir() };
         self.backend
             .admin(|mut c| {
@@ -385,11 +448,20 @@ impl Publisher for PublisherService {
         &self,
         request: Request<gpb::DetachSubscriptionRequest>,
     ) -> Result<Response<gpb::DetachSubscriptionResponse>, Status> {
+        let caller = caller(&request);
         let name = Name::parse(
             "subscription",
             &request.into_inner().subscription,
             Kind::Subscriptions,
         )?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Alter,
+                ResourceType::Subscription,
+                &name.weir(),
+            )
+            .await?;
         let info = self.backend.subscription(&name.weir()).await?;
         let mut spec = info.spec.clone();
         spec.detached = true;

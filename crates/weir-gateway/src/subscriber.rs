@@ -23,12 +23,13 @@ use weir_types::ErrorCode;
 use weir_types::subscription::Cursor;
 
 use crate::backend::{
-    BROKER_PATIENCE, Backend, Settle, SubscriptionInfo, client_status, futures_join,
+    BROKER_PATIENCE, Backend, Settle, SubscriptionInfo, caller, client_status, futures_join,
 };
 use crate::convert::{self, AckId};
 use crate::deadletter;
 use crate::names::{self, Kind, Name};
 use crate::publisher::{not_found, page};
+use weir_types::acl::{Operation, ResourceType};
 
 /// Messages one partition pull of a stream asks for at most.
 const STREAM_PULL_MESSAGES_MAX: usize = 500;
@@ -141,6 +142,36 @@ impl SubscriberService {
     }
 
     /// Acknowledges at the partition leaders; returns the ids whose lease no longer held.
+    /// A snapshot is guarded by the ACLs of the subscription it was taken from.
+    async fn authorize_snapshot(
+        &self,
+        caller: &crate::backend::Caller,
+        operation: Operation,
+        weir_name: &str,
+    ) -> Result<(), Status> {
+        if !self.backend.security.authorization() {
+            return Ok(());
+        }
+        let request = pb::GetSnapshotRequest {
+            name: weir_name.to_string(),
+        };
+        let snapshot = self
+            .backend
+            .subscriptions(|mut c| {
+                let request = request.clone();
+                async move { c.get_snapshot(request).await }
+            })
+            .await?;
+        self.backend
+            .authorize(
+                caller,
+                operation,
+                ResourceType::Subscription,
+                &snapshot.subscription,
+            )
+            .await
+    }
+
     async fn ack(&self, info: &SubscriptionInfo, ids: &[AckId]) -> Result<Vec<AckId>, Status> {
         self.settle(info, ids, Settle::Ack).await
     }
@@ -634,9 +665,21 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::Subscription>,
     ) -> Result<Response<gpb::Subscription>, Status> {
+        let caller = caller(&request);
         let sub = request.into_inner();
         let name = Name::parse("subscription", &sub.name, Kind::Subscriptions)?;
         let topic = Name::parse("topic", &sub.topic, Kind::Topics)?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Create,
+                ResourceType::Subscription,
+                &name.weir(),
+            )
+            .await?;
+        self.backend
+            .authorize(&caller, Operation::Read, ResourceType::Topic, &topic.weir())
+            .await?;
         let spec = convert::spec(sub, &name, &topic)?;
         let describe = pb::DescribeTopicRequest { name: topic.weir() };
         let t = self
@@ -691,11 +734,20 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::GetSubscriptionRequest>,
     ) -> Result<Response<gpb::Subscription>, Status> {
+        let caller = caller(&request);
         let name = Name::parse(
             "subscription",
             &request.into_inner().subscription,
             Kind::Subscriptions,
         )?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Describe,
+                ResourceType::Subscription,
+                &name.weir(),
+            )
+            .await?;
         self.backend.forget(&name.weir());
         let info = self
             .backend
@@ -709,12 +761,21 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::UpdateSubscriptionRequest>,
     ) -> Result<Response<gpb::Subscription>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let sub = r
             .subscription
             .ok_or_else(|| Status::invalid_argument("Invalid [subscription]: must be set"))?;
         let mask = convert::update_mask(&r.update_mask.map(|m| m.paths).unwrap_or_default())?;
         let name = Name::parse("subscription", &sub.name, Kind::Subscriptions)?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Alter,
+                ResourceType::Subscription,
+                &name.weir(),
+            )
+            .await?;
         self.backend.forget(&name.weir());
         let current = self
             .backend
@@ -740,8 +801,17 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::ListSubscriptionsRequest>,
     ) -> Result<Response<gpb::ListSubscriptionsResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let project = names::project("project", &r.project)?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Describe,
+                ResourceType::Subscription,
+                &format!("{project}."),
+            )
+            .await?;
         let request = pb::ListSubscriptionsRequest {
             prefix: format!("{project}."),
             topic: String::new(),
@@ -769,11 +839,20 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::DeleteSubscriptionRequest>,
     ) -> Result<Response<()>, Status> {
+        let caller = caller(&request);
         let name = Name::parse(
             "subscription",
             &request.into_inner().subscription,
             Kind::Subscriptions,
         )?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Delete,
+                ResourceType::Subscription,
+                &name.weir(),
+            )
+            .await?;
         let request = pb::DeleteSubscriptionRequest { name: name.weir() };
         self.backend
             .subscriptions(|mut c| {
@@ -790,6 +869,7 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::ModifyAckDeadlineRequest>,
     ) -> Result<Response<()>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         if !(0..=600).contains(&r.ack_deadline_seconds) {
             return Err(Status::invalid_argument(
@@ -797,6 +877,14 @@ impl Subscriber for SubscriberService {
             ));
         }
         let (_, info) = self.info("subscription", &r.subscription).await?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Read,
+                ResourceType::Subscription,
+                &info.spec.name,
+            )
+            .await?;
         let ids = parse_ack_ids("ack_ids", &r.ack_ids, info.partitions)?;
         if ids.is_empty() {
             return Err(Status::invalid_argument("Invalid [ack_ids]: none given"));
@@ -810,8 +898,17 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::AcknowledgeRequest>,
     ) -> Result<Response<()>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let (_, info) = self.info("subscription", &r.subscription).await?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Read,
+                ResourceType::Subscription,
+                &info.spec.name,
+            )
+            .await?;
         let ids = parse_ack_ids("ack_ids", &r.ack_ids, info.partitions)?;
         if ids.is_empty() {
             return Err(Status::invalid_argument("Invalid [ack_ids]: none given"));
@@ -824,6 +921,7 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::PullRequest>,
     ) -> Result<Response<gpb::PullResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         if r.max_messages <= 0 {
             return Err(Status::invalid_argument(
@@ -831,6 +929,14 @@ impl Subscriber for SubscriberService {
             ));
         }
         let (_, info) = self.info("subscription", &r.subscription).await?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Read,
+                ResourceType::Subscription,
+                &info.spec.name,
+            )
+            .await?;
         if info.topic_deleted || info.spec.detached {
             return Err(Status::failed_precondition(
                 "the subscription is detached or its topic was deleted",
@@ -877,11 +983,20 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<Streaming<gpb::StreamingPullRequest>>,
     ) -> Result<Response<Self::StreamingPullStream>, Status> {
+        let caller = caller(&request);
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("Invalid [subscription]: the stream sent nothing")
         })?;
         let (name, info) = self.info("subscription", &first.subscription).await?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Read,
+                ResourceType::Subscription,
+                &info.spec.name,
+            )
+            .await?;
         tracing::debug!(
             subscription = %info.spec.name,
             partitions = info.partitions,
@@ -904,8 +1019,17 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::ModifyPushConfigRequest>,
     ) -> Result<Response<()>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let (_, info) = self.info("subscription", &r.subscription).await?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Alter,
+                ResourceType::Subscription,
+                &info.spec.name,
+            )
+            .await?;
         let mut spec = info.spec.clone();
         spec.push = convert::push(r.push_config);
         spec.normalize()
@@ -918,7 +1042,10 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::GetSnapshotRequest>,
     ) -> Result<Response<gpb::Snapshot>, Status> {
+        let caller = caller(&request);
         let name = Name::parse("snapshot", &request.into_inner().snapshot, Kind::Snapshots)?;
+        self.authorize_snapshot(&caller, Operation::Describe, &name.weir())
+            .await?;
         let request = pb::GetSnapshotRequest { name: name.weir() };
         let s = self
             .backend
@@ -934,8 +1061,17 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::ListSnapshotsRequest>,
     ) -> Result<Response<gpb::ListSnapshotsResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let project = names::project("project", &r.project)?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Describe,
+                ResourceType::Subscription,
+                &format!("{project}."),
+            )
+            .await?;
         let request = pb::ListSnapshotsRequest {
             prefix: format!("{project}."),
             topic: String::new(),
@@ -960,9 +1096,18 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::CreateSnapshotRequest>,
     ) -> Result<Response<gpb::Snapshot>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let name = Name::parse("name", &r.name, Kind::Snapshots)?;
         let (_, info) = self.info("subscription", &r.subscription).await?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Read,
+                ResourceType::Subscription,
+                &info.spec.name,
+            )
+            .await?;
         let cursors = self.cursors(&info).await?;
         let request = pb::CreateSnapshotRequest {
             name: name.weir(),
@@ -985,11 +1130,14 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::UpdateSnapshotRequest>,
     ) -> Result<Response<gpb::Snapshot>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let snap = r
             .snapshot
             .ok_or_else(|| Status::invalid_argument("Invalid [snapshot]: must be set"))?;
         let name = Name::parse("snapshot.name", &snap.name, Kind::Snapshots)?;
+        self.authorize_snapshot(&caller, Operation::Alter, &name.weir())
+            .await?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let mut expire = None;
         for p in &paths {
@@ -1022,7 +1170,10 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::DeleteSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
+        let caller = caller(&request);
         let name = Name::parse("snapshot", &request.into_inner().snapshot, Kind::Snapshots)?;
+        self.authorize_snapshot(&caller, Operation::Alter, &name.weir())
+            .await?;
         let request = pb::DeleteSnapshotRequest { name: name.weir() };
         self.backend
             .subscriptions(|mut c| {
@@ -1037,8 +1188,17 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<gpb::SeekRequest>,
     ) -> Result<Response<gpb::SeekResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let (_, info) = self.info("subscription", &r.subscription).await?;
+        self.backend
+            .authorize(
+                &caller,
+                Operation::Read,
+                ResourceType::Subscription,
+                &info.spec.name,
+            )
+            .await?;
         let cursors: Vec<(u32, Cursor)> = match r.target {
             Some(gpb::seek_request::Target::Time(t)) => {
                 // everything published before the time counts as acknowledged, the rest not

@@ -17,8 +17,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::{Request, Status};
 use weir_types::acl::{self, Acl, Decision, Operation, ResourceType};
 
-use crate::tls::CertIdentity;
-
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -139,8 +137,8 @@ impl Security {
             && let Some(identity) = crate::tls::peer_identity(request)?
         {
             return Ok(Some(Principal {
-                internal: !matches!(identity, CertIdentity::Named(_)),
-                name: identity.principal(),
+                internal: identity.is_member(),
+                name: identity.principal,
                 source: "client certificate",
             }));
         }
@@ -194,10 +192,22 @@ impl Security {
         kind: ResourceType,
         name: &str,
     ) -> Result<(), Status> {
+        self.authorize_principal(Security::principal(request), acls, operation, kind, name)
+    }
+
+    /// [`Security::authorize`] for a principal taken from a request earlier.
+    pub fn authorize_principal<'a>(
+        &self,
+        principal: Option<&Principal>,
+        acls: impl IntoIterator<Item = &'a Acl>,
+        operation: Operation,
+        kind: ResourceType,
+        name: &str,
+    ) -> Result<(), Status> {
         if !self.authorization() {
             return Ok(());
         }
-        let Some(principal) = Security::principal(request) else {
+        let Some(principal) = principal else {
             return Err(Status::unauthenticated("credentials required"));
         };
         if principal.internal || self.super_users.contains(&principal.name) {
@@ -251,33 +261,44 @@ impl Security {
         }
     }
 
-    /// Whether the caller is this cluster's broker `id` (or a controller) by its client
-    /// certificate, for the internal RPCs; any caller passes on a listener without TLS.
+    /// Whether the caller is this cluster's broker `id` (any broker or controller when
+    /// `None`) by its client certificate, for the internal RPCs; any caller passes on a
+    /// listener without TLS.
     pub fn require_broker<T>(request: &Request<T>, id: Option<u32>) -> Result<(), Status> {
-        match crate::tls::peer_identity(request)? {
-            None if !crate::tls::is_tls(request) => Ok(()),
-            Some(CertIdentity::Broker(b)) if id.is_none_or(|id| id == b) => Ok(()),
-            Some(CertIdentity::Controller(_)) if id.is_none() => Ok(()),
-            Some(other) => Err(Status::permission_denied(format!(
-                "broker_id: the client certificate names {}, not {}",
-                other.principal(),
-                id.map_or("a broker".to_string(), |id| format!("broker-{id}"))
-            ))),
-            None => Err(Status::unauthenticated(
+        if !crate::tls::is_tls(request) {
+            return Ok(());
+        }
+        let Some(identity) = crate::tls::peer_identity(request)? else {
+            return Err(Status::unauthenticated(
                 "a broker's client certificate is required",
-            )),
+            ));
+        };
+        let allowed = match id {
+            Some(id) => identity.brokers.contains(&id),
+            None => identity.is_member(),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "broker_id: the client certificate of {} does not name {}",
+                identity.principal,
+                id.map_or("a broker".to_string(), crate::tls::broker_name)
+            )))
         }
     }
 
     /// Whether the caller is a controller of this cluster by its client certificate (Raft);
     /// any caller passes on a listener without TLS.
     pub fn require_controller<T>(request: &Request<T>) -> Result<(), Status> {
+        if !crate::tls::is_tls(request) {
+            return Ok(());
+        }
         match crate::tls::peer_identity(request)? {
-            None if !crate::tls::is_tls(request) => Ok(()),
-            Some(CertIdentity::Controller(_)) => Ok(()),
-            Some(other) => Err(Status::permission_denied(format!(
+            Some(identity) if !identity.controllers.is_empty() => Ok(()),
+            Some(identity) => Err(Status::permission_denied(format!(
                 "only controllers take part in Raft, not {}",
-                other.principal()
+                identity.principal
             ))),
             None => Err(Status::unauthenticated(
                 "a controller's client certificate is required",

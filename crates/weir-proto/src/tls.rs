@@ -114,24 +114,20 @@ pub fn is_tls<T>(request: &tonic::Request<T>) -> bool {
         .is_some()
 }
 
-/// What a verified peer certificate says its holder is.
+/// What a verified peer certificate says its holder is: the cluster members it names
+/// (`broker-<id>.weir`, `controller-<id>.weir`; a combined node's names both) and the
+/// principal ACLs speak of (the subject's common name, or its first DNS name).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertIdentity {
-    Broker(u32),
-    Controller(u64),
-    /// Any other holder: the certificate subject's common name (or, without one, its first
-    /// DNS name).
-    Named(String),
+pub struct CertIdentity {
+    pub brokers: Vec<u32>,
+    pub controllers: Vec<u64>,
+    pub principal: String,
 }
 
 impl CertIdentity {
-    /// The principal name ACLs and super-user lists speak of.
-    pub fn principal(&self) -> String {
-        match self {
-            CertIdentity::Broker(id) => format!("broker-{id}"),
-            CertIdentity::Controller(id) => format!("controller-{id}"),
-            CertIdentity::Named(name) => name.clone(),
-        }
+    /// A broker or controller of this cluster.
+    pub fn is_member(&self) -> bool {
+        !self.brokers.is_empty() || !self.controllers.is_empty()
     }
 }
 
@@ -139,26 +135,28 @@ impl CertIdentity {
 pub fn cert_identity(cert_der: &[u8]) -> Option<CertIdentity> {
     let der = rustls::pki_types::CertificateDer::from(cert_der);
     let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+    let mut identity = CertIdentity {
+        brokers: Vec::new(),
+        controllers: Vec::new(),
+        principal: String::new(),
+    };
     for name in cert.valid_dns_names() {
         let Some(stem) = name.strip_suffix(".weir") else {
             continue;
         };
         if let Some(id) = stem.strip_prefix("broker-").and_then(|n| n.parse().ok()) {
-            return Some(CertIdentity::Broker(id));
+            identity.brokers.push(id);
         }
         if let Some(id) = stem
             .strip_prefix("controller-")
             .and_then(|n| n.parse().ok())
         {
-            return Some(CertIdentity::Controller(id));
+            identity.controllers.push(id);
         }
     }
-    if let Some(cn) = der::common_name(cert.subject()) {
-        return Some(CertIdentity::Named(cn));
-    }
-    cert.valid_dns_names()
-        .next()
-        .map(|n| CertIdentity::Named(n.to_string()))
+    identity.principal = der::common_name(cert.subject())
+        .or_else(|| cert.valid_dns_names().next().map(str::to_string))?;
+    Some(identity)
 }
 
 /// The identity of the request's client certificate: `Ok(None)` on a connection without TLS.
@@ -256,6 +254,8 @@ pub struct ServerTls {
     cert: PathBuf,
     key: PathBuf,
     client_ca: Option<PathBuf>,
+    /// The application protocols offered (ALPN): h2 for gRPC, http/1.1 for the HTTP side.
+    alpn: &'static [&'static [u8]],
     current: std::sync::Mutex<Loaded>,
 }
 
@@ -322,11 +322,26 @@ impl ServerTls {
         key: PathBuf,
         client_ca: Option<PathBuf>,
     ) -> Result<ServerTls, String> {
-        let config = build_server(&cert, &key, client_ca.as_deref())?;
+        ServerTls::with_alpn(cert, key, client_ca, &[b"h2"])
+    }
+
+    /// For an HTTP/1.1 listener (`/metrics`, probes), without client certificates.
+    pub fn http1(cert: PathBuf, key: PathBuf) -> Result<ServerTls, String> {
+        ServerTls::with_alpn(cert, key, None, &[b"http/1.1"])
+    }
+
+    fn with_alpn(
+        cert: PathBuf,
+        key: PathBuf,
+        client_ca: Option<PathBuf>,
+        alpn: &'static [&'static [u8]],
+    ) -> Result<ServerTls, String> {
+        let config = build_server(&cert, &key, client_ca.as_deref(), alpn)?;
         let tls = ServerTls {
             cert,
             key,
             client_ca,
+            alpn,
             current: std::sync::Mutex::new(Loaded {
                 stamps: Vec::new(),
                 checked: std::time::Instant::now(),
@@ -361,7 +376,7 @@ impl ServerTls {
             current.checked = std::time::Instant::now();
             let stamps = self.stamps();
             if stamps != current.stamps {
-                match build_server(&self.cert, &self.key, self.client_ca.as_deref()) {
+                match build_server(&self.cert, &self.key, self.client_ca.as_deref(), self.alpn) {
                     Ok(config) => {
                         tracing::info!(cert = %self.cert.display(), "TLS files changed: reloaded");
                         current.config = config;
@@ -381,6 +396,7 @@ fn build_server(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
+    alpn: &[&[u8]],
 ) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
     let chain = read_certs(cert)?;
     let private = read_key(key)?;
@@ -407,7 +423,7 @@ fn build_server(
             key.display()
         )
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(std::sync::Arc::new(config))
 }
 

@@ -40,6 +40,8 @@ pub struct GatewayArgs {
     push_ca_file: Option<std::path::PathBuf>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    security: crate::security_cmd::ServerSecurityArgs,
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<i32> {
@@ -51,6 +53,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<i32> {
     config.replication_factor = args.replication_factor;
     config.push_signing_key = args.push_signing_key.clone();
     config.push_ca_file = args.push_ca_file.clone();
+    config.security = crate::security_cmd::listener_security(&args.security)?;
     config.push_token_issuer = match (&args.push_token_issuer, args.http) {
         (Some(i), _) => i.clone(),
         (None, Some(http)) => format!("http://{http}"),

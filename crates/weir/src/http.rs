@@ -68,16 +68,68 @@ pub async fn serve_with(
         .await
         .with_context(|| format!("--http {addr}"))?;
     let local = listener.local_addr()?;
+    let tls = crate::security_cmd::http_tls()?;
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        let served = match tls {
+            Some(tls) => {
+                let listener = TlsListener {
+                    connections: Box::pin(weir_proto::tls::incoming(listener, tls)),
+                    local,
+                };
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "http endpoint failed");
         }
     });
     Ok(local)
+}
+
+type TlsConnections = std::pin::Pin<
+    Box<
+        dyn tokio_stream::Stream<
+                Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+            > + Send,
+    >,
+>;
+
+/// Connections after their TLS handshake, for axum.
+struct TlsListener {
+    connections: TlsConnections,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.connections.next().await {
+                Some(Ok(stream)) => {
+                    let peer = stream.get_ref().0.peer_addr().unwrap_or(self.local);
+                    return (stream, peer);
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "http connection failed"),
+                // the acceptor stopped: nothing more will come
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }

@@ -116,6 +116,21 @@ pub fn listener_security(args: &ServerSecurityArgs) -> anyhow::Result<ListenerSe
     Ok(ListenerSecurity { tls, security })
 }
 
+/// TLS for the HTTP endpoints (`/metrics`, probes, the gateway's HTTP API): the same
+/// certificate as the gRPC listeners, HTTP/1.1, no client certificates.
+pub fn http_tls() -> anyhow::Result<Option<std::sync::Arc<ServerTls>>> {
+    let Some(args) = TLS.get() else {
+        return Ok(None);
+    };
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(std::sync::Arc::new(
+            ServerTls::http1(cert.clone(), key.clone())
+                .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?,
+        ))),
+        _ => Ok(None),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AclCommand {
     /// Allow or deny a principal an operation on resources.

@@ -29,6 +29,7 @@ pub fn up(controllers: u32, brokers: u32, lease_ms: u64, dir: &tempfile::TempDir
         weir: weir_bin(),
         broker_lease_ms: lease_ms,
         env: Vec::new(),
+        tls: false,
     };
     Running(Cluster::up(&spec, Duration::from_secs(60)).expect("cluster up"))
 }

@@ -67,23 +67,23 @@ pub fn init(args: &TlsArgs) -> anyhow::Result<()> {
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServerSecurityArgs {
     /// Accept static bearer tokens: lines of `<principal> <token>` (reloaded on change).
-    #[arg(long)]
+    #[arg(long, env = "WEIR_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
     /// Accept JWTs signed by a key of this JWKS file (ES256, RS256; reloaded on change).
-    #[arg(long)]
+    #[arg(long, env = "WEIR_AUTH_JWKS_FILE")]
     pub auth_jwks_file: Option<PathBuf>,
     /// A JWT's `iss` must be this.
-    #[arg(long, requires = "auth_jwks_file")]
+    #[arg(long, env = "WEIR_AUTH_JWT_ISSUER", requires = "auth_jwks_file")]
     pub auth_jwt_issuer: Option<String>,
     /// A JWT's `aud` must include this.
-    #[arg(long, requires = "auth_jwks_file")]
+    #[arg(long, env = "WEIR_AUTH_JWT_AUDIENCE", requires = "auth_jwks_file")]
     pub auth_jwt_audience: Option<String>,
     /// Check ACLs (`weir acl`) on every RPC; callers must authenticate.
-    #[arg(long)]
+    #[arg(long, env = "WEIR_AUTHORIZATION")]
     pub authorization: bool,
     /// Principals allowed everything, comma separated (brokers and controllers of the
     /// cluster are, by their certificates).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "WEIR_SUPER_USERS", value_delimiter = ',')]
     pub super_users: Vec<String>,
 }
 

@@ -172,21 +172,44 @@ impl Broker {
         match internal {
             Some((listener, addr)) => {
                 let mut server_stop = stopped.clone();
-                let mut builder = tonic::transport::Server::builder();
-                if let Some(tls) = &config.internal_tls {
-                    let tls = tls.load().map_err(StartError::Tls)?;
-                    builder = builder
-                        .tls_config(tls.server())
-                        .map_err(|e| StartError::Tls(e.to_string()))?;
-                }
-                let server = builder
-                    .add_service(replication)
-                    .serve_with_incoming_shutdown(
-                        weir_proto::call::incoming(listener),
-                        async move {
-                            let _ = server_stop.wait_for(|s| *s).await;
-                        },
-                    );
+                let shutdown = async move {
+                    let _ = server_stop.wait_for(|s| *s).await;
+                };
+                let server: std::pin::Pin<
+                    Box<
+                        dyn std::future::Future<Output = Result<(), tonic::transport::Error>>
+                            + Send,
+                    >,
+                > = match &config.internal_tls {
+                    // mutual TLS with the replication certificates
+                    Some(tls) => {
+                        let tls = tls.load().map_err(StartError::Tls)?;
+                        let router = tonic::transport::Server::builder()
+                            .tls_config(tls.server())
+                            .map_err(|e| StartError::Tls(e.to_string()))?
+                            .add_service(replication);
+                        Box::pin(router.serve_with_incoming_shutdown(
+                            weir_proto::call::incoming(listener),
+                            shutdown,
+                        ))
+                    }
+                    // the node's own TLS (followers present their node certificates), or
+                    // plain text when it has none
+                    None => {
+                        let router = tonic::transport::Server::builder().add_service(
+                            tonic::service::interceptor::InterceptedService::new(
+                                replication,
+                                auth.clone(),
+                            ),
+                        );
+                        Box::pin(weir_proto::call::serve(
+                            router,
+                            listener,
+                            config.security.tls.clone(),
+                            shutdown,
+                        ))
+                    }
+                };
                 tasks.spawn(async move {
                     if let Err(e) = server.await {
                         tracing::error!(error = %e, %addr, "broker internal gRPC server failed");

@@ -182,14 +182,20 @@ impl Broker {
                     >,
                 > = match &config.internal_tls {
                     // mutual TLS with the replication certificates
-                    Some(tls) => {
-                        let tls = tls.load().map_err(StartError::Tls)?;
-                        let router = tonic::transport::Server::builder()
-                            .tls_config(tls.server())
-                            .map_err(|e| StartError::Tls(e.to_string()))?
-                            .add_service(replication);
-                        Box::pin(router.serve_with_incoming_shutdown(
-                            weir_proto::call::incoming(listener),
+                    Some(files) => {
+                        let tls = weir_proto::tls::InternalTls::reloading_server(
+                            &weir_proto::tls::TlsFiles {
+                                cert: files.cert.clone(),
+                                key: files.key.clone(),
+                                ca: files.ca.clone(),
+                            },
+                        )
+                        .map_err(StartError::Tls)?;
+                        let router = tonic::transport::Server::builder().add_service(replication);
+                        Box::pin(weir_proto::call::serve(
+                            router,
+                            listener,
+                            Some(Arc::new(tls)),
                             shutdown,
                         ))
                     }

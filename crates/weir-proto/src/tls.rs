@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// The DNS name a broker's certificate carries for its identity.
 pub fn broker_name(id: u32) -> String {
@@ -47,11 +47,10 @@ impl InternalTls {
         })
     }
 
-    /// The server side: client certificates from the CA are required.
-    pub fn server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(self.identity.clone())
-            .client_ca_root(self.ca.clone())
+    /// The server side, its files read again when they change: client certificates from
+    /// the CA are required.
+    pub fn reloading_server(files: &TlsFiles) -> Result<ServerTls, String> {
+        ServerTls::mutual(files.cert.clone(), files.key.clone(), files.ca.clone())
     }
 
     /// The client side, to reach broker `peer`.
@@ -256,6 +255,8 @@ pub struct ServerTls {
     client_ca: Option<PathBuf>,
     /// The application protocols offered (ALPN): h2 for gRPC, http/1.1 for the HTTP side.
     alpn: &'static [&'static [u8]],
+    /// Refuse handshakes without a client certificate (the replication listener).
+    require_client: bool,
     current: std::sync::Mutex<Loaded>,
 }
 
@@ -322,12 +323,17 @@ impl ServerTls {
         key: PathBuf,
         client_ca: Option<PathBuf>,
     ) -> Result<ServerTls, String> {
-        ServerTls::with_alpn(cert, key, client_ca, &[b"h2"])
+        ServerTls::with_alpn(cert, key, client_ca, &[b"h2"], false)
+    }
+
+    /// Mutual TLS: a handshake without a client certificate from `ca` fails.
+    pub fn mutual(cert: PathBuf, key: PathBuf, ca: PathBuf) -> Result<ServerTls, String> {
+        ServerTls::with_alpn(cert, key, Some(ca), &[b"h2"], true)
     }
 
     /// For an HTTP/1.1 listener (`/metrics`, probes), without client certificates.
     pub fn http1(cert: PathBuf, key: PathBuf) -> Result<ServerTls, String> {
-        ServerTls::with_alpn(cert, key, None, &[b"http/1.1"])
+        ServerTls::with_alpn(cert, key, None, &[b"http/1.1"], false)
     }
 
     fn with_alpn(
@@ -335,13 +341,15 @@ impl ServerTls {
         key: PathBuf,
         client_ca: Option<PathBuf>,
         alpn: &'static [&'static [u8]],
+        require_client: bool,
     ) -> Result<ServerTls, String> {
-        let config = build_server(&cert, &key, client_ca.as_deref(), alpn)?;
+        let config = build_server(&cert, &key, client_ca.as_deref(), alpn, require_client)?;
         let tls = ServerTls {
             cert,
             key,
             client_ca,
             alpn,
+            require_client,
             current: std::sync::Mutex::new(Loaded {
                 stamps: Vec::new(),
                 checked: std::time::Instant::now(),
@@ -376,7 +384,13 @@ impl ServerTls {
             current.checked = std::time::Instant::now();
             let stamps = self.stamps();
             if stamps != current.stamps {
-                match build_server(&self.cert, &self.key, self.client_ca.as_deref(), self.alpn) {
+                match build_server(
+                    &self.cert,
+                    &self.key,
+                    self.client_ca.as_deref(),
+                    self.alpn,
+                    self.require_client,
+                ) {
                     Ok(config) => {
                         tracing::info!(cert = %self.cert.display(), "TLS files changed: reloaded");
                         current.config = config;
@@ -397,6 +411,7 @@ fn build_server(
     key: &Path,
     client_ca: Option<&Path>,
     alpn: &[&[u8]],
+    require_client: bool,
 ) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
     let chain = read_certs(cert)?;
     let private = read_key(key)?;
@@ -408,8 +423,12 @@ fn build_server(
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 std::sync::Arc::new(roots(ca)?),
                 provider(),
-            )
-            .allow_unauthenticated()
+            );
+            let verifier = if require_client {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            }
             .build()
             .map_err(|e| format!("CA {}: {e}", ca.display()))?;
             builder.with_client_cert_verifier(verifier)

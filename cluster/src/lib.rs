@@ -395,6 +395,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGTERM (a controlled shutdown: a broker drains its leaderships first), then SIGKILL
+    /// if it still runs after `grace`. Returns how long it took to exit.
+    pub fn stop(&mut self, name: &str, grace: Duration) -> anyhow::Result<Duration> {
+        let pid = self
+            .node(name)?
+            .pid
+            .with_context(|| format!("{name} was never started"))?;
+        let started = Instant::now();
+        if alive(pid) {
+            signal(pid, "-TERM")?;
+        }
+        while self.is_alive(name) && started.elapsed() < grace {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let took = started.elapsed();
+        if self.is_alive(name) {
+            self.kill(name)?;
+        }
+        Ok(took)
+    }
+
     pub fn pause(&mut self, name: &str) -> anyhow::Result<()> {
         let pid = self
             .node(name)?

@@ -71,8 +71,19 @@ pub struct Broker {
     pub internal_addr: Option<SocketAddr>,
     pub registry: Arc<registry::Registry>,
     pub session: watch::Receiver<SessionState>,
+    config: BrokerConfig,
+    draining: Arc<std::sync::atomic::AtomicBool>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+}
+
+/// What a controlled shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Leaderships moved to other in-sync replicas.
+    pub leaders_moved: u32,
+    /// Partitions this broker led that no other live in-sync replica could take.
+    pub offline: u32,
 }
 
 impl Broker {
@@ -115,10 +126,12 @@ impl Broker {
         let (stop, stopped) = watch::channel(false);
         let (session_tx, session) = watch::channel(SessionState::default());
         let mut tasks = JoinSet::new();
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         tasks.spawn(session::run_lease(
             config.clone(),
             Arc::clone(&registry),
             session_tx.clone(),
+            Arc::clone(&draining),
             stopped.clone(),
         ));
         tasks.spawn(session::run_watch(
@@ -246,8 +259,60 @@ impl Broker {
             internal_addr,
             registry,
             session,
+            config,
+            draining,
             stop,
             tasks,
+        })
+    }
+
+    /// A controlled shutdown, before [`Broker::shutdown`]: asks the controllers to move this
+    /// broker's leaderships to in-sync replicas now (new epochs) and take it out of the ISRs,
+    /// then waits (at most `patience`) until its metadata shows it fenced, so clients and
+    /// followers have moved on before the process stops. It does not register again.
+    pub async fn drain(&self, patience: Duration) -> Result<Drained, String> {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let request = weir_proto::v1::DrainBrokerRequest {
+            broker_id: self.config.id.0,
+        };
+        let answer = weir_proto::call::with_controller(
+            &self.config.controllers,
+            patience,
+            |ch| async move {
+                weir_proto::v1::admin_client::AdminClient::new(ch)
+                    .drain_broker(request)
+                    .await
+            },
+        )
+        .await
+        .map_err(|e| format!("drain: {e}"))?
+        .into_inner();
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let fenced = self
+                .registry
+                .view()
+                .broker(self.config.id)
+                .is_none_or(|b| b.fenced);
+            if fenced {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "drain: the metadata did not show broker {} fenced within {patience:?}",
+                    self.config.id
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // give up what this process still believes it leads
+        if let Err(e) = self.registry.registered(0).await {
+            tracing::warn!(error = %e, "giving up leaderships after the drain failed");
+        }
+        Ok(Drained {
+            leaders_moved: answer.leaders_moved,
+            offline: answer.offline,
         })
     }
 

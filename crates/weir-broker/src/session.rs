@@ -47,12 +47,17 @@ pub async fn run_lease(
     config: BrokerConfig,
     registry: Arc<Registry>,
     state: watch::Sender<SessionState>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
     'register: loop {
         if registry.disk.failure().is_some() {
             let _ = stop.wait_for(|s| *s).await;
             return; // a failed disk never registers again in this process
+        }
+        if draining.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = stop.wait_for(|s| *s).await;
+            return; // drained: the next process registers
         }
         let registration = tokio::select! {
             r = register(&config) => r,
@@ -113,6 +118,18 @@ pub async fn run_lease(
             })
             .await;
             match beat {
+                Ok(r) if r.get_ref().fenced && r.get_ref().draining => {
+                    tracing::info!(broker = %config.id, "drained by the controller: not registering again");
+                    draining.store(true, std::sync::atomic::Ordering::SeqCst);
+                    state.send_modify(|s| s.incarnation = None);
+                    if !reapplied {
+                        let _ = (&mut reapply).await;
+                    }
+                    if let Err(e) = registry.registered(0).await {
+                        tracing::error!(error = %e, "giving up leaderships after the drain failed");
+                    }
+                    continue 'register; // which waits for the stop
+                }
                 Ok(r) if r.get_ref().fenced => {
                     tracing::warn!(broker = %config.id, "fenced by the controller, registering again");
                     state.send_modify(|s| s.incarnation = None);

@@ -709,6 +709,39 @@ impl Admin for Services {
         }
     }
 
+    async fn drain_broker(
+        &self,
+        request: Request<pb::DrainBrokerRequest>,
+    ) -> Result<Response<pb::DrainBrokerResponse>, Status> {
+        // a broker drains itself; anyone else needs alter on the cluster
+        let id = request.get_ref().broker_id;
+        if Security::require_broker(&request, Some(id)).is_err()
+            || !weir_proto::tls::is_tls(&request)
+        {
+            self.authorize(&request, Operation::Alter, ResourceType::Cluster, CLUSTER)
+                .await?;
+        }
+        if id == 0 {
+            return Err(invalid("broker_id", "must be positive"));
+        }
+        match self
+            .propose(Command::DrainBroker { id: BrokerId(id) })
+            .await?
+        {
+            Outcome::Fenced {
+                leaders_moved,
+                offline,
+            } => {
+                tracing::info!(broker = id, leaders_moved, offline, "broker drained");
+                Ok(Response::new(pb::DrainBrokerResponse {
+                    leaders_moved,
+                    offline,
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn create_acls(
         &self,
         request: Request<pb::CreateAclsRequest>,
@@ -910,6 +943,7 @@ impl BrokerRegistry for Services {
         Ok(Response::new(ipb::BrokerHeartbeatResponse {
             fenced,
             metadata_version: state.version(),
+            draining: current.is_some_and(|b| b.draining && b.incarnation == req.incarnation),
         }))
     }
 }

@@ -25,6 +25,10 @@ pub struct Broker {
     pub incarnation: u64,
     /// A fenced broker leads nothing and is not in any ISR until it registers again.
     pub fenced: bool,
+    /// Fenced on purpose (a controlled shutdown): the process must not register again; its
+    /// next process does.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -138,6 +142,12 @@ pub enum Command {
     FenceBroker {
         id: BrokerId,
         incarnation: u64,
+    },
+    /// A controlled shutdown: the broker's current incarnation is fenced (its leaderships move
+    /// to in-sync replicas under new epochs, it leaves every ISR with other members) and
+    /// marked draining, so it does not register again before it restarts.
+    DrainBroker {
+        id: BrokerId,
     },
     CreateTopic {
         id: String,
@@ -368,6 +378,7 @@ impl Metadata {
                 internal_address,
             } => self.register(id, address, rack, internal_address),
             Command::FenceBroker { id, incarnation } => self.fence(id, incarnation),
+            Command::DrainBroker { id } => self.drain(id),
             Command::CreateTopic {
                 id,
                 name,
@@ -473,6 +484,7 @@ impl Metadata {
                 rack,
                 incarnation,
                 fenced: false,
+                draining: false,
             },
         );
         // A broker that comes back (a new process, maybe before its lease ran out, so never
@@ -519,6 +531,19 @@ impl Metadata {
             }
         }
         Ok(Outcome::Registered { incarnation })
+    }
+
+    fn drain(&mut self, id: BrokerId) -> Result<Outcome, Rejection> {
+        let incarnation = self
+            .brokers
+            .get(&id)
+            .ok_or(Rejection::UnknownBroker(id))?
+            .incarnation;
+        let outcome = self.fence(id, incarnation)?;
+        if let Some(b) = self.brokers.get_mut(&id) {
+            b.draining = true;
+        }
+        Ok(outcome)
     }
 
     fn fence(&mut self, id: BrokerId, incarnation: u64) -> Result<Outcome, Rejection> {

@@ -361,7 +361,9 @@ fn touched(
         | Command::Subscription(_)
         | Command::CreateAcls(_)
         | Command::DeleteAcls(_) => (Vec::new(), Vec::new()),
-        Command::RegisterBroker { id, .. } | Command::FenceBroker { id, .. } => {
+        Command::RegisterBroker { id, .. }
+        | Command::FenceBroker { id, .. }
+        | Command::DrainBroker { id } => {
             let topics = metadata
                 .topics
                 .values()

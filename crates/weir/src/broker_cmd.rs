@@ -173,7 +173,10 @@ pub async fn run_broker(args: BrokerArgs) -> anyhow::Result<i32> {
         println!("broker {id} http endpoints on {bound}");
     }
     wait_for_signal().await?;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: draining first");
+    if let Err(e) = broker.drain(crate::node_cmd::DRAIN_PATIENCE).await {
+        tracing::warn!(error = %e, "controlled shutdown incomplete; stopping anyway");
+    }
     let _ = stop.send(true);
     broker.shutdown().await;
     Ok(0)

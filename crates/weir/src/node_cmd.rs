@@ -14,14 +14,17 @@ use crate::controller_cmd::{self, ControllerArgs, wait_for_signal};
 use crate::logging::{self, LogFormat};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct NodeArgs {
+    #[command(subcommand)]
+    command: Option<NodeCommand>,
     /// A TOML file with [controller] and [broker] sections (see deploy/weir.example.toml);
     /// flags override it.
     #[arg(long, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
     /// This node's id: its controller id and its broker id.
-    #[arg(long)]
-    id: u32,
+    #[arg(long, required = true)]
+    id: Option<u32>,
     /// The controller's address (Raft, admin, broker traffic) [default: 127.0.0.1:9093].
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -41,8 +44,8 @@ pub struct NodeArgs {
     broker_internal_tls_ca: Option<std::path::PathBuf>,
     /// Every controller, `id=host:port,...`, including this node's. Bootstraps an empty
     /// quorum (unless `--join`); the broker finds the active controller among them.
-    #[arg(long, env = "WEIR_CONTROLLERS")]
-    controllers: String,
+    #[arg(long, env = "WEIR_CONTROLLERS", required = true)]
+    controllers: Option<String>,
     /// Join an existing quorum: the controller starts empty and waits for
     /// `weir cluster add-controller`.
     #[arg(long)]
@@ -69,14 +72,55 @@ pub struct NodeArgs {
     security: crate::security_cmd::ServerSecurityArgs,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// A controlled shutdown of node ID's broker: its leaderships move to in-sync replicas
+    /// now and it stops serving until its process restarts (run before stopping a node,
+    /// e.g. as a Kubernetes preStop hook; SIGTERM does the same).
+    Drain {
+        /// The node (broker) id.
+        #[arg(long)]
+        id: u32,
+        #[command(flatten)]
+        target: crate::admin_cmd::Bootstrap,
+    },
+}
+
+async fn drain(id: u32, target: &crate::admin_cmd::Bootstrap) -> anyhow::Result<i32> {
+    anyhow::ensure!(id > 0, "--id must be positive");
+    let bootstrap = weir_proto::call::parse_bootstrap(&target.bootstrap)?;
+    let request = weir_proto::v1::DrainBrokerRequest { broker_id: id };
+    let answer = crate::admin_cmd::with_controller(&bootstrap, |ch| async move {
+        weir_proto::v1::admin_client::AdminClient::new(ch)
+            .drain_broker(request)
+            .await
+    })
+    .await?
+    .into_inner();
+    println!(
+        "broker {id} drained: {} leaderships moved, {} partitions without another in-sync replica",
+        answer.leaders_moved, answer.offline
+    );
+    Ok(0)
+}
+
+/// How long a stopping node waits for its leaderships to move.
+pub const DRAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
+    if let Some(NodeCommand::Drain { id, target }) = &args.command {
+        return drain(*id, target).await;
+    }
     logging::init(args.log_format);
-    anyhow::ensure!(args.id > 0, "--id must be positive");
+    let (Some(id), Some(controllers)) = (args.id, args.controllers.clone()) else {
+        anyhow::bail!("--id and --controllers are required");
+    };
+    anyhow::ensure!(id > 0, "--id must be positive");
     let controller_args = ControllerArgs {
         config: args.config.clone(),
-        id: Some(u64::from(args.id)),
+        id: Some(u64::from(id)),
         listen: args.listen,
-        controllers: (!args.join).then(|| args.controllers.clone()),
+        controllers: (!args.join).then(|| controllers.clone()),
         join: args.join,
         data_dir: Some(args.data_dir.join("controller")),
         broker_lease_ms: args.broker_lease_ms,
@@ -90,13 +134,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
     };
     let broker_args = BrokerArgs {
         config: args.config.clone(),
-        id: Some(args.id),
+        id: Some(id),
         listen: args.broker_listen,
         internal_listen: args.broker_internal_listen,
         internal_tls_cert: args.broker_internal_tls_cert.clone(),
         internal_tls_key: args.broker_internal_tls_key.clone(),
         internal_tls_ca: args.broker_internal_tls_ca.clone(),
-        controllers: Some(args.controllers.clone()),
+        controllers: Some(controllers.clone()),
         rack: args.rack.clone(),
         data_dir: Some(args.data_dir.join("broker")),
         http: None,
@@ -114,7 +158,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
     broker_cmd::bind_outgoing_to(controller_config.listen);
     crate::faults::init()?;
     crate::http::metrics_handle()?;
-    let id = args.id;
+
     let controller = Controller::start(controller_config).await?;
     println!(
         "node {id}: controller listening on {}",
@@ -135,7 +179,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
         println!("node {id}: http endpoints on {bound}");
     }
     wait_for_signal().await?;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: draining the broker first");
+    match broker.drain(DRAIN_PATIENCE).await {
+        Ok(d) => tracing::info!(
+            leaders_moved = d.leaders_moved,
+            offline = d.offline,
+            "drained"
+        ),
+        Err(e) => tracing::warn!(error = %e, "controlled shutdown incomplete; stopping anyway"),
+    }
     let _ = stop.send(true);
     broker.shutdown().await;
     controller.shutdown().await;

@@ -137,6 +137,109 @@ fn produce_steadily(bootstrap: String, stop: Arc<AtomicBool>) -> (BTreeMap<u64, 
     })
 }
 
+/// Every acknowledged value of partition 0 of `steady` is there, once, at its offset.
+fn assert_read_back_once(bootstrap: &str, acked: &BTreeMap<u64, i64>) {
+    let out = ok(weir(
+        bootstrap,
+        &[
+            "consume",
+            "steady",
+            "--partition",
+            "0",
+            "--from-beginning",
+            "--idle-exit-ms",
+            "1500",
+            "--format",
+            "json",
+        ],
+        None,
+    ));
+    let mut seen: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        let value: u64 = v["value"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("value");
+        seen.entry(value)
+            .or_default()
+            .push(v["offset"].as_i64().expect("offset"));
+    }
+    for (value, offset) in acked {
+        assert_eq!(
+            seen.get(value),
+            Some(&vec![*offset]),
+            "acknowledged value {value} at offset {offset}: found at {:?}",
+            seen.get(value)
+        );
+    }
+    let dupes: Vec<_> = seen.iter().filter(|(_, o)| o.len() > 1).collect();
+    assert!(
+        dupes.is_empty(),
+        "values stored twice despite idempotence: {dupes:?}"
+    );
+    eprintln!("{} acknowledged records, all read back once", acked.len());
+}
+
+#[test]
+fn a_stopped_leader_drains_first_so_no_one_waits_for_its_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // a 6 s lease: without the drain, leadership would move only when it ran out
+    let mut cluster = common::up(1, 3, 6000, &dir);
+    let bootstrap = cluster.0.bootstrap();
+    ok(weir(
+        &bootstrap,
+        &["topic", "create", "steady", "--partitions", "1"],
+        None,
+    ));
+    let (first_leader, _) = partition0(&bootstrap, "steady");
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = std::thread::spawn({
+        let (bootstrap, stop) = (bootstrap.clone(), Arc::clone(&stop));
+        move || produce_steadily(bootstrap, stop)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let name = format!("broker-{first_leader}");
+    let exited = cluster
+        .0
+        .stop(&name, Duration::from_secs(15))
+        .expect("SIGTERM");
+    eprintln!("the leader drained and exited {exited:?} after SIGTERM");
+    let (leader, isr) = partition0(&bootstrap, "steady");
+    assert!(
+        leader != 0 && leader != first_leader,
+        "leadership moved before the process exited: leader {leader}"
+    );
+    assert!(
+        !isr.contains(&first_leader.to_string()),
+        "the drained broker left the ISR: {isr}"
+    );
+    assert!(
+        exited < Duration::from_secs(5),
+        "the drain took {exited:?}, about the lease it should not wait for"
+    );
+    // back again: it catches up and rejoins the ISR
+    cluster.0.start(&name).expect("restart");
+    wait_for(
+        "the restarted broker in the ISR",
+        Duration::from_secs(30),
+        || {
+            let (_, isr) = partition0(&bootstrap, "steady");
+            isr.contains(&first_leader.to_string()).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, retries) = producer.join().expect("producer");
+    assert!(
+        acked.len() > 20,
+        "too few acknowledged records: {}",
+        acked.len()
+    );
+    eprintln!("{retries} sends were retries");
+    assert_read_back_once(&bootstrap, &acked);
+}
+
 #[test]
 fn leader_loss_under_acks_all_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -181,47 +284,7 @@ fn leader_loss_under_acks_all_loses_no_acknowledged_record() {
     );
     eprintln!("{retries} sends were retries of a batch whose outcome was unknown");
 
-    // every acknowledged value is there, once, at its offset
-    let out = ok(weir(
-        &bootstrap,
-        &[
-            "consume",
-            "steady",
-            "--partition",
-            "0",
-            "--from-beginning",
-            "--idle-exit-ms",
-            "1500",
-            "--format",
-            "json",
-        ],
-        None,
-    ));
-    let mut seen: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
-    for line in out.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).expect("json");
-        let value: u64 = v["value"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("value");
-        seen.entry(value)
-            .or_default()
-            .push(v["offset"].as_i64().expect("offset"));
-    }
-    for (value, offset) in &acked {
-        assert_eq!(
-            seen.get(value),
-            Some(&vec![*offset]),
-            "acknowledged value {value} at offset {offset}: found at {:?}",
-            seen.get(value)
-        );
-    }
-    let dupes: Vec<_> = seen.iter().filter(|(_, o)| o.len() > 1).collect();
-    assert!(
-        dupes.is_empty(),
-        "values stored twice despite idempotence: {dupes:?}"
-    );
-    eprintln!("{} acknowledged records, all read back once", acked.len());
+    assert_read_back_once(&bootstrap, &acked);
 
     // lose a second replica: acks=all is refused, committed data stays readable
     let (leader, _) = partition0(&bootstrap, "steady");

@@ -34,6 +34,13 @@ pub struct BrokerConfig {
     /// `None`: `listen` serves it too.
     #[serde(default)]
     pub internal_listen: Option<SocketAddr>,
+    /// The `host:port` clients are told to reach this broker at, when it differs from
+    /// `listen` (a bind on 0.0.0.0 behind a DNS name, as in a StatefulSet).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The same for `internal_listen`.
+    #[serde(default)]
+    pub internal_advertise: Option<String>,
     /// Mutual TLS on the internal listener (and for fetching from other brokers): PEM files.
     /// A peer's broker id is the one its certificate names (`broker-<id>.weir`).
     #[serde(default)]
@@ -74,6 +81,8 @@ impl BrokerConfig {
             id,
             listen,
             internal_listen: None,
+            advertise: None,
+            internal_advertise: None,
             internal_tls: None,
             rack: None,
             data_dir,
@@ -100,6 +109,19 @@ impl BrokerConfig {
                 );
             }
             tls.load().map_err(|e| format!("internal_tls: {e}"))?;
+        }
+        for (field, value) in [
+            ("advertise", &self.advertise),
+            ("internal_advertise", &self.internal_advertise),
+        ] {
+            if let Some(v) = value
+                && !weir_proto::call::is_host_port(v)
+            {
+                return Err(format!("{field}: {v:?} is not host:port"));
+            }
+        }
+        if self.internal_advertise.is_some() && self.internal_listen.is_none() {
+            return Err("internal_advertise needs internal_listen".into());
         }
         if self.controllers.is_empty() {
             return Err("controllers must name at least one controller address".into());

@@ -27,11 +27,15 @@ pub struct SessionState {
 async fn register(config: &BrokerConfig) -> Result<ipb::RegisterBrokerResponse, CallError> {
     let request = ipb::RegisterBrokerRequest {
         broker_id: config.id.0,
-        address: config.listen.to_string(),
+        address: config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| config.listen.to_string()),
         rack: config.rack.clone().unwrap_or_default(),
         internal_address: config
-            .internal_listen
-            .map(|a| a.to_string())
+            .internal_advertise
+            .clone()
+            .or_else(|| config.internal_listen.map(|a| a.to_string()))
             .unwrap_or_default(),
     };
     call::with_controller(&config.controllers, Duration::from_secs(5), |ch| {

@@ -632,8 +632,8 @@ impl Admin for Services {
         if req.id == 0 {
             return Err(invalid("id", "must be positive"));
         }
-        if req.address.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid("address", "must be host:port with a numeric IP"));
+        if !weir_proto::call::is_host_port(&req.address) {
+            return Err(invalid("address", "must be host:port"));
         }
         self.leader_only()?;
         let node = BasicNode { addr: req.address };

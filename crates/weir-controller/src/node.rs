@@ -91,10 +91,8 @@ impl ControllerConfig {
             if *id == 0 {
                 return Err("voter ids must be positive".into());
             }
-            if addr.parse::<SocketAddr>().is_err() {
-                return Err(format!(
-                    "voter {id} address {addr:?} is not host:port with a numeric IP"
-                ));
+            if !weir_proto::call::is_host_port(addr) {
+                return Err(format!("voter {id} address {addr:?} is not host:port"));
             }
         }
         if self.heartbeat_ms == 0 || self.election_timeout_min_ms <= self.heartbeat_ms {

@@ -32,6 +32,19 @@ macro_rules! anyhow {
     ($($t:tt)*) => { CallError::Unavailable(format!($($t)*)) };
 }
 
+/// Whether `addr` is `host:port`: a host name or IP address (IPv6 in brackets) and a port.
+pub fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && port.parse::<u16>().is_ok()
+            && (host.parse::<std::net::Ipv4Addr>().is_ok()
+                || (host.starts_with('[') && host.ends_with(']'))
+                || host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+    })
+}
+
 /// Addresses from `--bootstrap` / `WEIR_BOOTSTRAP`, comma separated.
 pub fn parse_bootstrap(raw: &str) -> Result<Vec<String>, CallError> {
     let addrs: Vec<String> = raw

@@ -29,6 +29,13 @@ pub struct BrokerArgs {
     /// to the controller [default: none, `--listen` serves it too].
     #[arg(long)]
     pub(crate) internal_listen: Option<SocketAddr>,
+    /// The `host:port` clients reach this broker at, when not `--listen` (e.g. a bind on
+    /// 0.0.0.0 behind a DNS name).
+    #[arg(long, env = "WEIR_ADVERTISE")]
+    pub(crate) advertise: Option<String>,
+    /// The same for `--internal-listen`.
+    #[arg(long, env = "WEIR_INTERNAL_ADVERTISE")]
+    pub(crate) internal_advertise: Option<String>,
     /// Mutual TLS on `--internal-listen` and for fetching from other brokers: this broker's
     /// certificate (PEM), valid for `broker-<id>.weir`; with `--internal-tls-key` and
     /// `--internal-tls-ca`.
@@ -89,6 +96,8 @@ pub(crate) fn resolve(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, Option
     );
     config.rack = args.rack.clone().or(file.rack);
     config.internal_listen = args.internal_listen.or(file.internal_listen);
+    config.advertise = args.advertise.clone().or(file.advertise);
+    config.internal_advertise = args.internal_advertise.clone().or(file.internal_advertise);
     if let (Some(cert), Some(key), Some(ca)) = (
         &args.internal_tls_cert,
         &args.internal_tls_key,
@@ -146,8 +155,10 @@ pub fn controller_addresses(raw: &str) -> anyhow::Result<Vec<String>> {
         .map(|s| s.split_once('=').map_or(s, |(_, a)| a).to_string())
         .collect();
     for a in &addrs {
-        a.parse::<SocketAddr>()
-            .with_context(|| format!("--controllers: {a:?} is not host:port with a numeric IP"))?;
+        anyhow::ensure!(
+            weir_proto::call::is_host_port(a),
+            "--controllers: {a:?} is not host:port"
+        );
     }
     anyhow::ensure!(!addrs.is_empty(), "--controllers: no address given");
     Ok(addrs)

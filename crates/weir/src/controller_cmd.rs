@@ -126,8 +126,8 @@ pub fn parse_voters(raw: &str) -> anyhow::Result<BTreeMap<u64, String>> {
         let id: u64 = id
             .parse()
             .with_context(|| format!("--controllers: {id:?} is not a controller id"))?;
-        if addr.parse::<SocketAddr>().is_err() {
-            bail!("--controllers: {addr:?} is not host:port with a numeric IP");
+        if !weir_proto::call::is_host_port(addr) {
+            bail!("--controllers: {addr:?} is not host:port");
         }
         if voters.insert(id, addr.to_string()).is_some() {
             bail!("--controllers: id {id} appears twice");

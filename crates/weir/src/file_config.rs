@@ -41,6 +41,8 @@ pub struct BrokerFile {
     pub id: Option<u32>,
     pub listen: Option<SocketAddr>,
     pub internal_listen: Option<SocketAddr>,
+    pub advertise: Option<String>,
+    pub internal_advertise: Option<String>,
     pub controllers: Option<String>,
     pub rack: Option<String>,
     pub data_dir: Option<PathBuf>,

@@ -133,3 +133,39 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+#[derive(Debug, clap::Args)]
+pub struct ReadyArgs {
+    /// The HTTP endpoint's address (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:9080")]
+    http: SocketAddr,
+    /// The path to ask.
+    #[arg(long, default_value = "/readyz")]
+    path: String,
+}
+
+/// GET `path` on `http`: 0 when it answers 200, 1 otherwise (2 when it cannot be asked).
+pub async fn probe(args: ReadyArgs) -> anyhow::Result<i32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut conn = tokio::net::TcpStream::connect(args.http).await?;
+        conn.write_all(
+            format!(
+                "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                args.path, args.http
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let mut head = vec![0u8; 64];
+        let n = conn.read(&mut head).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..n]).into_owned())
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(3), ask)
+        .await
+        .context("--http: no answer within 3 s")?
+        .with_context(|| format!("--http {}", args.http))?;
+    let status = answer.split_whitespace().nth(1).unwrap_or("");
+    println!("{status}");
+    Ok(if status == "200" { 0 } else { 1 })
+}

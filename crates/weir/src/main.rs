@@ -51,6 +51,9 @@ enum Command {
     /// Create, list, describe (backlog, oldest unacked) and delete subscriptions.
     #[command(subcommand)]
     Subscription(subscription_cmd::SubscriptionCommand),
+    /// Exit 0 when the process serving `--http` is ready (its /readyz answers 200): a probe
+    /// for container health checks.
+    Ready(http::ReadyArgs),
     /// Add, remove and list access control lists.
     #[command(subcommand)]
     Acl(security_cmd::AclCommand),
@@ -85,6 +88,7 @@ fn main() {
         Command::Subscription(cmd) => {
             runtime().and_then(|rt| rt.block_on(subscription_cmd::run(cmd)))
         }
+        Command::Ready(args) => runtime().and_then(|rt| rt.block_on(http::probe(args))),
         Command::Acl(cmd) => runtime().and_then(|rt| rt.block_on(security_cmd::run(cmd))),
         Command::Cluster(cmd) => runtime().and_then(|rt| rt.block_on(admin_cmd::run_cluster(cmd))),
     };

@@ -35,6 +35,13 @@ pub struct NodeArgs {
     /// [default: none, `--broker-listen` serves it too].
     #[arg(long)]
     broker_internal_listen: Option<SocketAddr>,
+    /// The `host:port` clients reach the broker at, when not `--broker-listen` (a bind on
+    /// 0.0.0.0 behind a DNS name, as in a StatefulSet).
+    #[arg(long, env = "WEIR_BROKER_ADVERTISE")]
+    broker_advertise: Option<String>,
+    /// The same for `--broker-internal-listen`.
+    #[arg(long, env = "WEIR_BROKER_INTERNAL_ADVERTISE")]
+    broker_internal_advertise: Option<String>,
     /// Mutual TLS between brokers (see `weir broker --internal-tls-cert`).
     #[arg(long, requires_all = ["broker_internal_tls_key", "broker_internal_tls_ca"])]
     broker_internal_tls_cert: Option<std::path::PathBuf>,
@@ -137,6 +144,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
         id: Some(id),
         listen: args.broker_listen,
         internal_listen: args.broker_internal_listen,
+        advertise: args.broker_advertise.clone(),
+        internal_advertise: args.broker_internal_advertise.clone(),
         internal_tls_cert: args.broker_internal_tls_cert.clone(),
         internal_tls_key: args.broker_internal_tls_key.clone(),
         internal_tls_ca: args.broker_internal_tls_ca.clone(),

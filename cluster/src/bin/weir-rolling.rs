@@ -351,6 +351,15 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    {
+        let seen = group_seen.lock().unwrap_or_else(|p| p.into_inner());
+        for (v, at) in acked.iter().filter(|(v, _)| !seen.contains_key(v)).take(5) {
+            println!(
+                "never seen by the group: value {v} at partition {} offset {}",
+                at.0, at.1
+            );
+        }
+    }
     member_task.abort();
     let redelivered = group_seen
         .lock()

@@ -26,6 +26,7 @@ pub mod fetcher;
 pub mod isr;
 pub mod leader;
 pub mod lease;
+pub mod memory;
 pub mod progress;
 pub mod registry;
 pub mod replica;

@@ -151,12 +151,21 @@ type Key = (String, u32);
 pub struct Subscriber {
     config: BrokerConfig,
     entries: Mutex<HashMap<Key, Arc<Entry>>>,
-    /// Bytes held by the entries' read caches, bounded by `READ_CACHE_BYTES_MAX`.
+    /// Bytes held by the entries' read caches, bounded by `read_cache_bytes_max`.
     cached_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// What all read caches of a broker hold at most.
-const READ_CACHE_BYTES_MAX: usize = 256 << 20;
+/// What all read caches of a broker hold at most: 256 MiB, or an eighth of the memory the
+/// process's cgroup may use when that is less (a container's limit).
+fn read_cache_bytes_max() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        let limit = crate::memory::cgroup_limit_bytes();
+        let max = limit.map_or(256 << 20, |l| (l / 8).min(256 << 20) as usize);
+        tracing::info!(cgroup_limit = ?limit, read_cache_bytes_max = max, "read cache bound");
+        max
+    })
+}
 
 fn stored_bytes(records: &[pb::StoredRecord]) -> usize {
     records
@@ -208,7 +217,7 @@ impl Subscriber {
         let mut cache = entry.read_cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.clear();
         let size = stored_bytes(&records);
-        if self.cached_bytes.load(Ordering::Relaxed) + size <= READ_CACHE_BYTES_MAX {
+        if self.cached_bytes.load(Ordering::Relaxed) + size <= read_cache_bytes_max() {
             self.cached_bytes.fetch_add(size, Ordering::Relaxed);
             cache.records = Some(Arc::clone(&records));
         }

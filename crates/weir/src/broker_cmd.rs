@@ -168,6 +168,7 @@ pub async fn run_broker(args: BrokerArgs) -> anyhow::Result<i32> {
     logging::init(args.log_format);
     let (mut config, http) = resolve(&args)?;
     config.security = crate::security_cmd::listener_security(&args.security)?;
+    config.rack = crate::k8s::rack(config.rack.take()).await?;
     let id = config.id;
     bind_outgoing_to(config.listen);
     crate::faults::init()?;

@@ -9,6 +9,7 @@ mod file_config;
 mod gateway_cmd;
 mod group_cmd;
 mod http;
+mod k8s;
 mod log_cmd;
 mod logging;
 mod node_cmd;

@@ -158,6 +158,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
     };
     let (mut controller_config, _) = controller_cmd::resolve(&controller_args)?;
     let (mut broker_config, _) = broker_cmd::resolve(&broker_args)?;
+    broker_config.rack = crate::k8s::rack(broker_config.rack.take()).await?;
     // one security for both roles: the same certificates, tokens and ACL checks
     let security = crate::security_cmd::listener_security(&args.security)?;
     controller_config.security = security.clone();

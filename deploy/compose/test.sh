@@ -7,14 +7,21 @@
 # acknowledged record missing or doubled in the log, or one the group never saw.
 #
 #   deploy/compose/test.sh            (needs Docker and docker-compose; builds the image)
+#   WEIR_PROFILE=debug deploy/compose/test.sh   (the debug build, as CI runs it)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 project=weirtest
 compose="docker-compose -p $project -f deploy/compose/docker-compose.yml"
 node() { echo "${project}_node-$1_1"; }
 
-cargo build --release --locked -q -p weir -p weir-cluster
-deploy/image/build.sh --skip-cargo
+profile=${WEIR_PROFILE:-release}
+if [ "$profile" = release ]; then
+  cargo build --release --locked -q -p weir -p weir-cluster
+else
+  cargo build --locked -q -p weir -p weir-cluster
+fi
+WEIR_IMAGE_BINARY="target/$profile/weir" deploy/image/build.sh
+rolling="target/$profile/weir-rolling"
 $compose down -v --remove-orphans >/dev/null 2>&1 || true
 cleanup() {
   $compose logs --no-color > target/compose-test.log 2>&1 || true
@@ -33,11 +40,11 @@ done
 boot=10.231.0.11:9093,10.231.0.12:9093,10.231.0.13:9093
 restart() { echo "docker stop -t 30 $(node "$1") >/dev/null && docker start $(node "$1") >/dev/null"; }
 echo "== rolling restart of every container under load"
-./target/release/weir-rolling --bootstrap "$boot" --topic rolling --rate 400 --settle-s 3 \
+"$rolling" --bootstrap "$boot" --topic rolling --rate 400 --settle-s 3 \
   --step "$(restart 1)" --step "$(restart 2)" --step "$(restart 3)"
 
 echo "== SIGKILL one container, cut another off the network for 10 s"
-./target/release/weir-rolling --bootstrap "$boot" --topic faults --rate 400 --settle-s 3 \
+"$rolling" --bootstrap "$boot" --topic faults --rate 400 --settle-s 3 \
   --step "docker kill $(node 2) >/dev/null && sleep 2 && docker start $(node 2) >/dev/null" \
   --step "docker network disconnect ${project}_weir $(node 3) && sleep 10 && docker network connect --ip 10.231.0.13 ${project}_weir $(node 3)"
 echo "compose test passed"

@@ -7,6 +7,7 @@
 #      and /var/lib/weir owned by it.
 #
 #   deploy/image/build.sh [--skip-cargo]
+#   WEIR_IMAGE_BINARY=target/debug/weir deploy/image/build.sh   (another binary, no cargo)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -33,12 +34,13 @@ if ! docker image inspect weir-base:bookworm >/dev/null 2>&1; then
   echo "imported weir-base:bookworm"
 fi
 
-if [ "${1:-}" != "--skip-cargo" ]; then
+binary=${WEIR_IMAGE_BINARY:-target/release/weir}
+if [ "${1:-}" != "--skip-cargo" ] && [ -z "${WEIR_IMAGE_BINARY:-}" ]; then
   echo "== release binary"
   cargo build --release --locked -q -p weir
 fi
 context=$(mktemp -d /tmp/weir-image.XXXXXX)
-cp target/release/weir "$context/weir"
+cp "$binary" "$context/weir"
 strip "$context/weir" 2>/dev/null || true
 cp "$here/Dockerfile" "$context/Dockerfile"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)

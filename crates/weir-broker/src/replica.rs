@@ -212,6 +212,11 @@ impl Replica {
         self.high_watermark.subscribe()
     }
 
+    /// Changes of leadership (a demotion, a drain, a new epoch).
+    pub fn subscribe_leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.subscribe()
+    }
+
     /// Where this replica's fsynced data ends: what it may count, and report, as held.
     pub fn durable_end(&self) -> Offset {
         durable_end(&self.log)

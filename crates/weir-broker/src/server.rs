@@ -443,6 +443,9 @@ impl BrokerService {
         epoch: weir_types::LeaderEpoch,
     ) -> Result<(), BrokerError> {
         let mut hw = replica.subscribe_high_watermark();
+        // a demotion must end the wait at once: after one the high watermark may not move
+        // here again (a drained or fenced broker stops fetching)
+        let mut leadership = replica.subscribe_leadership();
         let deadline = tokio::time::Instant::now()
             + std::time::Duration::from_millis(self.config.produce_timeout_ms);
         loop {
@@ -456,7 +459,13 @@ impl BrokerService {
             if passed {
                 break;
             }
-            match tokio::time::timeout_at(deadline, hw.changed()).await {
+            let changed = async {
+                tokio::select! {
+                    r = hw.changed() => r,
+                    r = leadership.changed() => r,
+                }
+            };
+            match tokio::time::timeout_at(deadline, changed).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(BrokerError::OwnerStopped),
                 Err(_) => return Err(BrokerError::ReplicationTimedOut),

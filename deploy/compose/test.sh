@@ -47,4 +47,11 @@ echo "== SIGKILL one container, cut another off the network for 10 s"
 "$rolling" --bootstrap "$boot" --topic faults --rate 400 --settle-s 3 \
   --step "docker kill $(node 2) >/dev/null && sleep 2 && docker start $(node 2) >/dev/null" \
   --step "docker network disconnect ${project}_weir $(node 3) && sleep 10 && docker network connect --ip 10.231.0.13 ${project}_weir $(node 3)"
+echo "== the quorum grows to four controllers and shrinks back, under load"
+weir="target/$profile/weir"
+voters="$weir cluster status --bootstrap $boot | grep -c ' voter\$'"
+"$rolling" --bootstrap "$boot" --topic scaling --rate 400 --settle-s 3 \
+  --step "$compose --profile scale up -d node-4 && sleep 2 && $weir cluster add-controller --id 4 --address 10.231.0.14:9093 --bootstrap $boot >/dev/null && test \$($voters) -eq 4" \
+  --step "$weir cluster remove-controller --id 4 --bootstrap $boot >/dev/null && test \$($voters) -eq 3 && $compose --profile scale stop -t 30 node-4"
+"$weir" cluster status --bootstrap "$boot"
 echo "compose test passed"

@@ -70,7 +70,8 @@ where
     )
 }
 
-/// Every broker live and every partition of `topic` with its whole replica set in sync.
+/// A controller leads, and every partition of `topic` has a leader and its whole replica set
+/// in sync on live brokers (brokers that hold none of it may come and go).
 async fn whole(bootstrap: &[String], topic: &str) -> anyhow::Result<bool> {
     let cluster = admin(bootstrap, |ch| async move {
         AdminClient::new(ch)
@@ -78,9 +79,15 @@ async fn whole(bootstrap: &[String], topic: &str) -> anyhow::Result<bool> {
             .await
     })
     .await?;
-    if cluster.leader_id == 0 || cluster.brokers.iter().any(|b| b.fenced) {
+    if cluster.leader_id == 0 {
         return Ok(false);
     }
+    let fenced: Vec<u32> = cluster
+        .brokers
+        .iter()
+        .filter(|b| b.fenced)
+        .map(|b| b.id)
+        .collect();
     let name = topic.to_string();
     let t = admin(bootstrap, |ch| {
         let name = name.clone();
@@ -96,7 +103,7 @@ async fn whole(bootstrap: &[String], topic: &str) -> anyhow::Result<bool> {
         let mut replicas = p.replicas.clone();
         isr.sort_unstable();
         replicas.sort_unstable();
-        p.leader != 0 && isr == replicas
+        p.leader != 0 && isr == replicas && !replicas.iter().any(|r| fenced.contains(r))
     }))
 }
 
@@ -165,8 +172,10 @@ async fn main() -> anyhow::Result<()> {
     let mut config = GroupConsumerConfig::new(bootstrap.clone(), "weir-rolling", &[&topic]);
     config.offset_reset = OffsetReset::Earliest;
     let mut member = GroupConsumer::new(config)?;
+    // the member reads until the check at the end is done, not only while producing
+    let member_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let member_task = tokio::spawn({
-        let (seen, stop) = (Arc::clone(&group_seen), Arc::clone(&stop));
+        let (seen, stop) = (Arc::clone(&group_seen), Arc::clone(&member_stop));
         async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match member.poll(Duration::from_millis(500)).await {
@@ -360,7 +369,8 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    member_task.abort();
+    member_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(10), member_task).await;
     let redelivered = group_seen
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -125,7 +125,8 @@ struct Cluster {
     jwt: Jwt,
     cert_dir: PathBuf,
     ca: &'static Ca,
-    _nodes: (Controller, Broker),
+    gateway: std::net::SocketAddr,
+    _nodes: (Controller, Broker, weir_gateway::Gateway),
 }
 
 async fn channel(addr: std::net::SocketAddr, ca_pem: &[u8], credentials: Credentials) -> Channel {
@@ -235,7 +236,17 @@ async fn start() -> Cluster {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let baddr = broker.local_addr;
+    // a Pub/Sub gateway behind the same security; it reaches the cluster as broker 1 (this
+    // process's client certificate), a member
+    let (gcert, gkey) = issue(&certs, ca, "gateway", "gateway", &["localhost"]);
+    let mut gconfig = weir_gateway::GatewayConfig::new(free_addr(), vec![caddr.to_string()]);
+    gconfig.security = listener(&gcert, &gkey);
+    gconfig.push_signing_key = Some(certs.join("push.key"));
+    let gateway = weir_gateway::Gateway::start(gconfig)
+        .await
+        .expect("gateway");
     Cluster {
+        gateway: gateway.local_addr,
         ca_pem: ca.cert.pem().into_bytes(),
         controller: caddr,
         broker: baddr,
@@ -243,7 +254,7 @@ async fn start() -> Cluster {
         cert_dir: certs,
         ca,
         _dir: dir,
-        _nodes: (controller, broker),
+        _nodes: (controller, broker, gateway),
     }
 }
 
@@ -359,6 +370,213 @@ async fn every_rpc_needs_credentials_and_an_acl() {
         "{} RPCs: all refuse anonymous callers and callers without ACLs",
         rpcs.len()
     );
+}
+
+/// Protobuf bytes of a `message` request whose resource fields name `projects/p`'s topic
+/// `t`, subscription `s` and snapshot `n` (what the gateway parses before it authorizes).
+fn pubsub_request(fds: &prost_types::FileDescriptorSet, message: &str) -> Vec<u8> {
+    let Some(descriptor) = fds
+        .file
+        .iter()
+        .filter(|f| f.package() == "google.pubsub.v1")
+        .flat_map(|f| &f.message_type)
+        .find(|m| m.name() == message)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for field in &descriptor.field {
+        use prost_types::field_descriptor_proto::Type;
+        let value = match (field.name(), message) {
+            ("topic", _) => "projects/p/topics/top",
+            ("subscription", _) => "projects/p/subscriptions/sub",
+            ("snapshot", _) => "projects/p/snapshots/snap",
+            ("project", _) => "projects/p",
+            ("name", "Topic") => "projects/p/topics/top",
+            ("name", "Subscription") => "projects/p/subscriptions/sub",
+            ("name", "Snapshot" | "CreateSnapshotRequest") => "projects/p/snapshots/snap",
+            ("stream_ack_deadline_seconds" | "max_messages", _) => {
+                prost::encoding::int32::encode(field.number() as u32, &10, &mut out);
+                continue;
+            }
+            _ => continue,
+        };
+        match field.r#type() {
+            Type::String => {
+                prost::encoding::string::encode(field.number() as u32, &value.to_string(), &mut out)
+            }
+            // an update's resource: the message itself, its name set
+            Type::Message => {
+                let nested =
+                    pubsub_request(fds, field.type_name().rsplit('.').next().unwrap_or(""));
+                prost::encoding::bytes::encode(field.number() as u32, &nested, &mut out);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The status a gateway RPC answers to `credentials` (OK as `Code::Ok`).
+async fn call_gateway(
+    c: &Cluster,
+    credentials: &Credentials,
+    path: &str,
+    body: Vec<u8>,
+    client_streaming: bool,
+) -> tonic::Status {
+    let mut grpc =
+        tonic::client::Grpc::new(channel(c.gateway, &c.ca_pem, credentials.clone()).await);
+    grpc.ready().await.expect("ready");
+    let codec = RawCodec;
+    let path: tonic::codegen::http::uri::PathAndQuery = path.parse().expect("path");
+    let result = if client_streaming {
+        let stream = tokio_stream::iter(vec![Bytes::from(body)]);
+        match grpc
+            .streaming(tonic::Request::new(stream), path, codec)
+            .await
+        {
+            Ok(response) => match response.into_inner().message().await {
+                Ok(_) => Ok(()),
+                Err(s) => Err(s),
+            },
+            Err(s) => Err(s),
+        }
+    } else {
+        grpc.unary(tonic::Request::new(Bytes::from(body)), path, codec)
+            .await
+            .map(|_| ())
+    };
+    match result {
+        Ok(()) => tonic::Status::ok(""),
+        Err(s) => s,
+    }
+}
+
+/// Raw protobuf bytes in and out.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, Self::Error> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pubsub_rpc_of_the_gateway_needs_credentials_and_an_acl() {
+    use weir_proto::google::pubsub::v1 as gpb;
+    let c = start().await;
+    // the resources every request names exist, so each RPC gets as far as its check
+    let admin = channel(c.gateway, &c.ca_pem, bearer(ADMIN_TOKEN)).await;
+    let mut publisher = gpb::publisher_client::PublisherClient::new(admin.clone());
+    let mut subscriber = gpb::subscriber_client::SubscriberClient::new(admin);
+    publisher
+        .create_topic(gpb::Topic {
+            name: "projects/p/topics/top".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("topic");
+    subscriber
+        .create_subscription(gpb::Subscription {
+            name: "projects/p/subscriptions/sub".into(),
+            topic: "projects/p/topics/top".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("subscription");
+    subscriber
+        .create_snapshot(gpb::CreateSnapshotRequest {
+            name: "projects/p/snapshots/snap".into(),
+            subscription: "projects/p/subscriptions/sub".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot");
+
+    let fds = prost_types::FileDescriptorSet::decode(weir_proto::FILE_DESCRIPTOR_SET)
+        .expect("descriptor set");
+    let mut failures = Vec::new();
+    let mut walked = 0;
+    for file in fds
+        .file
+        .iter()
+        .filter(|f| f.package() == "google.pubsub.v1")
+    {
+        // the services the gateway serves (not the schema registry)
+        for service in file
+            .service
+            .iter()
+            .filter(|s| matches!(s.name(), "Publisher" | "Subscriber"))
+        {
+            for method in &service.method {
+                walked += 1;
+                let path = format!("/google.pubsub.v1.{}/{}", service.name(), method.name());
+                let input = method.input_type().rsplit('.').next().unwrap_or("");
+                let body = pubsub_request(&fds, input);
+                let streaming = method.client_streaming();
+                let anonymous =
+                    call_gateway(&c, &Credentials::default(), &path, body.clone(), streaming).await;
+                if anonymous.code() != Code::Unauthenticated {
+                    failures.push(format!(
+                        "{path} without credentials: {:?} {}",
+                        anonymous.code(),
+                        anonymous.message()
+                    ));
+                }
+                let nobody = call_gateway(&c, &bearer(NOBODY_TOKEN), &path, body, streaming).await;
+                if nobody.code() != Code::PermissionDenied {
+                    failures.push(format!(
+                        "{path} as a principal without ACLs: {:?} {}",
+                        nobody.code(),
+                        nobody.message()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(walked >= 25, "walked {walked} Pub/Sub RPCs");
+    assert!(
+        failures.is_empty(),
+        "{} of {walked} gateway RPCs not guarded:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    println!("{walked} Pub/Sub RPCs: all refuse anonymous callers and callers without ACLs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

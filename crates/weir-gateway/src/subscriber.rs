@@ -766,7 +766,6 @@ impl Subscriber for SubscriberService {
         let sub = r
             .subscription
             .ok_or_else(|| Status::invalid_argument("Invalid [subscription]: must be set"))?;
-        let mask = convert::update_mask(&r.update_mask.map(|m| m.paths).unwrap_or_default())?;
         let name = Name::parse("subscription", &sub.name, Kind::Subscriptions)?;
         self.backend
             .authorize(
@@ -776,6 +775,7 @@ impl Subscriber for SubscriberService {
                 &name.weir(),
             )
             .await?;
+        let mask = convert::update_mask(&r.update_mask.map(|m| m.paths).unwrap_or_default())?;
         self.backend.forget(&name.weir());
         let current = self
             .backend

@@ -737,6 +737,47 @@ mod tests {
     }
 
     #[test]
+    fn rs256_jwts_verify_with_the_modulus_and_exponent_of_a_jwk() {
+        use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
+        // a 2048-bit key made for this test only
+        let pair = RsaKeyPair::from_pkcs8(include_bytes!("testdata/rsa2048-test-only.pk8"))
+            .expect("test key");
+        let public = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
+        let jwks = serde_json::json!({"keys": [{"kty": "RSA", "kid": "r1",
+            "n": URL_SAFE_NO_PAD.encode(&public.n), "e": URL_SAFE_NO_PAD.encode(&public.e)}]});
+        let jwks = Jwks::parse(jwks.to_string().as_bytes()).expect("jwks");
+        let now = 1_800_000_000;
+        let sign = |claims: serde_json::Value| {
+            let signed = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"r1"}"#),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            );
+            let mut sig = vec![0; pair.public().modulus_len()];
+            pair.sign(
+                &RSA_PKCS1_SHA256,
+                &ring::rand::SystemRandom::new(),
+                signed.as_bytes(),
+                &mut sig,
+            )
+            .expect("sign");
+            format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
+        };
+        let token = sign(serde_json::json!({"sub": "svc", "exp": now + 60}));
+        assert_eq!(verify_jwt(&token, &jwks, None, None, now), Ok("svc".into()));
+        // the same signature presented as ES256 does not verify with an RSA key
+        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+        parts[0] = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"r1"}"#);
+        assert!(verify_jwt(&parts.join("."), &jwks, None, None, now).is_err());
+        let expired = sign(serde_json::json!({"sub": "svc", "exp": now - 600}));
+        assert!(
+            verify_jwt(&expired, &jwks, None, None, now)
+                .expect_err("refused")
+                .contains("expired")
+        );
+    }
+
+    #[test]
     fn jwts_are_checked_for_signature_expiry_issuer_and_audience() {
         let now = 1_800_000_000;
         let claims = serde_json::json!({"sub": "alice", "iss": "https://idp", "aud": ["weir"], "exp": now + 300});

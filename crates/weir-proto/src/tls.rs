@@ -449,6 +449,9 @@ fn build_server(
 /// How long a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Handshakes in progress at once per listener; past it, accepting waits.
+pub const HANDSHAKES_MAX: usize = 256;
+
 /// Accepted connections after a TLS handshake (`TCP_NODELAY` set). Handshakes run apart, so
 /// a slow or plain-text client holds up no one; failed ones are logged and dropped.
 pub fn incoming(
@@ -458,8 +461,14 @@ pub fn incoming(
     Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
 > {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let handshakes = std::sync::Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
     tokio::spawn(async move {
         loop {
+            let permit = tokio::select! {
+                _ = tx.closed() => break,
+                permit = std::sync::Arc::clone(&handshakes).acquire_owned() => permit,
+            };
+            let Ok(permit) = permit else { break };
             let accepted = tokio::select! {
                 _ = tx.closed() => break,
                 accepted = listener.accept() => accepted,
@@ -476,7 +485,10 @@ pub fn incoming(
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
+                let handshake =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await;
+                drop(permit); // the handshake is over
+                match handshake {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }

@@ -154,6 +154,13 @@ pub struct AclArgs {
     /// read, write, create, delete, alter, describe or all (comma separated).
     #[arg(long, value_delimiter = ',', required = true)]
     operation: Vec<Operation>,
+    #[command(flatten)]
+    resource: ResourceArgs,
+}
+
+/// The resource an ACL names: one of them.
+#[derive(Debug, Args)]
+pub struct ResourceArgs {
     /// A topic: a name, `*` for all, or `prefix*` for names starting with prefix.
     #[arg(long, group = "resource")]
     topic: Option<String>,
@@ -178,14 +185,8 @@ pub struct AclFilterArgs {
     operation: Option<Operation>,
     #[arg(long)]
     permission: Option<Permission>,
-    #[arg(long, group = "resource")]
-    topic: Option<String>,
-    #[arg(long, group = "resource")]
-    group: Option<String>,
-    #[arg(long, group = "resource")]
-    subscription: Option<String>,
-    #[arg(long, group = "resource")]
-    cluster: bool,
+    #[command(flatten)]
+    resource: ResourceArgs,
 }
 
 /// `name`, `*` or `prefix*` as an ACL pattern.
@@ -196,36 +197,34 @@ fn pattern(raw: &str) -> (PatternType, String) {
     }
 }
 
-fn resource(
-    topic: &Option<String>,
-    group: &Option<String>,
-    subscription: &Option<String>,
-    cluster: bool,
-) -> Option<(ResourceType, PatternType, String)> {
-    let named = |kind, raw: &String| {
-        let (p, name) = pattern(raw);
-        (kind, p, name)
-    };
-    if let Some(t) = topic {
-        return Some(named(ResourceType::Topic, t));
+impl ResourceArgs {
+    /// (kind, pattern type, name), when a resource was named.
+    fn pattern(&self) -> Option<(ResourceType, PatternType, String)> {
+        let named = |kind, raw: &String| {
+            let (p, name) = pattern(raw);
+            (kind, p, name)
+        };
+        if let Some(t) = &self.topic {
+            return Some(named(ResourceType::Topic, t));
+        }
+        if let Some(g) = &self.group {
+            return Some(named(ResourceType::Group, g));
+        }
+        if let Some(s) = &self.subscription {
+            return Some(named(ResourceType::Subscription, s));
+        }
+        self.cluster.then(|| {
+            (
+                ResourceType::Cluster,
+                PatternType::Literal,
+                acl::CLUSTER.to_string(),
+            )
+        })
     }
-    if let Some(g) = group {
-        return Some(named(ResourceType::Group, g));
-    }
-    if let Some(s) = subscription {
-        return Some(named(ResourceType::Subscription, s));
-    }
-    cluster.then(|| {
-        (
-            ResourceType::Cluster,
-            PatternType::Literal,
-            acl::CLUSTER.to_string(),
-        )
-    })
 }
 
 fn filter(f: &AclFilterArgs) -> AclFilter {
-    let resource = resource(&f.topic, &f.group, &f.subscription, f.cluster);
+    let resource = f.resource.pattern();
     AclFilter {
         principal: f.principal.clone(),
         resource_type: resource.as_ref().map(|r| r.0),
@@ -248,9 +247,7 @@ fn print_acls(acls: &[pb::Acl]) {
 pub async fn run(command: AclCommand) -> anyhow::Result<i32> {
     match command {
         AclCommand::Add(a) => {
-            let Some((resource_type, pattern_type, name)) =
-                resource(&a.topic, &a.group, &a.subscription, a.cluster)
-            else {
+            let Some((resource_type, pattern_type, name)) = a.resource.pattern() else {
                 anyhow::bail!("name a resource: --topic, --group, --subscription or --cluster");
             };
             let (permission, principals) = if a.deny.is_empty() {

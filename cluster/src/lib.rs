@@ -24,6 +24,9 @@ pub const CONTROLLER_PORT: u16 = 9093;
 pub const BROKER_PORT: u16 = 9092;
 /// Brokers replicate on their internal listener: same address, this port.
 pub const INTERNAL_PORT: u16 = 9094;
+/// Controllers serve Raft and the broker registry on their internal listener: same address,
+/// this port.
+pub const CONTROLLER_INTERNAL_PORT: u16 = 9095;
 /// Every node serves /metrics, /healthz and /readyz on its own address at this port.
 pub const HTTP_PORT: u16 = 9080;
 
@@ -155,6 +158,12 @@ fn pick_prefix() -> String {
     "127.0.0".to_string()
 }
 
+/// The internal address of the controller at `addr` in a cluster this library started.
+pub fn controller_internal_addr(addr: &str) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    format!("{host}:{CONTROLLER_INTERNAL_PORT}")
+}
+
 impl Cluster {
     /// Starts every node and waits until a controller leads and every broker is registered.
     pub fn up(spec: &Spec, timeout: Duration) -> anyhow::Result<Cluster> {
@@ -169,9 +178,15 @@ impl Cluster {
         let prefix = pick_prefix();
         let controller_addr = |i: u32| format!("{prefix}.{}:{CONTROLLER_PORT}", 10 + i);
         let voters: Vec<String> = (1..=spec.controllers)
-            .map(|i| format!("{i}={}", controller_addr(i)))
+            .map(|i| {
+                let addr = controller_addr(i);
+                format!("{i}={addr}/{}", controller_internal_addr(&addr))
+            })
             .collect();
-        let controller_list: Vec<String> = (1..=spec.controllers).map(controller_addr).collect();
+        // brokers talk to the controllers' internal listeners
+        let controller_list: Vec<String> = (1..=spec.controllers)
+            .map(|i| controller_internal_addr(&controller_addr(i)))
+            .collect();
         let mut nodes = Vec::new();
         let authority = if spec.tls {
             let authority = tls::Authority::create(&dir.join("tls"))?;
@@ -205,6 +220,8 @@ impl Cluster {
                 i.to_string(),
                 "--listen".into(),
                 controller_addr(i),
+                "--internal-listen".into(),
+                controller_internal_addr(&controller_addr(i)),
             ];
             if spec.combined {
                 args.push("--broker-listen".into());

@@ -443,6 +443,8 @@ impl Nemesis {
                     &id.to_string(),
                     "--address",
                     addr,
+                    "--internal-address",
+                    &weir_cluster::controller_internal_addr(addr),
                 ])?;
             }
             Heal::Nothing => {}

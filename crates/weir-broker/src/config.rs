@@ -48,7 +48,8 @@ pub struct BrokerConfig {
     pub rack: Option<String>,
     /// Partition directories live under `<data_dir>/partitions`.
     pub data_dir: PathBuf,
-    /// Controller addresses to register with and watch metadata from.
+    /// Controller addresses to register with and watch metadata from: their internal
+    /// listeners, where they have them.
     pub controllers: Vec<String>,
     /// Longest a fetch may wait for data.
     pub fetch_wait_ms_max: u32,

@@ -48,7 +48,7 @@ pub async fn run_isr_manager(
                 isr: wish.isr.iter().map(|b| b.0).collect(),
             };
             tracing::info!(topic = %replica.topic, partition = replica.partition, from = ?wish.current, to = ?wish.isr, "asking to change the ISR");
-            let result = weir_proto::call::with_controller(
+            let result = weir_proto::call::with_internal_controller(
                 &config.controllers,
                 Duration::from_secs(2),
                 |ch| {

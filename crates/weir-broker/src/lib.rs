@@ -277,7 +277,7 @@ impl Broker {
         let request = weir_proto::v1::DrainBrokerRequest {
             broker_id: self.config.id.0,
         };
-        let answer = weir_proto::call::with_controller(
+        let answer = weir_proto::call::with_internal_controller(
             &self.config.controllers,
             patience,
             |ch| async move {

@@ -368,7 +368,7 @@ impl Broker for BrokerService {
                 incarnation,
                 count: PRODUCER_ID_BLOCK,
             };
-            let reserved = weir_proto::call::with_controller(
+            let reserved = weir_proto::call::with_internal_controller(
                 &self.config.controllers,
                 std::time::Duration::from_secs(5),
                 |ch| async move {

@@ -38,7 +38,7 @@ async fn register(config: &BrokerConfig) -> Result<ipb::RegisterBrokerResponse, 
             .or_else(|| config.internal_listen.map(|a| a.to_string()))
             .unwrap_or_default(),
     };
-    call::with_controller(&config.controllers, Duration::from_secs(5), |ch| {
+    call::with_internal_controller(&config.controllers, Duration::from_secs(5), |ch| {
         let request = request.clone();
         async move { BrokerRegistryClient::new(ch).register_broker(request).await }
     })
@@ -115,12 +115,13 @@ pub async fn run_lease(
                 broker_id: config.id.0,
                 incarnation: registration.incarnation,
             };
-            let beat = call::with_controller(&config.controllers, interval, |ch| async move {
-                BrokerRegistryClient::new(ch)
-                    .broker_heartbeat(request)
-                    .await
-            })
-            .await;
+            let beat =
+                call::with_internal_controller(&config.controllers, interval, |ch| async move {
+                    BrokerRegistryClient::new(ch)
+                        .broker_heartbeat(request)
+                        .await
+                })
+                .await;
             match beat {
                 Ok(r) if r.get_ref().fenced && r.get_ref().draining => {
                     tracing::info!(broker = %config.id, "drained by the controller: not registering again");

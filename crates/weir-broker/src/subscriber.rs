@@ -281,7 +281,7 @@ impl Subscriber {
             subscription: subscription.to_string(),
             partition: replica.partition,
         };
-        let loaded = weir_proto::call::with_controller(
+        let loaded = weir_proto::call::with_internal_controller(
             &self.config.controllers,
             CONTROLLER_PATIENCE,
             |ch| {
@@ -607,7 +607,7 @@ impl Subscriber {
                 })
                 .collect(),
         };
-        let answer = weir_proto::call::with_controller(
+        let answer = weir_proto::call::with_internal_controller(
             &self.config.controllers,
             CONTROLLER_PATIENCE,
             |ch| {

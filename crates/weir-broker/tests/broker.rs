@@ -525,3 +525,97 @@ async fn replication_is_served_on_the_internal_listener_only() {
     broker.shutdown().await;
     controller.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_controllers_internal_api_is_served_on_their_internal_listener_only() {
+    use weir_proto::internal::v1 as ipb;
+    use weir_proto::internal::v1::broker_registry_client::BrokerRegistryClient;
+    use weir_proto::internal::v1::controller_raft_client::ControllerRaftClient;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let caddr = free_addr();
+    let mut config = ControllerConfig::new(1, caddr, dir.path().join("c"));
+    let internal = free_addr();
+    config.internal_listen = Some(internal);
+    // the voter entry must name the internal address too
+    let refused = Controller::start(config.clone())
+        .await
+        .err()
+        .expect("voter without its internal address");
+    assert!(
+        refused.to_string().contains("internal address"),
+        "{refused}"
+    );
+    config.voters.insert(
+        1,
+        weir_controller::ControllerNode {
+            addr: caddr.to_string(),
+            internal: Some(internal.to_string()),
+        },
+    );
+    let controller = Controller::start(config).await.expect("controller");
+    assert_eq!(controller.internal_addr, Some(internal));
+
+    let connect = |addr: std::net::SocketAddr| async move {
+        weir_proto::call::connect(&addr.to_string())
+            .await
+            .expect("connect")
+    };
+    let register = || ipb::RegisterBrokerRequest {
+        broker_id: 7,
+        address: "127.0.0.1:1".into(),
+        rack: String::new(),
+        internal_address: String::new(),
+    };
+    let raft = || ipb::RaftPayload {
+        data: Bytes::from_static(b"{}"),
+    };
+    // the public listener knows neither Raft nor the broker registry
+    let public = connect(caddr).await;
+    let refused = BrokerRegistryClient::new(public.clone())
+        .register_broker(register())
+        .await
+        .expect_err("registry on the public port");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    let refused = ControllerRaftClient::new(public.clone())
+        .vote(raft())
+        .await
+        .expect_err("raft on the public port");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    // the internal one serves both (a malformed vote is refused by Raft, not unknown)
+    let inside = connect(internal).await;
+    let vote = ControllerRaftClient::new(inside.clone())
+        .vote(raft())
+        .await
+        .expect_err("malformed vote");
+    assert_ne!(vote.code(), tonic::Code::Unimplemented, "{vote:?}");
+
+    // a broker given the internal address registers and follows metadata there
+    let broker = Broker::start(BrokerConfig::new(
+        BrokerId(1),
+        free_addr(),
+        dir.path().join("b"),
+        vec![internal.to_string()],
+    ))
+    .await
+    .expect("broker");
+    until_broker(caddr, Duration::from_secs(10), |b| !b.fenced).await;
+    let cluster = AdminClient::new(public)
+        .describe_cluster(pb::DescribeClusterRequest {})
+        .await
+        .expect("describe")
+        .into_inner();
+    assert_eq!(cluster.controllers[0].address, caddr.to_string());
+    assert_eq!(
+        cluster.controllers[0].internal_address,
+        internal.to_string()
+    );
+    let registered = BrokerRegistryClient::new(inside)
+        .register_broker(register())
+        .await
+        .expect("registry on the internal port")
+        .into_inner();
+    assert!(registered.incarnation > 0, "{registered:?}");
+    broker.shutdown().await;
+    controller.shutdown().await;
+}

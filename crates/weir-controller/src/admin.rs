@@ -9,13 +9,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use openraft::ServerState;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ServerState};
+
+use crate::raft::ControllerNode;
 use tonic::{Request, Response, Status};
 use weir_proto::auth::Security;
 use weir_proto::internal::v1 as ipb;
 use weir_proto::internal::v1::broker_registry_server::BrokerRegistry;
-use weir_proto::status::{redirect, status};
+use weir_proto::status::status;
 use weir_proto::v1::admin_server::Admin;
 use weir_proto::v1::{self as pb};
 use weir_types::acl::{CLUSTER, Operation, ResourceType};
@@ -110,6 +112,15 @@ fn unexpected(outcome: Outcome) -> Status {
     )
 }
 
+/// NOT_CONTROLLER pointing at `node`'s public and internal addresses.
+fn to_controller(message: impl Into<String>, node: Option<&ControllerNode>) -> Status {
+    weir_proto::status::redirect_controller(
+        message,
+        node.map(|n| n.addr.as_str()),
+        node.and_then(|n| n.internal.as_deref()),
+    )
+}
+
 fn invalid(field: &str, reason: &str) -> Status {
     status(
         ErrorCode::InvalidArgument,
@@ -126,17 +137,15 @@ impl Services {
                 Some(outcome) => Ok(outcome),
                 None => Err(status(ErrorCode::Unknown, "command produced no outcome")),
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let addr = f.leader_node.map(|n| n.addr);
-                Err(redirect(
-                    ErrorCode::NotController,
-                    match (&f.leader_id, &addr) {
-                        (Some(id), Some(a)) => format!("the active controller is {id} at {a}"),
-                        _ => "no active controller right now".to_string(),
-                    },
-                    addr.as_deref(),
-                ))
-            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(to_controller(
+                match (&f.leader_id, &f.leader_node) {
+                    (Some(id), Some(n)) => {
+                        format!("the active controller is {id} at {}", n.addr)
+                    }
+                    _ => "no active controller right now".to_string(),
+                },
+                f.leader_node.as_ref(),
+            )),
             Err(e) => Err(status(ErrorCode::NotController, e.to_string())),
         }
     }
@@ -146,14 +155,10 @@ impl Services {
     pub(crate) async fn linearizable(&self) -> Result<(), Status> {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                let addr = f.leader_node.map(|n| n.addr);
-                Err(redirect(
-                    ErrorCode::NotController,
-                    "reads are served by the active controller",
-                    addr.as_deref(),
-                ))
-            }
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(to_controller(
+                "reads are served by the active controller",
+                f.leader_node.as_ref(),
+            )),
             Err(e) => Err(status(ErrorCode::NotController, e.to_string())),
         }
     }
@@ -175,18 +180,10 @@ impl Services {
         if metrics.current_leader == Some(self.id) {
             return Ok(());
         }
-        let addr = metrics.current_leader.and_then(|l| {
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&l)
-                .map(|n| n.addr.clone())
-        });
-        Err(redirect(
-            ErrorCode::NotController,
-            "this controller is not the active one",
-            addr.as_deref(),
-        ))
+        let node = metrics
+            .current_leader
+            .and_then(|l| metrics.membership_config.membership().get_node(&l));
+        Err(to_controller("this controller is not the active one", node))
     }
 
     async fn topic(&self, name: &str) -> Result<Topic, Status> {
@@ -231,6 +228,7 @@ impl Services {
                 address: node.addr.clone(),
                 role: role.to_string(),
                 voter: voters.contains(id),
+                internal_address: node.internal.clone().unwrap_or_default(),
             });
         }
         let state = self.sm.read().await;
@@ -635,8 +633,16 @@ impl Admin for Services {
         if !weir_proto::call::is_host_port(&req.address) {
             return Err(invalid("address", "must be host:port"));
         }
+        if !req.internal_address.is_empty()
+            && !weir_proto::call::is_host_port(&req.internal_address)
+        {
+            return Err(invalid("internal_address", "must be host:port or empty"));
+        }
         self.leader_only()?;
-        let node = BasicNode { addr: req.address };
+        let node = ControllerNode {
+            addr: req.address,
+            internal: (!req.internal_address.is_empty()).then_some(req.internal_address),
+        };
         self.raft
             .add_learner(req.id, node, true)
             .await

@@ -27,3 +27,4 @@ pub mod subscription;
 pub mod subscriptions;
 
 pub use node::{Controller, ControllerConfig, StartError};
+pub use raft::ControllerNode;

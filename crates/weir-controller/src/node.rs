@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use openraft::{Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -20,9 +20,11 @@ use crate::coordinator::{
     Coordinator, GroupSettings, SESSION_TIMEOUT_MAX_MS, SESSION_TIMEOUT_MIN_MS,
 };
 use crate::metadata::Command;
-use crate::raft::{Network, NodeId, Raft, RaftService};
+use crate::raft::{ControllerNode, Network, NodeId, Raft, RaftService};
 use crate::store::{self, LogStore, StateMachine};
+use weir_proto::internal::v1::subscription_cursors_server::SubscriptionCursorsServer;
 use weir_proto::v1::group_coordinator_server::GroupCoordinatorServer;
+use weir_proto::v1::subscriptions_server::SubscriptionsServer;
 
 /// Settings of one controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,11 +32,16 @@ use weir_proto::v1::group_coordinator_server::GroupCoordinatorServer;
 pub struct ControllerConfig {
     /// This controller's id (positive, unique among controllers).
     pub id: NodeId,
-    /// Where to listen for Raft, admin and broker traffic.
+    /// Where to listen for clients (admin, metadata, groups) and, without `internal_listen`,
+    /// for Raft and brokers too.
     pub listen: SocketAddr,
-    /// The initial voters, `id → host:port`, including this node. Used once, to bootstrap an
+    /// Where to serve the internal API apart (Raft between controllers, the broker registry,
+    /// subscription cursors; and the metadata stream for brokers), so it can be firewalled.
+    #[serde(default)]
+    pub internal_listen: Option<SocketAddr>,
+    /// The initial voters, `id → address(es)`, including this node. Used once, to bootstrap an
     /// empty cluster; later membership changes go through the admin API.
-    pub voters: BTreeMap<NodeId, String>,
+    pub voters: BTreeMap<NodeId, ControllerNode>,
     /// Start empty and wait to be added by `AddController` instead of bootstrapping.
     pub join: bool,
     pub data_dir: PathBuf,
@@ -62,7 +69,8 @@ impl ControllerConfig {
         ControllerConfig {
             id,
             listen,
-            voters: BTreeMap::from([(id, listen.to_string())]),
+            internal_listen: None,
+            voters: BTreeMap::from([(id, ControllerNode::new(listen.to_string()))]),
             join: false,
             data_dir,
             heartbeat_ms: 100,
@@ -87,13 +95,36 @@ impl ControllerConfig {
                 self.id
             ));
         }
-        for (id, addr) in &self.voters {
+        for (id, node) in &self.voters {
             if *id == 0 {
                 return Err("voter ids must be positive".into());
             }
-            if !weir_proto::call::is_host_port(addr) {
-                return Err(format!("voter {id} address {addr:?} is not host:port"));
+            for addr in std::iter::once(&node.addr).chain(&node.internal) {
+                if !weir_proto::call::is_host_port(addr) {
+                    return Err(format!("voter {id} address {addr:?} is not host:port"));
+                }
             }
+        }
+        if self.internal_listen == Some(self.listen) {
+            return Err(format!(
+                "internal_listen must differ from listen ({})",
+                self.listen
+            ));
+        }
+        if let Some(me) = self.voters.get(&self.id)
+            && !self.join
+            && me.internal.is_some() != self.internal_listen.is_some()
+        {
+            return Err(match me.internal {
+                Some(_) => format!(
+                    "voter {} names an internal address but this controller has no internal_listen",
+                    self.id
+                ),
+                None => format!(
+                    "this controller has internal_listen: its voter entry must name the internal address too ({}=public/internal)",
+                    self.id
+                ),
+            });
         }
         if self.heartbeat_ms == 0 || self.election_timeout_min_ms <= self.heartbeat_ms {
             return Err("election_timeout_min_ms must exceed heartbeat_ms > 0".into());
@@ -149,6 +180,8 @@ pub struct Controller {
     pub raft: Raft,
     pub state: StateMachine,
     pub local_addr: SocketAddr,
+    /// Where the internal API is served, when apart (`internal_listen`).
+    pub internal_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -203,15 +236,11 @@ impl Controller {
             .is_initialized()
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        if !initialized && !config.join {
-            let members: BTreeMap<NodeId, BasicNode> = config
-                .voters
-                .iter()
-                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-                .collect();
-            if let Err(e) = raft.initialize(members).await {
-                tracing::info!(error = %e, "bootstrap skipped");
-            }
+        if !initialized
+            && !config.join
+            && let Err(e) = raft.initialize(config.voters.clone()).await
+        {
+            tracing::info!(error = %e, "bootstrap skipped");
         }
 
         let (stop, stopped) = watch::channel(false);
@@ -236,50 +265,55 @@ impl Controller {
             stopped.clone(),
             &mut tasks,
         );
-        let mut server_stop = stopped.clone();
+        let internal = match config.internal_listen {
+            Some(addr) => Some(
+                weir_proto::call::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        let internal_addr = internal.as_ref().map(|(_, addr)| *addr);
         let auth = config.security.interceptor();
-        let router = tonic::transport::Server::builder()
-            .add_service(ControllerRaftServer::with_interceptor(
+        let internal_services = InternalServices {
+            raft: ControllerRaftServer::with_interceptor(
                 RaftService { raft: raft.clone() },
                 auth.clone(),
-            ))
-            .add_service(AdminServer::with_interceptor(services.clone(), auth.clone()))
-            .add_service(BrokerRegistryServer::with_interceptor(
-                services.clone(),
-                auth.clone(),
-            ))
+            ),
+            registry: BrokerRegistryServer::with_interceptor(services.clone(), auth.clone()),
+            cursors: SubscriptionCursorsServer::with_interceptor(services.clone(), auth.clone()),
+        };
+        let admin = AdminServer::with_interceptor(services.clone(), auth.clone());
+        let public = tonic::transport::Server::builder()
+            .add_service(admin.clone())
             .add_service(GroupCoordinatorServer::with_interceptor(
                 coordinator,
                 auth.clone(),
             ))
-            .add_service(
-                weir_proto::v1::subscriptions_server::SubscriptionsServer::with_interceptor(
-                    services.clone(),
-                    auth.clone(),
-                ),
-            )
-            .add_service(
-                weir_proto::internal::v1::subscription_cursors_server::SubscriptionCursorsServer::with_interceptor(
-                    services.clone(),
-                    auth,
-                ),
-            );
-        let server =
-            weir_proto::call::serve(router, listener, config.security.tls.clone(), async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            });
-        tasks.spawn(async move {
-            if let Err(e) = server.await {
-                tracing::error!(error = %e, "controller gRPC server failed");
+            .add_service(SubscriptionsServer::with_interceptor(
+                services.clone(),
+                auth,
+            ));
+        // Without an internal listener the public one serves the internal API as well.
+        let public = match internal {
+            Some((listener, _)) => {
+                // brokers follow the metadata stream on the internal listener too
+                let router = internal_services
+                    .add_to(tonic::transport::Server::builder().add_service(admin));
+                spawn_server(&mut tasks, router, listener, &config, &stopped, "internal");
+                public
             }
-        });
+            None => internal_services.add_to(public),
+        };
+        spawn_server(&mut tasks, public, listener, &config, &stopped, "public");
         tasks.spawn(lease_task(services.clone(), stopped.clone()));
         tasks.spawn(metrics_task(services, stopped));
-        tracing::info!(id = config.id, addr = %local_addr, "controller started");
+        tracing::info!(id = config.id, addr = %local_addr, internal = ?internal_addr, "controller started");
         Ok(Controller {
             raft,
             state,
             local_addr,
+            internal_addr,
             stop,
             tasks,
         })
@@ -313,6 +347,45 @@ impl Controller {
             .voter_ids()
             .collect()
     }
+}
+
+type Authenticated<S> =
+    tonic::service::interceptor::InterceptedService<S, weir_proto::auth::Authenticate>;
+
+/// The internal API: Raft between controllers, the broker registry, subscription cursors.
+struct InternalServices {
+    raft: Authenticated<ControllerRaftServer<RaftService>>,
+    registry: Authenticated<BrokerRegistryServer<Services>>,
+    cursors: Authenticated<SubscriptionCursorsServer<Services>>,
+}
+
+impl InternalServices {
+    fn add_to(self, router: tonic::transport::server::Router) -> tonic::transport::server::Router {
+        router
+            .add_service(self.raft)
+            .add_service(self.registry)
+            .add_service(self.cursors)
+    }
+}
+
+fn spawn_server(
+    tasks: &mut JoinSet<()>,
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    config: &ControllerConfig,
+    stopped: &watch::Receiver<bool>,
+    name: &'static str,
+) {
+    let mut stop = stopped.clone();
+    let server =
+        weir_proto::call::serve(router, listener, config.security.tls.clone(), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+    tasks.spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, listener = name, "controller gRPC server failed");
+        }
+    });
 }
 
 /// How often the active controller looks for subscriptions idle past their expiration TTL.

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -26,13 +25,46 @@ use crate::metadata::{Command, Outcome};
 
 pub type NodeId = u64;
 
+/// A controller as the Raft membership records it: the address clients reach it at and,
+/// when it serves its internal API apart (`--internal-listen`), the address of that.
+/// Stored as JSON; a record without `internal` (written before there was one) still reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ControllerNode {
+    pub addr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<String>,
+}
+
+impl ControllerNode {
+    pub fn new(addr: impl Into<String>) -> ControllerNode {
+        ControllerNode {
+            addr: addr.into(),
+            internal: None,
+        }
+    }
+
+    /// Where other controllers and brokers reach its internal API.
+    pub fn internal_addr(&self) -> &str {
+        self.internal.as_deref().unwrap_or(&self.addr)
+    }
+}
+
+impl std::fmt::Display for ControllerNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.internal {
+            Some(internal) => write!(f, "{}/{internal}", self.addr),
+            None => f.write_str(&self.addr),
+        }
+    }
+}
+
 openraft::declare_raft_types!(
     /// Types of the controller's Raft group.
     pub TypeConfig:
         D = Command,
         R = Option<Outcome>,
         NodeId = NodeId,
-        Node = BasicNode,
+        Node = ControllerNode,
         SnapshotData = std::io::Cursor<Vec<u8>>,
 );
 
@@ -48,8 +80,8 @@ pub struct Network;
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        let channel = weir_proto::call::endpoint(&node.addr)
+    async fn new_client(&mut self, target: NodeId, node: &ControllerNode) -> Peer {
+        let channel = weir_proto::call::endpoint(node.internal_addr())
             .map(|(e, credentials)| {
                 Channel::new(
                     e.connect_timeout(CONNECT_TIMEOUT).connect_lazy(),
@@ -77,7 +109,7 @@ impl Peer {
         request: &Req,
         option: &RPCOption,
         rpc: Rpc,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    ) -> Result<Resp, RPCError<NodeId, ControllerNode, RaftError<NodeId, E>>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -120,7 +152,8 @@ impl RaftNetwork<TypeConfig> for Peer {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ControllerNode, RaftError<NodeId>>>
+    {
         self.call(&rpc, &option, Rpc::AppendEntries).await
     }
 
@@ -130,7 +163,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+        RPCError<NodeId, ControllerNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         self.call(&rpc, &option, Rpc::InstallSnapshot).await
     }
@@ -139,7 +172,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         &mut self,
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ControllerNode, RaftError<NodeId>>> {
         self.call(&rpc, &option, Rpc::Vote).await
     }
 }

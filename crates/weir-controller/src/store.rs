@@ -223,7 +223,7 @@ pub struct Change {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Applied {
     pub last_applied: Option<LogId<NodeId>>,
-    pub membership: StoredMembership<NodeId, openraft::BasicNode>,
+    pub membership: StoredMembership<NodeId, crate::raft::ControllerNode>,
     pub metadata: Metadata,
     #[serde(default)]
     pub groups: Groups,
@@ -429,7 +429,7 @@ impl StateMachine {
 
 impl Applied {
     fn from_snapshot(
-        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        meta: &SnapshotMeta<NodeId, crate::raft::ControllerNode>,
         data: &[u8],
     ) -> StorageResult<Applied> {
         let installed: Applied = serde_json::from_slice(data).map_err(read_err)?;
@@ -453,7 +453,7 @@ impl Applied {
 /// A snapshot as stored: its metadata and the serialized [`Applied`] state.
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    meta: SnapshotMeta<NodeId, crate::raft::ControllerNode>,
     data: Vec<u8>,
 }
 
@@ -494,7 +494,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> StorageResult<(
         Option<LogId<NodeId>>,
-        StoredMembership<NodeId, openraft::BasicNode>,
+        StoredMembership<NodeId, crate::raft::ControllerNode>,
     )> {
         let state = self.state.read().await;
         Ok((state.last_applied, state.membership.clone()))
@@ -540,7 +540,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        meta: &SnapshotMeta<NodeId, crate::raft::ControllerNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();

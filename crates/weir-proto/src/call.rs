@@ -13,7 +13,7 @@ pub type Channel = tonic::service::interceptor::InterceptedService<
 >;
 use weir_types::ErrorCode;
 
-use crate::status::{error_code, leader_hint};
+use crate::status::{error_code, internal_leader_hint, leader_hint};
 
 /// Why no controller answered.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +168,34 @@ pub async fn connect_tls(
 pub async fn with_controller<T, F, Fut>(
     bootstrap: &[String],
     patience: Duration,
+    call: F,
+) -> Result<T, CallError>
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    follow_controller(bootstrap, patience, leader_hint, call).await
+}
+
+/// [`with_controller`] for the controllers' internal API (broker registry, cursors):
+/// `bootstrap` names internal addresses, and redirects lead to the active controller's
+/// internal listener when it has one.
+pub async fn with_internal_controller<T, F, Fut>(
+    bootstrap: &[String],
+    patience: Duration,
+    call: F,
+) -> Result<T, CallError>
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    follow_controller(bootstrap, patience, internal_leader_hint, call).await
+}
+
+async fn follow_controller<T, F, Fut>(
+    bootstrap: &[String],
+    patience: Duration,
+    hint: fn(&tonic::Status) -> Option<String>,
     mut call: F,
 ) -> Result<T, CallError>
 where
@@ -197,7 +225,7 @@ where
             Ok(v) => return Ok(v),
             Err(status) => match error_code(&status) {
                 Some(ErrorCode::NotController) => {
-                    if let Some(leader) = leader_hint(&status)
+                    if let Some(leader) = hint(&status)
                         && leader != addr
                     {
                         queue.push(leader);

@@ -8,6 +8,9 @@ use crate::convert::FieldError;
 pub const ERROR_CODE_KEY: &str = "weir-error-code";
 /// Metadata entry naming the node that can serve the request (`host:port`).
 pub const LEADER_KEY: &str = "weir-leader";
+/// Metadata entry naming the internal address (`host:port`) of the controller that can serve
+/// the request, when controllers serve their internal API apart (`--internal-listen`).
+pub const LEADER_INTERNAL_KEY: &str = "weir-leader-internal";
 
 /// A status for `code` with `message`; the gRPC code is chosen from the Weir code.
 pub fn status(code: ErrorCode, message: impl Into<String>) -> tonic::Status {
@@ -72,16 +75,34 @@ pub fn redirect(
     status
 }
 
+/// [`redirect`] to a controller that serves its internal API at `internal` (callers of the
+/// internal API follow that one).
+pub fn redirect_controller(
+    message: impl Into<String>,
+    public: Option<&str>,
+    internal: Option<&str>,
+) -> tonic::Status {
+    let mut status = redirect(ErrorCode::NotController, message, public);
+    if let Some(addr) = internal
+        && let Ok(value) = addr.parse()
+    {
+        status.metadata_mut().insert(LEADER_INTERNAL_KEY, value);
+    }
+    status
+}
+
 /// The leader hint a status carries, if any.
 pub fn leader_hint(status: &tonic::Status) -> Option<String> {
-    Some(
-        status
-            .metadata()
-            .get(LEADER_KEY)?
-            .to_str()
-            .ok()?
-            .to_string(),
-    )
+    hint(status, LEADER_KEY)
+}
+
+/// The internal address of the active controller a status names, else its public one.
+pub fn internal_leader_hint(status: &tonic::Status) -> Option<String> {
+    hint(status, LEADER_INTERNAL_KEY).or_else(|| leader_hint(status))
+}
+
+fn hint(status: &tonic::Status, key: &str) -> Option<String> {
+    Some(status.metadata().get(key)?.to_str().ok()?.to_string())
 }
 
 /// The Weir code a status carries, if any.

@@ -161,8 +161,12 @@ pub enum ClusterCommand {
     AddController {
         #[arg(long)]
         id: u64,
+        /// Its `--listen` address (clients).
         #[arg(long)]
         address: String,
+        /// Its `--internal-listen` address, if it has one (Raft and brokers go there).
+        #[arg(long)]
+        internal_address: Option<String>,
         #[command(flatten)]
         bootstrap: Bootstrap,
     },
@@ -458,11 +462,16 @@ fn print_cluster(c: &pb::DescribeClusterResponse) {
     );
     for ctl in &c.controllers {
         println!(
-            "  controller {:<3} {:<22} {:<11} {}",
+            "  controller {:<3} {:<22} {:<11} {}{}",
             ctl.id,
             ctl.address,
             ctl.role,
-            if ctl.voter { "voter" } else { "learner" }
+            if ctl.voter { "voter" } else { "learner" },
+            if ctl.internal_address.is_empty() {
+                String::new()
+            } else {
+                format!(" (internal {})", ctl.internal_address)
+            }
         );
     }
     println!("brokers: {}", c.brokers.len());
@@ -491,9 +500,14 @@ pub async fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<i32> {
         ClusterCommand::AddController {
             id,
             address,
+            internal_address,
             bootstrap,
         } => {
-            let req = pb::AddControllerRequest { id, address };
+            let req = pb::AddControllerRequest {
+                id,
+                address,
+                internal_address: internal_address.unwrap_or_default(),
+            };
             with_controller(&parse_bootstrap(&bootstrap.bootstrap)?, |ch| {
                 let req = req.clone();
                 async move { AdminClient::new(ch).add_controller(req).await }

@@ -47,8 +47,9 @@ pub struct BrokerArgs {
     /// The CA that signs every broker's certificate (PEM).
     #[arg(long, requires = "internal_tls_cert")]
     pub(crate) internal_tls_ca: Option<std::path::PathBuf>,
-    /// Controller addresses (`host:port` or `id=host:port`), comma separated
-    /// [default: 127.0.0.1:9093].
+    /// Controller addresses (`host:port` or `id=host:port`), comma separated: their
+    /// internal listeners where they have them (`id=public/internal` takes the internal
+    /// one) [default: 127.0.0.1:9093].
     #[arg(long, env = "WEIR_CONTROLLERS")]
     pub(crate) controllers: Option<String>,
     /// Rack (or zone) name; replicas of a partition are spread across racks.
@@ -152,7 +153,9 @@ pub fn controller_addresses(raw: &str) -> anyhow::Result<Vec<String>> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.split_once('=').map_or(s, |(_, a)| a).to_string())
+        .map(|s| s.split_once('=').map_or(s, |(_, a)| a))
+        // `public/internal`: a broker talks to the internal listener
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
         .collect();
     for a in &addrs {
         anyhow::ensure!(

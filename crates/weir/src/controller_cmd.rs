@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use weir_controller::{Controller, ControllerConfig};
+use weir_controller::{Controller, ControllerConfig, ControllerNode};
 
 use crate::logging::{self, LogFormat};
 
@@ -19,11 +19,18 @@ pub struct ControllerArgs {
     /// This controller's id (positive, unique).
     #[arg(long)]
     pub(crate) id: Option<u64>,
-    /// Address to listen on for Raft, admin and broker traffic [default: 127.0.0.1:9093].
+    /// Address to listen on for clients (admin, metadata, groups) and, without
+    /// `--internal-listen`, for Raft and brokers [default: 127.0.0.1:9093].
     #[arg(long)]
     pub(crate) listen: Option<SocketAddr>,
-    /// The initial voters, `id=host:port,...`, including this controller. Used only to
-    /// bootstrap an empty cluster; restarts keep the membership they have.
+    /// Serve the internal API here instead (Raft between controllers, the broker registry,
+    /// subscription cursors, the metadata stream for brokers), so it can be firewalled;
+    /// the voters in `--controllers` then name both addresses, `id=public/internal`.
+    #[arg(long)]
+    pub(crate) internal_listen: Option<SocketAddr>,
+    /// The initial voters, `id=host:port,...` (`id=host:port/host:port` for a controller
+    /// with `--internal-listen`: public, then internal), including this controller. Used
+    /// only to bootstrap an empty cluster; restarts keep the membership they have.
     #[arg(long, env = "WEIR_CONTROLLERS")]
     pub(crate) controllers: Option<String>,
     /// Join an existing quorum instead of bootstrapping: start empty and wait for
@@ -77,8 +84,15 @@ pub(crate) fn resolve(
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from("./weir-data/controller"));
     let mut config = ControllerConfig::new(id, listen, data_dir);
-    if let Some(raw) = args.controllers.as_ref().or(file.controllers.as_ref()) {
-        config.voters = parse_voters(raw)?;
+    config.internal_listen = args.internal_listen.or(file.internal_listen);
+    match args.controllers.as_ref().or(file.controllers.as_ref()) {
+        Some(raw) => config.voters = parse_voters(raw)?,
+        None => {
+            if let (Some(me), Some(internal)) = (config.voters.get_mut(&id), config.internal_listen)
+            {
+                me.internal = Some(internal.to_string());
+            }
+        }
     }
     config.join = args.join || file.join.unwrap_or(false);
     if let Some(v) = args.broker_lease_ms.or(file.broker_lease_ms) {
@@ -116,20 +130,31 @@ pub(crate) fn resolve(
     Ok((config, args.http.or(file.http)))
 }
 
-/// Parses `1=127.0.0.1:9093,2=127.0.0.2:9093`.
-pub fn parse_voters(raw: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+/// Parses `1=127.0.0.1:9093,2=127.0.0.2:9093`; a voter with an internal listener is
+/// `1=127.0.0.1:9093/127.0.0.1:9095`.
+pub fn parse_voters(raw: &str) -> anyhow::Result<BTreeMap<u64, ControllerNode>> {
     let mut voters = BTreeMap::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((id, addr)) = part.split_once('=') else {
+        let Some((id, addrs)) = part.split_once('=') else {
             bail!("--controllers: {part:?} is not id=host:port");
         };
         let id: u64 = id
             .parse()
             .with_context(|| format!("--controllers: {id:?} is not a controller id"))?;
-        if !weir_proto::call::is_host_port(addr) {
-            bail!("--controllers: {addr:?} is not host:port");
+        let (addr, internal) = match addrs.split_once('/') {
+            Some((public, internal)) => (public, Some(internal)),
+            None => (addrs, None),
+        };
+        for a in std::iter::once(addr).chain(internal) {
+            if !weir_proto::call::is_host_port(a) {
+                bail!("--controllers: {a:?} is not host:port");
+            }
         }
-        if voters.insert(id, addr.to_string()).is_some() {
+        let node = ControllerNode {
+            addr: addr.to_string(),
+            internal: internal.map(str::to_string),
+        };
+        if voters.insert(id, node).is_some() {
             bail!("--controllers: id {id} appears twice");
         }
     }
@@ -151,6 +176,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     crate::http::metrics_handle()?;
     let controller = Controller::start(config).await?;
     println!("controller {id} listening on {}", controller.local_addr);
+    if let Some(addr) = controller.internal_addr {
+        println!("controller {id} internal (Raft, brokers) on {addr}");
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     if let Some(addr) = http {
         let ready = std::sync::Arc::new(controller.readiness());

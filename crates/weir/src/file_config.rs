@@ -23,6 +23,7 @@ pub struct FileConfig {
 pub struct ControllerFile {
     pub id: Option<u64>,
     pub listen: Option<SocketAddr>,
+    pub internal_listen: Option<SocketAddr>,
     pub controllers: Option<String>,
     pub join: Option<bool>,
     pub data_dir: Option<PathBuf>,

@@ -25,9 +25,15 @@ pub struct NodeArgs {
     /// This node's id: its controller id and its broker id.
     #[arg(long, required = true)]
     id: Option<u32>,
-    /// The controller's address (Raft, admin, broker traffic) [default: 127.0.0.1:9093].
+    /// The controller's address (admin, metadata, groups; and Raft and brokers without
+    /// `--internal-listen`) [default: 127.0.0.1:9093].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// The controller's internal address (Raft, the broker registry; firewall it)
+    /// [default: none, `--listen` serves it too]. `--controllers` then names both
+    /// addresses of every voter, `id=public/internal`.
+    #[arg(long)]
+    internal_listen: Option<SocketAddr>,
     /// The broker's address (produce, fetch) [default: 127.0.0.1:9092].
     #[arg(long)]
     broker_listen: Option<SocketAddr>,
@@ -49,8 +55,9 @@ pub struct NodeArgs {
     broker_internal_tls_key: Option<std::path::PathBuf>,
     #[arg(long, requires = "broker_internal_tls_cert")]
     broker_internal_tls_ca: Option<std::path::PathBuf>,
-    /// Every controller, `id=host:port,...`, including this node's. Bootstraps an empty
-    /// quorum (unless `--join`); the broker finds the active controller among them.
+    /// Every controller, `id=host:port,...` (`id=host:port/host:port` with internal
+    /// listeners), including this node's. Bootstraps an empty quorum (unless `--join`); the
+    /// broker finds the active controller among them.
     #[arg(long, env = "WEIR_CONTROLLERS", required = true)]
     controllers: Option<String>,
     /// Join an existing quorum: the controller starts empty and waits for
@@ -127,6 +134,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
         config: args.config.clone(),
         id: Some(u64::from(id)),
         listen: args.listen,
+        internal_listen: args.internal_listen,
         controllers: (!args.join).then(|| controllers.clone()),
         join: args.join,
         data_dir: Some(args.data_dir.join("controller")),
@@ -174,6 +182,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<i32> {
         "node {id}: controller listening on {}",
         controller.local_addr
     );
+    if let Some(addr) = controller.internal_addr {
+        println!("node {id}: controller internal (Raft, brokers) on {addr}");
+    }
     let broker = Broker::start(broker_config).await?;
     println!("node {id}: broker listening on {}", broker.local_addr);
     if let Some(addr) = broker.internal_addr {

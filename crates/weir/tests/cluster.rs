@@ -209,6 +209,7 @@ fn controllers_are_added_and_removed_through_the_admin_api() {
     let first = cluster.0.node("controller-1").expect("node").addr.clone();
     let prefix = first.rsplit_once('.').expect("ip").0.to_string();
     let addr = format!("{prefix}.14:9093");
+    let internal = format!("{prefix}.14:9095");
     let log = std::fs::File::create(dir.path().join("controller-4.log")).expect("log");
     let mut fourth = Command::new(weir_bin())
         .args([
@@ -218,6 +219,8 @@ fn controllers_are_added_and_removed_through_the_admin_api() {
             "--join",
             "--listen",
             &addr,
+            "--internal-listen",
+            &internal,
             "--data-dir",
         ])
         .arg(dir.path().join("controller-4"))
@@ -229,10 +232,20 @@ fn controllers_are_added_and_removed_through_the_admin_api() {
 
     let out = ok(weir(
         &bootstrap,
-        &["cluster", "add-controller", "--id", "4", "--address", &addr],
+        &[
+            "cluster",
+            "add-controller",
+            "--id",
+            "4",
+            "--address",
+            &addr,
+            "--internal-address",
+            &internal,
+        ],
         None,
     ));
     assert!(out.contains("controller 4"), "{out}");
+    assert!(out.contains(&format!("(internal {internal})")), "{out}");
     let voters = |d: &weir_proto::v1::DescribeClusterResponse| {
         d.controllers
             .iter()

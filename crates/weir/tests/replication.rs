@@ -622,3 +622,95 @@ fn a_partition_moves_to_new_replicas_with_its_data() {
         Some("after the move\n"),
     ));
 }
+
+#[test]
+fn a_throttled_reassignment_leaves_the_leaders_in_sync_partitions_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = common::up(1, 2, 1500, &dir);
+    let bootstrap = cluster.0.bootstrap();
+    let create = |name: &str, partitions: &str, rf: &str| {
+        ok(weir(
+            &bootstrap,
+            &[
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                partitions,
+                "--replication-factor",
+                rf,
+            ],
+            None,
+        ))
+    };
+    create("moving", "1", "1");
+    let (leader, _) = partition0(&bootstrap, "moving");
+    let joining = 3 - leader;
+    // a partition in sync on both brokers, led by the same broker, so the joining broker's
+    // one fetcher from that leader serves both
+    create("steady", "2", "2");
+    let steady = partitions(&bootstrap, "steady")
+        .iter()
+        .position(|(l, _, isr)| *l == leader && isr.matches(',').count() == 1)
+        .expect("a steady partition led by the moving partition's leader");
+    let lines: String = (0..2000)
+        .map(|i| format!("record-{i:04}-{}\n", "x".repeat(500)))
+        .collect();
+    ok(weir(
+        &bootstrap,
+        &["produce", "moving", "--partition", "0"],
+        Some(&lines),
+    ));
+    // ~1 MB at 50 KB/s: the new replica is held back for seconds after its first copy
+    let replicas = format!("{leader},{joining}");
+    ok(weir(
+        &bootstrap,
+        &[
+            "topic",
+            "reassign",
+            "moving",
+            "--partition",
+            "0",
+            "--replicas",
+            &replicas,
+            "--throttle-bytes-per-s",
+            "50000",
+        ],
+        None,
+    ));
+    let reassigning =
+        || ok(weir(&bootstrap, &["topic", "describe", "moving"], None)).contains("reassigning");
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    for i in 0..10 {
+        ok(weir(
+            &bootstrap,
+            &[
+                "produce",
+                "steady",
+                "--partition",
+                &steady.to_string(),
+                "--acks",
+                "all",
+            ],
+            Some(&format!("steady-{i}\n")),
+        ));
+    }
+    let took = started.elapsed();
+    assert!(
+        reassigning(),
+        "the throttled copy ended before the check was done"
+    );
+    // a throttle sleeping in the shared fetcher would hold every acks=all produce of the
+    // steady partition until it ended, or until its follower fell out of the ISR
+    assert!(
+        took < Duration::from_secs(5),
+        "10 acks=all produces took {took:?} while the other partition was throttled"
+    );
+    let (_, _, isr) = &partitions(&bootstrap, "steady")[steady];
+    assert_eq!(
+        isr.matches(',').count(),
+        1,
+        "the steady follower left: {isr}"
+    );
+}

@@ -20,6 +20,10 @@ use weir_types::metadata::{ClusterView, MetadataUpdate};
 
 use crate::error::ClientError;
 
+/// Largest broker response this client reads (a fetch of up to the broker's 64 MiB default
+/// cap, and a batch beyond it).
+const RESPONSE_BYTES_MAX: usize = 128 << 20;
+
 /// Where each partition of a topic is led.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -250,7 +254,10 @@ impl Metadata {
             .ok_or_else(|| {
                 ClientError::Unavailable(format!("{topic}/{partition} has no leader"))
             })?;
-        Ok(BrokerClient::new(self.channel(&addr).await?))
+        // fetch responses may be as large as the broker allows (`fetch_bytes_max`, 64 MiB by
+        // default), far beyond tonic's 4 MiB default
+        Ok(BrokerClient::new(self.channel(&addr).await?)
+            .max_decoding_message_size(RESPONSE_BYTES_MAX))
     }
 
     /// A shared connection to `addr`; connecting happens outside the map's lock (two callers

@@ -653,15 +653,17 @@ fn a_throttled_reassignment_leaves_the_leaders_in_sync_partitions_alone() {
         .iter()
         .position(|(l, _, isr)| *l == leader && isr.matches(',').count() == 1)
         .expect("a steady partition led by the moving partition's leader");
-    let lines: String = (0..2000)
-        .map(|i| format!("record-{i:04}-{}\n", "x".repeat(500)))
+    // more than one replica fetch response holds (8 MiB)
+    let lines: String = (0..12_000)
+        .map(|i| format!("record-{i:05}-{}\n", "x".repeat(900)))
         .collect();
     ok(weir(
         &bootstrap,
         &["produce", "moving", "--partition", "0"],
         Some(&lines),
     ));
-    // ~1 MB at 50 KB/s: the new replica is held back for seconds after its first copy
+    // ~11 MB at 50 KB/s: the new replica sits out the requests for seconds after its first
+    // response, before it can fetch the rest
     let replicas = format!("{leader},{joining}");
     ok(weir(
         &bootstrap,
@@ -712,5 +714,15 @@ fn a_throttled_reassignment_leaves_the_leaders_in_sync_partitions_alone() {
         isr.matches(',').count(),
         1,
         "the steady follower left: {isr}"
+    );
+    // and the throttled copy, larger than a response, completes (each response of it is
+    // larger than gRPC's default message limit too)
+    wait_for(
+        "the reassignment to finish",
+        Duration::from_secs(60),
+        || {
+            let (_, isr) = partition0(&bootstrap, "moving");
+            (!reassigning() && isr.matches(',').count() == 1).then_some(())
+        },
     );
 }

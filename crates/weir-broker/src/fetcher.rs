@@ -2,13 +2,9 @@
 //! partition this broker follows from it into one `ReplicaFetch` long poll.
 //!
 //! Each response is applied in one step: every partition's copies are written by its owner
-//! without waiting, and the next fetch for data goes out at once (reading from the copied
-//! end, `read_offset`). The step goes to the fetcher's reporter, which waits once for the
-//! fsync of all its copies (the flusher fsyncs every file of a round together), lets each
-//! owner count them as held and take the leader's high watermark, and sends the leader a
-//! report-only `ReplicaFetch` with the fsynced ends — while the next fetch already waits at
-//! the leader, so an fsync and the next round trip overlap, and the leader learns of the
-//! fsync the moment it ends.
+//! without waiting, then one wait covers the fsync of all of them (the flusher fsyncs every
+//! file of a round together), and only then does each owner count the copies as held and
+//! take the leader's high watermark. The next fetch reports the fsynced ends.
 //!
 //! A partition catching up during a reassignment with a throttle is left out of the
 //! requests until its byte budget allows more; the partitions in sync are never slowed by it.
@@ -34,8 +30,6 @@ use crate::replica::Replica;
 const FETCH_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Longest a throttled partition is held back after one response.
 const THROTTLE_PAUSE_MAX: Duration = Duration::from_secs(10);
-/// Responses copied but not yet reported fsynced, per fetcher: the fetcher waits beyond this.
-const STEPS_IN_FLIGHT_MAX: usize = 4;
 
 /// Starts and restarts one fetcher per leader that this broker follows partitions from.
 pub async fn run_fetchers(
@@ -88,8 +82,6 @@ async fn fetch_from(
     let mut client: Option<(String, ReplicationClient<weir_proto::call::Channel>)> = None;
     // partitions held back by a reassignment throttle, until when
     let mut throttled: HashMap<Key, Instant> = HashMap::new();
-    let (steps, pending) = tokio::sync::mpsc::channel(STEPS_IN_FLIGHT_MAX);
-    tokio::spawn(report(registry.me(), pending));
     loop {
         if *stop.borrow() {
             return;
@@ -157,15 +149,16 @@ async fn fetch_from(
             follower_id: me.0,
             partitions: asked
                 .iter()
-                .map(|r| {
-                    let mut p = position(r);
-                    p.read_offset = Some(r.log.end_offset().0);
-                    p
+                .map(|r| ipb::ReplicaFetchPartition {
+                    topic: r.topic.clone(),
+                    partition: r.partition,
+                    fetch_offset: r.durable_end().0,
+                    last_fetched_epoch: r.log.latest_epoch().map_or(-1, |e| e.0),
+                    leader_epoch: r.leadership().leader_epoch.0,
                 })
                 .collect(),
             max_wait_ms: wait_ms,
             max_bytes: REPLICA_FETCH_BYTES_MAX as u32,
-            report_only: false,
         };
         let response = tokio::select! {
             r = rpc.replica_fetch(request) => r,
@@ -180,10 +173,7 @@ async fn fetch_from(
                 continue;
             }
         };
-        let mut step = Step {
-            client: Some(rpc.clone()),
-            ..Step::default()
-        };
+        let mut step = Step::default();
         for data in response.partitions {
             let Some(replica) = asked
                 .iter()
@@ -196,64 +186,9 @@ async fn fetch_from(
             }
             step.add(replica, data).await;
         }
-        let failed = step.failed;
-        step.throttle(&mut throttled);
-        if steps.send(step).await.is_err() {
-            return; // the reporter ended: this broker is stopping
-        }
+        let failed = step.finish(&mut throttled).await;
         if failed {
             tokio::time::sleep(FETCH_RETRY_PAUSE).await;
-        }
-    }
-}
-
-/// Where `replica` stands, as a follower tells its leader: the fsynced end (what counts as
-/// replicated), its last epoch, the leader epoch it follows.
-fn position(replica: &Replica) -> ipb::ReplicaFetchPartition {
-    ipb::ReplicaFetchPartition {
-        topic: replica.topic.clone(),
-        partition: replica.partition,
-        fetch_offset: replica.durable_end().0,
-        last_fetched_epoch: replica.log.latest_epoch().map_or(-1, |e| e.0),
-        leader_epoch: replica.leadership().leader_epoch.0,
-        read_offset: None,
-    }
-}
-
-/// A fetcher's reporter: takes the copied steps in order, waits for their fsync, lets the
-/// owners count them, and reports the fsynced ends to the leader at once (several steps
-/// that are ready together share one report).
-async fn report(me: BrokerId, mut pending: tokio::sync::mpsc::Receiver<Step>) {
-    while let Some(first) = pending.recv().await {
-        let mut ready = vec![first];
-        while let Ok(more) = pending.try_recv() {
-            ready.push(more);
-        }
-        let mut reported: Vec<Arc<Replica>> = Vec::new();
-        let mut client = None;
-        for step in ready {
-            if step.client.is_some() {
-                client = step.client.clone();
-            }
-            for replica in step.finish().await {
-                if !reported.iter().any(|r| Arc::ptr_eq(r, &replica)) {
-                    reported.push(replica);
-                }
-            }
-        }
-        let Some(mut client) = client.filter(|_| !reported.is_empty()) else {
-            continue;
-        };
-        let request = ipb::ReplicaFetchRequest {
-            follower_id: me.0,
-            partitions: reported.iter().map(|r| position(r)).collect(),
-            max_wait_ms: 0,
-            max_bytes: 0,
-            report_only: true,
-        };
-        // a lost report only delays: the next fetch carries the same ends
-        if let Err(e) = client.replica_fetch(request).await {
-            tracing::debug!(error = %e, "fsync report failed");
         }
     }
 }
@@ -261,8 +196,6 @@ async fn report(me: BrokerId, mut pending: tokio::sync::mpsc::Receiver<Step>) {
 /// One response being applied: the copies written, waiting for one fsync.
 #[derive(Default)]
 struct Step {
-    /// The connection the response came on; the report goes the same way.
-    client: Option<ReplicationClient<weir_proto::call::Channel>>,
     /// Partitions whose copies (if any) must be fsynced before the leader's high watermark
     /// applies: (replica, leader high watermark, bytes copied).
     copied: Vec<(Arc<Replica>, Offset, usize)>,
@@ -342,24 +275,10 @@ impl Step {
         Ok(())
     }
 
-    /// A reassignment's throttle: a replica still catching up copies at most its rate, so
-    /// it sits out the requests until the bytes it just copied are paid for.
-    fn throttle(&self, throttled: &mut HashMap<Key, Instant>) {
-        let now = Instant::now();
-        for (replica, _, bytes) in &self.copied {
-            let lead = replica.leadership();
-            if lead.catch_up_bytes_per_s > 0 && !lead.isr.contains(&replica.me) && *bytes > 0 {
-                let pause =
-                    Duration::from_secs_f64(*bytes as f64 / lead.catch_up_bytes_per_s as f64);
-                throttled.insert(key(replica), now + pause.min(THROTTLE_PAUSE_MAX));
-            }
-        }
-    }
-
     /// Waits once for the fsync of everything copied, then lets each owner count it.
-    /// Returns the replicas counted (nothing when the fsync failed: the disk failed, the
-    /// owners report it).
-    async fn finish(self) -> Vec<Arc<Replica>> {
+    /// Returns whether any partition failed.
+    async fn finish(self, throttled: &mut HashMap<Key, Instant>) -> bool {
+        let mut failed = self.failed;
         if let Some((log, ticket)) = self.wait {
             let waited = tokio::task::spawn_blocking(move || {
                 if bugs::active(Bug::AckBeforeFsync) {
@@ -371,21 +290,30 @@ impl Step {
             match waited {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
+                    // the disk failed: nothing copied counts; the owners report it
                     tracing::error!(error = %e, "fsync of replicated data failed");
-                    return Vec::new();
+                    return true;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "fsync wait failed");
-                    return Vec::new();
+                    return true;
                 }
             }
         }
-        let mut counted = Vec::with_capacity(self.copied.len());
-        for (replica, leader_hw, _) in self.copied {
-            if replica.copied(leader_hw).await.is_ok() {
-                counted.push(replica);
+        let now = Instant::now();
+        for (replica, leader_hw, bytes) in self.copied {
+            if replica.copied(leader_hw).await.is_err() {
+                failed = true;
+                continue;
+            }
+            // A reassignment's throttle: a replica still catching up copies at most this rate.
+            let lead = replica.leadership();
+            if lead.catch_up_bytes_per_s > 0 && !lead.isr.contains(&replica.me) && bytes > 0 {
+                let pause =
+                    Duration::from_secs_f64(bytes as f64 / lead.catch_up_bytes_per_s as f64);
+                throttled.insert(key(&replica), now + pause.min(THROTTLE_PAUSE_MAX));
             }
         }
-        counted
+        failed
     }
 }

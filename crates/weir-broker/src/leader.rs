@@ -37,16 +37,11 @@ fn failed(req: &ipb::ReplicaFetchPartition, code: ErrorCode) -> ipb::ReplicaFetc
 }
 
 /// The leader's answer for one partition; `None` batches means "nothing new".
-/// One partition of a replica fetch; `budget` is the bytes it may return, `None` for a
-/// report-only request (nothing read). The follower's progress is recorded when `record`
-/// (the first pass of a long poll: later passes carry the same, by then maybe stale, offsets,
-/// and must not undo a report that came in meanwhile).
 async fn fetch_one(
     registry: &Registry,
     follower: BrokerId,
     req: &ipb::ReplicaFetchPartition,
-    budget: Option<usize>,
-    record: bool,
+    budget: usize,
 ) -> ipb::ReplicaFetchPartitionData {
     let Some(replica) = registry.get(&req.topic, req.partition) else {
         return failed(req, ErrorCode::UnknownTopicOrPartition);
@@ -65,14 +60,7 @@ async fn fetch_one(
         return failed(req, ErrorCode::UnknownTopicOrPartition);
     }
     let log = &replica.log;
-    // fsynced on the follower: what counts as replicated
-    let durable = Offset(req.fetch_offset);
-    // its log end: where to read from, and what the divergence check must cover
-    let fetch = Offset(
-        req.read_offset
-            .unwrap_or(req.fetch_offset)
-            .max(req.fetch_offset),
-    );
+    let fetch = Offset(req.fetch_offset);
     // Divergence (KIP-320): the follower's last epoch must end on the leader at or after the
     // follower's log end; otherwise tell it where that epoch really ends.
     if req.last_fetched_epoch >= 0 {
@@ -102,20 +90,14 @@ async fn fetch_one(
         out.high_watermark = replica.high_watermark().0;
         return out;
     }
-    // the check above covered the follower's log up to `fetch`, so its prefix up to
-    // `durable` is the leader's too
-    if record
-        && replica
-            .record_follower_fetch(follower, durable)
-            .await
-            .is_err()
+    if replica
+        .record_follower_fetch(follower, fetch)
+        .await
+        .is_err()
     {
         return failed(req, ErrorCode::NotLeader);
     }
     let mut out = answer(&replica, req);
-    let Some(budget) = budget else {
-        return out;
-    };
     if fetch < log.end_offset() {
         let log = Arc::clone(&replica.log);
         let read = tokio::task::spawn_blocking(move || log.read(fetch, budget, None)).await;
@@ -167,23 +149,20 @@ async fn serve_fetch(
     let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(service.fetch_wait_ms_max)));
     let deadline = tokio::time::Instant::now() + wait;
     let mut activity = service.registry.activity.subscribe();
-    let mut first = true;
     loop {
         activity.borrow_and_update();
         let mut partitions = Vec::with_capacity(req.partitions.len());
         let mut left = budget;
         for p in &req.partitions {
-            let allowed = (!req.report_only).then_some(left.max(1));
-            let data = fetch_one(&service.registry, follower, p, allowed, first).await;
+            let data = fetch_one(&service.registry, follower, p, left.max(1)).await;
             let bytes: usize = data.batches.iter().map(|b| b.data.len()).sum();
             left = left.saturating_sub(bytes);
             partitions.push(data);
         }
-        first = false;
         let has_data_or_error = partitions
             .iter()
             .any(|d| !d.batches.is_empty() || d.error_code != 0 || d.diverged);
-        if has_data_or_error || req.report_only || tokio::time::Instant::now() >= deadline {
+        if has_data_or_error || tokio::time::Instant::now() >= deadline {
             return Ok(ipb::ReplicaFetchResponse { partitions });
         }
         if tokio::time::timeout_at(deadline, activity.changed())

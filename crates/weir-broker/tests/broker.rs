@@ -488,11 +488,9 @@ async fn replication_is_served_on_the_internal_listener_only() {
             fetch_offset: 0,
             last_fetched_epoch: -1,
             leader_epoch: 0,
-            read_offset: None,
         }],
         max_wait_ms: 0,
         max_bytes: 1 << 20,
-        report_only: false,
     };
     let mut public = ReplicationClient::new(
         weir_proto::call::connect(&broker.local_addr.to_string())

@@ -65,11 +65,9 @@ fn fetch_request(follower_id: u32, topic: &str) -> ipb::ReplicaFetchRequest {
             fetch_offset: 0,
             last_fetched_epoch: -1,
             leader_epoch: 0,
-            read_offset: None,
         }],
         max_wait_ms: 0,
         max_bytes: 1 << 20,
-        report_only: false,
     }
 }
 

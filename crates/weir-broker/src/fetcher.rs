@@ -164,6 +164,7 @@ async fn fetch_from(
             r = rpc.replica_fetch(request) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
+        let received = std::time::Instant::now();
         let response = match response {
             Ok(r) => r.into_inner(),
             Err(e) => {
@@ -186,7 +187,16 @@ async fn fetch_from(
             }
             step.add(replica, data).await;
         }
+        let copied = step.copied.iter().any(|(_, _, bytes)| *bytes > 0);
+        let applied = received.elapsed();
         let failed = step.finish(&mut throttled).await;
+        if copied {
+            // where a follower's round goes: decoding and writing the copies, their fsync
+            metrics::histogram!("weir_broker_replica_step_seconds", "phase" => "apply")
+                .record(applied.as_secs_f64());
+            metrics::histogram!("weir_broker_replica_step_seconds", "phase" => "fsync")
+                .record((received.elapsed() - applied).as_secs_f64());
+        }
         if failed {
             tokio::time::sleep(FETCH_RETRY_PAUSE).await;
         }

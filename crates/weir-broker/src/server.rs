@@ -501,6 +501,7 @@ impl BrokerService {
                 min: lead.min_insync_replicas,
             });
         }
+        let started = std::time::Instant::now();
         let (tx, rx) = oneshot::channel();
         let append = AppendRequest {
             batch,
@@ -524,9 +525,14 @@ impl BrokerService {
             });
         }
         let info = rx.await.map_err(|_| BrokerError::OwnerStopped)??;
+        // where a produce's time goes: written and fsynced here, then replicated
+        metrics::histogram!("weir_broker_produce_stage_seconds", "stage" => "local")
+            .record(started.elapsed().as_secs_f64());
         if all && !bugs::active(Bug::AckBeforeReplication) {
             self.await_replication(&replica, info.last_offset, lead.leader_epoch)
                 .await?;
+            metrics::histogram!("weir_broker_produce_stage_seconds", "stage" => "replicated")
+                .record(started.elapsed().as_secs_f64());
         }
         metrics::counter!("weir_broker_produce_records_total")
             .increment((info.last_offset.0 - info.base_offset.0 + 1) as u64);

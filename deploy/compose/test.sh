@@ -51,7 +51,7 @@ echo "== the quorum grows to four controllers and shrinks back, under load"
 weir="target/$profile/weir"
 voters="$weir cluster status --bootstrap $boot | grep -c ' voter\$'"
 "$rolling" --bootstrap "$boot" --topic scaling --rate 400 --settle-s 3 \
-  --step "$compose --profile scale up -d node-4 && sleep 2 && $weir cluster add-controller --id 4 --address 10.231.0.14:9093 --bootstrap $boot >/dev/null && test \$($voters) -eq 4" \
+  --step "$compose --profile scale up -d node-4 && sleep 2 && $weir cluster add-controller --id 4 --address 10.231.0.14:9093 --internal-address 10.231.0.14:9095 --bootstrap $boot >/dev/null && test \$($voters) -eq 4" \
   --step "$weir cluster remove-controller --id 4 --bootstrap $boot >/dev/null && test \$($voters) -eq 3 && $compose --profile scale stop -t 30 node-4"
 "$weir" cluster status --bootstrap "$boot"
 echo "compose test passed"

@@ -35,9 +35,9 @@ def test_the_quorum_forms_and_voters_are_the_ordinals(docs):
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
     script = c["args"][0]
     voters = script.split('--controllers "')[1].split('"')[0].split(",")
-    assert voters == [
-        f"{i + 1}=weir-{i}.weir-headless.weir.svc.cluster.local:9093" for i in range(3)
-    ]
+    host = "weir-{}.weir-headless.weir.svc.cluster.local"
+    assert voters == [f"{i + 1}={host.format(i)}:9093/{host.format(i)}:9095" for i in range(3)]
+    assert '--internal-listen "0.0.0.0:9095"' in script
     headless = one(docs, "Service", "weir-headless")
     assert headless["spec"]["clusterIP"] == "None"
     assert headless["spec"]["publishNotReadyAddresses"] is True
@@ -100,3 +100,15 @@ def test_the_default_render_is_plain_and_has_no_monitor():
     _, c = node_container(docs)
     assert not any(e["name"].startswith("WEIR_TLS") for e in c["env"])
     assert not [d for d in docs if d["kind"] == "ServiceMonitor"]
+
+
+def test_only_the_nodes_reach_the_internal_ports(docs):
+    policy = one(docs, "NetworkPolicy")
+    sts, _ = node_container(docs)
+    nodes = sts["spec"]["template"]["metadata"]["labels"]
+    assert all(nodes[k] == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+    internal, public = policy["spec"]["ingress"]
+    assert sorted(p["port"] for p in internal["ports"]) == [9094, 9095]
+    assert internal["from"] == [{"podSelector": {"matchLabels": policy["spec"]["podSelector"]["matchLabels"]}}]
+    assert "from" not in public, "clients come from anywhere"
+    assert sorted(p["port"] for p in public["ports"]) == [9080, 9092, 9093]

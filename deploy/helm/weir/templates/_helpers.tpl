@@ -30,7 +30,8 @@ app.kubernetes.io/component: node
 {{- $root := . -}}
 {{- $voters := list -}}
 {{- range $i := until (int .Values.controllers) -}}
-{{- $voters = append $voters (printf "%d=%s:%d" (add $i 1) (include "weir.host" (dict "root" $root "i" $i)) (int $root.Values.ports.controller)) -}}
+{{- $host := include "weir.host" (dict "root" $root "i" $i) -}}
+{{- $voters = append $voters (printf "%d=%s:%d/%s:%d" (add $i 1) $host (int $root.Values.ports.controller) $host (int $root.Values.ports.controllerInternal)) -}}
 {{- end -}}
 {{- join "," $voters -}}
 {{- end -}}

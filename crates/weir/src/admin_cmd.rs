@@ -461,17 +461,17 @@ fn print_cluster(c: &pb::DescribeClusterResponse) {
         c.applied_index
     );
     for ctl in &c.controllers {
+        let internal = if ctl.internal_address.is_empty() {
+            String::new()
+        } else {
+            format!("internal {:<22} ", ctl.internal_address)
+        };
         println!(
-            "  controller {:<3} {:<22} {:<11} {}{}",
+            "  controller {:<3} {:<22} {internal}{:<11} {}",
             ctl.id,
             ctl.address,
             ctl.role,
             if ctl.voter { "voter" } else { "learner" },
-            if ctl.internal_address.is_empty() {
-                String::new()
-            } else {
-                format!(" (internal {})", ctl.internal_address)
-            }
         );
     }
     println!("brokers: {}", c.brokers.len());

@@ -245,7 +245,7 @@ fn controllers_are_added_and_removed_through_the_admin_api() {
         None,
     ));
     assert!(out.contains("controller 4"), "{out}");
-    assert!(out.contains(&format!("(internal {internal})")), "{out}");
+    assert!(out.contains(&format!("internal {internal}")), "{out}");
     let voters = |d: &weir_proto::v1::DescribeClusterResponse| {
         d.controllers
             .iter()

@@ -1,6 +1,9 @@
 //! A controller and a broker in-process, driven over gRPC: the plain-records produce path,
-//! request validation and error codes, epoch fencing, long-poll fetch, offset look-ups.
+//! request validation and error codes, epoch fencing, long-poll fetch, offset look-ups, and
+//! fail-stop on a failed disk (injected, and a real EIO from a loop-mounted ext4 that is shut
+//! down under the broker: those need root and loop devices, and skip, saying so, without).
 
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +29,11 @@ struct Setup {
 }
 
 async fn setup(topic: &str) -> Setup {
+    setup_on(topic, None).await
+}
+
+/// [`setup`] with the broker's data in `broker_dir` (else in the temporary directory).
+async fn setup_on(topic: &str, broker_dir: Option<std::path::PathBuf>) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let caddr = free_addr();
     let controller = Controller::start(ControllerConfig::new(1, caddr, dir.path().join("c")))
@@ -34,7 +42,7 @@ async fn setup(topic: &str) -> Setup {
     let broker = Broker::start(BrokerConfig::new(
         BrokerId(1),
         free_addr(),
-        dir.path().join("b"),
+        broker_dir.unwrap_or_else(|| dir.path().join("b")),
         vec![caddr.to_string()],
     ))
     .await
@@ -424,10 +432,23 @@ async fn a_failed_disk_stops_leading_and_heartbeating() {
         .registry
         .disk
         .fail("fsync of d-0: injected I/O error".into());
+    fail_stops(&broker, &mut client, "d").await;
+    fenced_for_good(&controller, &broker).await;
+    broker.shutdown().await;
+    controller.shutdown().await;
+}
+
+/// Waits (at most 5 s) until the broker of a failed disk is not ready and refuses produces
+/// to `topic` as not their leader.
+async fn fail_stops(
+    broker: &Broker,
+    client: &mut BrokerClient<weir_proto::call::Channel>,
+    topic: &str,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let refused = client
-            .produce(produce("d", 0, vec![record("after", "h")]))
+            .produce(produce(topic, 0, vec![record("after", "h")]))
             .await
             .err()
             .map(code);
@@ -437,7 +458,7 @@ async fn a_failed_disk_stops_leading_and_heartbeating() {
                 Some((ErrorCode::LeaderNotAvailable | ErrorCode::NotLeader, _))
             )
         {
-            break;
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -446,16 +467,16 @@ async fn a_failed_disk_stops_leading_and_heartbeating() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
 
-    // no heartbeats: fenced once the lease (6 s) runs out
+/// No heartbeats from a failed disk: the controller fences the broker once the lease (6 s)
+/// runs out, and it never turns ready again.
+async fn fenced_for_good(controller: &Controller, broker: &Broker) {
     until_broker(controller.local_addr, Duration::from_secs(15), |b| b.fenced).await;
     assert!(
         !broker.is_ready(),
         "a failed disk never becomes ready again"
     );
-
-    broker.shutdown().await;
-    controller.shutdown().await;
 }
 
 /// With an internal listener, replication is served there and only there: the public port
@@ -618,4 +639,162 @@ async fn the_controllers_internal_api_is_served_on_their_internal_listener_only(
     assert!(registered.incarnation > 0, "{registered:?}");
     broker.shutdown().await;
     controller.shutdown().await;
+}
+
+/// An ext4 filesystem in a file, mounted through a loop device; unmounted on drop. Shutting
+/// it down (`EXT4_IOC_SHUTDOWN`) makes every later write and fsync on it fail with EIO — a
+/// real I/O error from the kernel, what a dying disk does.
+struct LoopDisk {
+    mount: std::path::PathBuf,
+}
+
+impl LoopDisk {
+    /// Mounts one under `dir`, or says why it cannot here (it needs root, loop devices and
+    /// `mkfs.ext4`) and returns `None`.
+    fn mount(dir: &std::path::Path) -> Option<LoopDisk> {
+        let image = dir.join("disk.img");
+        let mount = dir.join("mnt");
+        let made = std::fs::create_dir_all(&mount)
+            .and_then(|()| std::fs::File::create(&image)?.set_len(128 << 20))
+            .map_err(|e| e.to_string())
+            .and_then(|()| run(Command::new("mkfs.ext4").arg("-q").arg("-F").arg(&image)))
+            .and_then(|()| {
+                run(Command::new("mount")
+                    .args(["-o", "loop"])
+                    .arg(&image)
+                    .arg(&mount))
+            });
+        match made {
+            Ok(()) => Some(LoopDisk { mount }),
+            Err(e) => {
+                eprintln!("SKIPPED: no loop-mounted ext4 here (needs root and mkfs.ext4): {e}");
+                None
+            }
+        }
+    }
+
+    /// Shuts the filesystem down without flushing its journal.
+    fn shut_down(&self) {
+        // EXT4_IOC_SHUTDOWN = _IOR('X', 125, __u32); EXT4_GOING_FLAGS_NOLOGFLUSH = 2
+        let script = "import fcntl, os, struct, sys\n\
+                      fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+                      fcntl.ioctl(fd, 0x8004587D, struct.pack('I', 2))\n";
+        run(Command::new("python3")
+            .args(["-c", script])
+            .arg(&self.mount))
+        .expect("shut the filesystem down");
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let out = command.output().map_err(|e| format!("{command:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{command:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The same fail-stop on a real EIO: the broker's data is on a loop-mounted ext4 that is shut
+/// down under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eio_from_the_disk_makes_the_broker_fail_stop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(disk) = LoopDisk::mount(dir.path()) else {
+        return;
+    };
+    let Setup {
+        controller,
+        broker,
+        mut client,
+        _dir,
+    } = setup_on("eio", Some(disk.mount.join("broker"))).await;
+    client
+        .produce(produce("eio", 0, vec![record("before", "h")]))
+        .await
+        .expect("produce while the disk is healthy");
+
+    disk.shut_down();
+    let failed = client
+        .produce(produce("eio", 0, vec![record("after", "h")]))
+        .await
+        .expect_err("an acknowledgement from a dead disk");
+    assert_eq!(code(failed).0, ErrorCode::StorageError);
+    fail_stops(&broker, &mut client, "eio").await;
+    let reason = broker
+        .registry
+        .disk
+        .failure()
+        .expect("the disk is marked failed");
+    assert!(
+        reason.contains("os error 5"),
+        "not the kernel's EIO: {reason}"
+    );
+    fenced_for_good(&controller, &broker).await;
+    broker.shutdown().await;
+    controller.shutdown().await;
+}
+
+/// The fsync itself fails: the write reached the page cache, the disk died before the fsync
+/// (a relaxed log, so the fsync comes later than the write). The flush reports the kernel's
+/// EIO, the durable end does not move, and the flusher stays poisoned: nothing later is
+/// acknowledged either (the kernel may have dropped the dirty pages, so no later fsync can
+/// vouch for them).
+#[test]
+fn a_failed_fsync_is_reported_and_poisons_every_later_append() {
+    use std::sync::Arc;
+    use weir_log::{FlushPolicy, LogConfig, LogError, PartitionLog, SystemClock};
+    use weir_types::{BatchBuilder, Compression, LeaderEpoch, Record};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(disk) = LoopDisk::mount(dir.path()) else {
+        return;
+    };
+    let batch = |value: &str| {
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(Record {
+            timestamp_ms: 0,
+            key: None,
+            value: Some(Bytes::from(value.to_string())),
+            headers: Vec::new(),
+        });
+        builder.build().expect("batch")
+    };
+    let open = |dir: std::path::PathBuf, config, flusher| {
+        PartitionLog::open(&dir, config, flusher, Arc::new(SystemClock)).expect("open")
+    };
+    let flusher = weir_log::Flusher::spawn("eio").expect("flusher");
+    let relaxed = LogConfig {
+        flush: FlushPolicy::IntervalAckBeforeFsync { ms: 60_000 },
+        ..LogConfig::default()
+    };
+    let log = open(disk.mount.join("p"), relaxed, Arc::clone(&flusher));
+    let _relaxed = log
+        .append_nowait(&batch("written"), LeaderEpoch(0))
+        .expect("write into the page cache");
+    disk.shut_down();
+    let failed = flusher.flush_all().expect_err("an fsync on a dead disk");
+    assert!(matches!(failed, LogError::FlushFailed(_)), "{failed:?}");
+    assert!(
+        failed.to_string().contains("os error 5"),
+        "not the kernel's EIO: {failed}"
+    );
+    assert_eq!(log.durable_end().0, 0, "the failed fsync counted");
+    log.append_nowait(&batch("later"), LeaderEpoch(0))
+        .expect_err("an append on a dead disk");
+    // the flusher is poisoned: even a write that lands elsewhere is never acknowledged
+    let elsewhere = open(dir.path().join("healthy"), LogConfig::default(), flusher);
+    let later = elsewhere
+        .append_nowait(&batch("later"), LeaderEpoch(0))
+        .expect_err("an append through a poisoned flusher");
+    assert!(matches!(later, LogError::FlushFailed(_)), "{later:?}");
 }

@@ -491,6 +491,27 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_after_resume() {
     );
 }
 
+/// Moves partition 0 of `topic` to `replicas` (`1,2,3`), new replicas copying at most
+/// `bytes_per_s`.
+fn reassign_throttled(bootstrap: &str, topic: &str, replicas: &str, bytes_per_s: u64) {
+    let out = ok(weir(
+        bootstrap,
+        &[
+            "topic",
+            "reassign",
+            topic,
+            "--partition",
+            "0",
+            "--replicas",
+            replicas,
+            "--throttle-bytes-per-s",
+            &bytes_per_s.to_string(),
+        ],
+        None,
+    ));
+    assert!(out.contains("reassigning to"), "{out}");
+}
+
 #[test]
 fn a_partition_moves_to_new_replicas_with_its_data() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -547,22 +568,7 @@ fn a_partition_moves_to_new_replicas_with_its_data() {
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let out = ok(weir(
-        &bootstrap,
-        &[
-            "topic",
-            "reassign",
-            "moving",
-            "--partition",
-            "0",
-            "--replicas",
-            &list,
-            "--throttle-bytes-per-s",
-            "100000",
-        ],
-        None,
-    ));
-    assert!(out.contains("reassigning to"), "{out}");
+    reassign_throttled(&bootstrap, "moving", &list, 100_000);
     let (_, took) = wait_for(
         "the reassignment to finish",
         Duration::from_secs(30),
@@ -665,21 +671,7 @@ fn a_throttled_reassignment_leaves_the_leaders_in_sync_partitions_alone() {
     // ~11 MB at 50 KB/s: the new replica sits out the requests for seconds after its first
     // response, before it can fetch the rest
     let replicas = format!("{leader},{joining}");
-    ok(weir(
-        &bootstrap,
-        &[
-            "topic",
-            "reassign",
-            "moving",
-            "--partition",
-            "0",
-            "--replicas",
-            &replicas,
-            "--throttle-bytes-per-s",
-            "50000",
-        ],
-        None,
-    ));
+    reassign_throttled(&bootstrap, "moving", &replicas, 50_000);
     let reassigning =
         || ok(weir(&bootstrap, &["topic", "describe", "moving"], None)).contains("reassigning");
     std::thread::sleep(Duration::from_millis(500));

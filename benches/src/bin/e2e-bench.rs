@@ -399,7 +399,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.producers {
         let leaders = leaders.clone();
         let (topic, make_batch) = (topic.clone(), make_batch.clone());
-        let partitions = args.partitions;
+        let (partitions, producers_n) = (args.partitions, args.producers);
         // each producer's share of an open-loop rate: one batch every `interval`
         let interval = args.rate_mb_s.map(|rate| {
             Duration::from_secs_f64(batch_bytes as f64 * args.producers as f64 / (rate * 1e6))
@@ -408,7 +408,12 @@ async fn main() -> anyhow::Result<()> {
             let mut hist = Histogram::<u64>::new(3)?;
             let mut sent = 0u64;
             let mut p = i as u32 % partitions;
-            let first = Instant::now();
+            // producers spread evenly over one interval: all of them firing at the same
+            // instants would be a burst at the full rate every interval, not this rate
+            let first = Instant::now()
+                + interval.map_or(Duration::ZERO, |every| {
+                    every.mul_f64(i as f64 / producers_n as f64)
+                });
             while Instant::now() < deadline {
                 let mut client = leaders[p as usize].clone();
                 let t = match interval {

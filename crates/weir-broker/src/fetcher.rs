@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use weir_faults::bugs::{self, Bug};
 use weir_log::LogError;
 use weir_proto::internal::v1 as ipb;
 use weir_proto::internal::v1::replication_client::ReplicationClient;
@@ -82,6 +81,9 @@ async fn fetch_from(
     let mut client: Option<(String, ReplicationClient<weir_proto::call::Channel>)> = None;
     // partitions held back by a reassignment throttle, until when
     let mut throttled: HashMap<Key, Instant> = HashMap::new();
+    // the leader's high watermark last handed to each owner with nothing copied, by epoch:
+    // a response repeats every followed partition, and most have nothing new
+    let mut told: HashMap<Key, (LeaderEpoch, i64)> = HashMap::new();
     loop {
         if *stop.borrow() {
             return;
@@ -95,6 +97,11 @@ async fn fetch_from(
         if followed.is_empty() {
             return;
         }
+        told.retain(|k, _| {
+            followed
+                .iter()
+                .any(|r| r.topic == k.0 && r.partition == k.1)
+        });
         let now = Instant::now();
         throttled.retain(|_, until| *until > now);
         let asked: Vec<&Arc<Replica>> = followed
@@ -182,8 +189,19 @@ async fn fetch_from(
             else {
                 continue;
             };
-            if replica.leadership().leader != Some(leader) {
+            let lead = replica.leadership();
+            if lead.leader != Some(leader) {
                 continue; // leadership moved while the fetch was out
+            }
+            let quiet = data.error_code == 0 && !data.diverged && data.batches.is_empty();
+            let seen = (lead.leader_epoch, data.high_watermark);
+            if quiet && told.get(&key(replica)) == Some(&seen) {
+                continue; // nothing copied, and the owner has this high watermark already
+            }
+            if quiet {
+                told.insert(key(replica), seen);
+            } else {
+                told.remove(&key(replica));
             }
             step.add(replica, data).await;
         }
@@ -289,26 +307,12 @@ impl Step {
     /// Returns whether any partition failed.
     async fn finish(self, throttled: &mut HashMap<Key, Instant>) -> bool {
         let mut failed = self.failed;
-        if let Some((log, ticket)) = self.wait {
-            let waited = tokio::task::spawn_blocking(move || {
-                if bugs::active(Bug::AckBeforeFsync) {
-                    return Ok(());
-                }
-                log.wait_durable(ticket)
-            })
-            .await;
-            match waited {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    // the disk failed: nothing copied counts; the owners report it
-                    tracing::error!(error = %e, "fsync of replicated data failed");
-                    return true;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "fsync wait failed");
-                    return true;
-                }
-            }
+        if let Some((log, ticket)) = self.wait
+            && let Err(e) = crate::replica::wait_for(&log, ticket).await
+        {
+            // the disk failed: nothing copied counts; the owners report it
+            tracing::error!(error = %e, "fsync of replicated data failed");
+            return true;
         }
         let now = Instant::now();
         for (replica, leader_hw, bytes) in self.copied {

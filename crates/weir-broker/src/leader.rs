@@ -36,12 +36,28 @@ fn failed(req: &ipb::ReplicaFetchPartition, code: ErrorCode) -> ipb::ReplicaFetc
     }
 }
 
-/// The leader's answer for one partition; `None` batches means "nothing new".
+/// Whether a held fetch must be answered now for this partition: it has records past the
+/// follower's offset, or it is no longer this broker's at the follower's epoch (which a full
+/// pass answers with an error). Cheap: no message to the replica's owner, no read.
+fn has_news(registry: &Registry, req: &ipb::ReplicaFetchPartition) -> bool {
+    let Some(replica) = registry.get(&req.topic, req.partition) else {
+        return true;
+    };
+    let lead = replica.leadership();
+    lead.leader != Some(registry.me())
+        || lead.leader_epoch.0 != req.leader_epoch
+        || replica.log.end_offset() > Offset(req.fetch_offset)
+}
+
+/// The leader's answer for one partition; `None` batches means "nothing new". `record`
+/// reports the follower's offset to the replica's owner (once per request: the offset a
+/// request carries does not change while it is held).
 async fn fetch_one(
     registry: &Registry,
     follower: BrokerId,
     req: &ipb::ReplicaFetchPartition,
     budget: usize,
+    record: bool,
 ) -> ipb::ReplicaFetchPartitionData {
     let Some(replica) = registry.get(&req.topic, req.partition) else {
         return failed(req, ErrorCode::UnknownTopicOrPartition);
@@ -90,10 +106,11 @@ async fn fetch_one(
         out.high_watermark = replica.high_watermark().0;
         return out;
     }
-    if replica
-        .record_follower_fetch(follower, fetch)
-        .await
-        .is_err()
+    if record
+        && replica
+            .record_follower_fetch(follower, fetch)
+            .await
+            .is_err()
     {
         return failed(req, ErrorCode::NotLeader);
     }
@@ -136,7 +153,9 @@ impl Replication for ReplicationService {
 }
 
 /// The leader side of `ReplicaFetch`: answers at once when any partition has news, otherwise
-/// waits (up to the request's wait) for an append on this broker.
+/// waits (up to the request's wait) for an append on this broker. The first pass reports the
+/// follower's offsets; a wake-up only looks at the logs' ends (every append on the broker wakes
+/// every held fetch, and most have nothing for it) and makes a full pass when one has news.
 async fn serve_fetch(
     service: &ReplicationService,
     req: ipb::ReplicaFetchRequest,
@@ -149,27 +168,35 @@ async fn serve_fetch(
     let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(service.fetch_wait_ms_max)));
     let deadline = tokio::time::Instant::now() + wait;
     let mut activity = service.registry.activity.subscribe();
+    let mut first = true;
     loop {
         activity.borrow_and_update();
-        let mut partitions = Vec::with_capacity(req.partitions.len());
-        let mut left = budget;
-        for p in &req.partitions {
-            let data = fetch_one(&service.registry, follower, p, left.max(1)).await;
-            let bytes: usize = data.batches.iter().map(|b| b.data.len()).sum();
-            left = left.saturating_sub(bytes);
-            partitions.push(data);
-        }
-        let has_data_or_error = partitions
-            .iter()
-            .any(|d| !d.batches.is_empty() || d.error_code != 0 || d.diverged);
-        if has_data_or_error || tokio::time::Instant::now() >= deadline {
-            return Ok(ipb::ReplicaFetchResponse { partitions });
-        }
-        if tokio::time::timeout_at(deadline, activity.changed())
-            .await
-            .is_err()
+        let expired = tokio::time::Instant::now() >= deadline;
+        if first
+            || expired
+            || req
+                .partitions
+                .iter()
+                .any(|p| has_news(&service.registry, p))
         {
-            return Ok(ipb::ReplicaFetchResponse { partitions });
+            let mut partitions = Vec::with_capacity(req.partitions.len());
+            let mut left = budget;
+            for p in &req.partitions {
+                let data = fetch_one(&service.registry, follower, p, left.max(1), first).await;
+                let bytes: usize = data.batches.iter().map(|b| b.data.len()).sum();
+                left = left.saturating_sub(bytes);
+                partitions.push(data);
+            }
+            let has_data_or_error = partitions
+                .iter()
+                .any(|d| !d.batches.is_empty() || d.error_code != 0 || d.diverged);
+            if has_data_or_error || expired {
+                return Ok(ipb::ReplicaFetchResponse { partitions });
+            }
+            first = false;
         }
+        // a timeout loops once more: the last pass answers with the high watermarks as they
+        // are then
+        let _ = tokio::time::timeout_at(deadline, activity.changed()).await;
     }
 }

@@ -351,6 +351,21 @@ fn durable_end(log: &PartitionLog) -> Offset {
 }
 
 /// Runs blocking log work on the blocking pool, owned by the calling task.
+/// Runs `work` in place when `buffered` (page-cache writes only: no fsync, no disk wait),
+/// else on the blocking pool. The hop to a blocking thread and back costs more than a
+/// buffered write of a batch.
+async fn append_io<T: Send + 'static>(
+    log: &Arc<PartitionLog>,
+    buffered: bool,
+    work: impl FnOnce(&PartitionLog) -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    if buffered {
+        work(log)
+    } else {
+        blocking(log, work).await
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     log: &Arc<PartitionLog>,
     work: impl FnOnce(&PartitionLog) -> Result<T, LogError> + Send + 'static,
@@ -361,15 +376,34 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(LogError::Config(format!("log task failed: {e}"))))
 }
 
-/// Waits (on the blocking pool) for the fsync covering `ticket`.
-fn wait_for(log: &Arc<PartitionLog>, ticket: Ticket) -> JoinHandle<Result<(), LogError>> {
-    let log = Arc::clone(log);
-    tokio::task::spawn_blocking(move || {
-        if bugs::active(Bug::AckBeforeFsync) {
-            return Ok(());
-        }
-        log.wait_durable(ticket)
-    })
+/// The fsync covering a write, awaited without a thread blocked on it: the flusher completes
+/// it when its round ends.
+pub struct Durable(oneshot::Receiver<Result<(), LogError>>);
+
+impl std::future::Future for Durable {
+    type Output = Result<(), LogError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(LogError::FlushFailed("the flusher stopped".into()))))
+    }
+}
+
+/// The fsync covering `ticket`.
+pub fn wait_for(log: &Arc<PartitionLog>, ticket: Ticket) -> Durable {
+    let (tx, rx) = oneshot::channel();
+    if bugs::active(Bug::AckBeforeFsync) {
+        let _ = tx.send(Ok(()));
+    } else {
+        log.on_durable(ticket, move |result| {
+            let _ = tx.send(result);
+        });
+    }
+    Durable(rx)
 }
 
 impl Owner {
@@ -381,7 +415,7 @@ impl Owner {
         let log = Arc::clone(&self.replica.log);
         let mut group = Vec::with_capacity(APPEND_GROUP_MAX);
         // the fsync wait in flight and the groups it answers
-        let mut in_flight: Option<(JoinHandle<Result<(), LogError>>, Replies)> = None;
+        let mut in_flight: Option<(Durable, Replies)> = None;
         // groups written after it, answered by the next wait
         let mut queued: Option<(Ticket, Replies)> = None;
         let (mut appends_open, mut control_open) = (true, true);
@@ -401,8 +435,7 @@ impl Owner {
                     if in_flight.is_some() =>
                 {
                     let (_, replies) = in_flight.take().expect("guarded");
-                    let result = done.unwrap_or_else(|e| Err(LogError::Config(format!("fsync wait failed: {e}"))));
-                    self.answer(replies, result);
+                    self.answer(replies, done);
                     if let Some((ticket, replies)) = queued.take() {
                         in_flight = Some((wait_for(&log, ticket), replies));
                     }
@@ -440,7 +473,9 @@ impl Owner {
     /// Writes a group of appends (no fsync wait); answers failures at once and returns the
     /// written ones with the ticket that covers them.
     async fn write(&mut self, requests: Vec<AppendRequest>) -> Option<(Ticket, Replies)> {
-        let written = blocking(&self.replica.log, move |log| {
+        let log = &self.replica.log;
+        let buffered = log.appends_are_buffered(requests.iter().map(|r| (&r.batch, r.epoch)));
+        let written = append_io(log, buffered, move |log| {
             let mut out = Vec::with_capacity(requests.len());
             for request in requests {
                 let result = log.append_nowait(&request.batch, request.epoch);
@@ -531,7 +566,9 @@ impl Owner {
                 let _ = done.send(());
             }
             Command::Copy { batches, reply } => {
-                let result = blocking(&log, move |log| {
+                let buffered =
+                    log.appends_are_buffered(batches.iter().map(|b| (b, b.leader_epoch())));
+                let result = append_io(&log, buffered, move |log| {
                     let mut last = None;
                     for batch in &batches {
                         if batch.next_offset() <= log.end_offset() {

@@ -92,15 +92,33 @@ struct Pending {
     marks: Vec<(Arc<DurableMark>, u64, Offset)>,
 }
 
-#[derive(Debug, Default)]
+/// Called once with the outcome of the round it waits for, on the flusher's thread (or the
+/// caller's, when that round is already over).
+pub type Completion = Box<dyn FnOnce(Result<()>) + Send>;
+
+#[derive(Default)]
 struct State {
     pending: HashMap<u64, Pending>,
+    /// Completions by the round they wait for, in the order they were registered.
+    completions: Vec<(u64, Completion)>,
     started: u64,
     completed: u64,
     failed: Option<String>,
     shutdown: bool,
     rounds: u64,
     fsyncs: u64,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("pending", &self.pending.len())
+            .field("completions", &self.completions.len())
+            .field("started", &self.started)
+            .field("completed", &self.completed)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -203,6 +221,24 @@ impl Flusher {
         }
     }
 
+    /// Calls `done` once the round named by `ticket` has fsynced (or failed), without a
+    /// thread blocked on it: from the flusher's thread when the round ends, or at once if it
+    /// has. `done` must be quick (it runs between rounds); dropping the flusher drops the
+    /// completions still waiting.
+    pub fn on_complete(&self, ticket: Ticket, done: Completion) {
+        let mut state = self.shared.lock();
+        if let Some(reason) = &state.failed {
+            let reason = reason.clone();
+            drop(state);
+            return done(Err(LogError::FlushFailed(reason)));
+        }
+        if state.completed >= ticket.round {
+            drop(state);
+            return done(Ok(()));
+        }
+        state.completions.push((ticket.round, done));
+    }
+
     pub fn stats(&self) -> FlushStats {
         let state = self.shared.lock();
         FlushStats {
@@ -289,7 +325,28 @@ fn run(shared: &Shared) {
             }
         }
         state.completed = round;
+        let outcome = state.failed.clone();
+        let due: Vec<Completion> = if outcome.is_some() {
+            state.completions.drain(..).map(|(_, done)| done).collect()
+        } else {
+            let (due, later) = std::mem::take(&mut state.completions)
+                .into_iter()
+                .partition(|(r, _)| *r <= round);
+            state.completions = later;
+            due.into_iter().map(|(_, done)| done).collect()
+        };
         shared.done.notify_all();
+        if !due.is_empty() {
+            // outside the lock: a completion may submit again
+            drop(state);
+            for done in due {
+                done(match &outcome {
+                    Some(reason) => Err(LogError::FlushFailed(reason.clone())),
+                    None => Ok(()),
+                });
+            }
+            state = shared.lock();
+        }
     }
 }
 
@@ -360,6 +417,50 @@ mod tests {
         flusher.flush_all().expect("flush");
         flusher.wait(ticket).expect("wait");
         assert_eq!(mark.offset(), Offset(3));
+    }
+
+    #[test]
+    fn completions_are_called_once_their_round_is_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = Arc::new(File::create(dir.path().join("f")).expect("create"));
+        let flusher = Flusher::spawn("test").expect("spawn");
+        let mark = Arc::new(DurableMark::new(Offset(0)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for end in 1..=20 {
+            let ticket = flusher
+                .submit(1, &file, &mark, Offset(end), Duration::ZERO)
+                .expect("submit");
+            let (tx, mark) = (tx.clone(), Arc::clone(&mark));
+            // the mark has moved by the time the completion runs
+            flusher.on_complete(
+                ticket,
+                Box::new(move |r| {
+                    let _ = tx.send((end, r.is_ok(), mark.offset()));
+                }),
+            );
+        }
+        drop(tx);
+        let seen: Vec<_> = rx.iter().collect();
+        assert_eq!(seen.len(), 20);
+        for (end, ok, mark) in seen {
+            assert!(ok);
+            assert!(
+                mark >= Offset(end),
+                "completion for {end} ran before its round: {mark:?}"
+            );
+        }
+        // a round already over completes at once, on the caller's thread
+        let ticket = flusher
+            .submit(1, &file, &mark, Offset(21), Duration::ZERO)
+            .expect("submit");
+        flusher.wait(ticket).expect("wait");
+        let called = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = Arc::clone(&called);
+        flusher.on_complete(
+            ticket,
+            Box::new(move |r| c.store(r.is_ok(), std::sync::atomic::Ordering::SeqCst)),
+        );
+        assert!(called.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[test]

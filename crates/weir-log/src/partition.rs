@@ -341,6 +341,29 @@ impl PartitionLog {
     /// Before an append that starts a new epoch or fills the active segment: fsyncs the
     /// epoch checkpoint and the full segment without the write lock. `None` when there is
     /// nothing to prepare (the common case: `files` is not taken).
+    /// Whether appending `batch` under `epoch` is only a buffered write: no segment roll and
+    /// no new epoch to record, the two appends that fsync first. Such an append takes
+    /// microseconds and may run on an async task; the others belong on a blocking thread.
+    /// `appends` is a group written one after another: none of them may roll.
+    pub fn appends_are_buffered<'a>(
+        &self,
+        appends: impl IntoIterator<Item = (&'a RecordBatch, LeaderEpoch)>,
+    ) -> bool {
+        let inner = self.read_inner();
+        let Some(latest) = inner.epochs.latest() else {
+            return false;
+        };
+        let (mut bytes, mut offsets) = (0u64, 0i64);
+        for (batch, epoch) in appends {
+            if epoch > latest {
+                return false;
+            }
+            bytes += batch.size_bytes() as u64;
+            offsets += i64::from(batch.last_offset_delta()) + 1;
+        }
+        !self.roll_due_for(&inner, bytes, offsets)
+    }
+
     fn prepare(
         &self,
         batch: &RecordBatch,
@@ -460,6 +483,31 @@ impl PartitionLog {
     }
 
     /// Waits until the append that produced `ticket` is fsynced (default policy).
+    /// Calls `done` once the write that returned `ticket` is fsynced (at once under a relaxed
+    /// policy), from the flusher's thread: no thread waits for it. A failed fsync fails
+    /// this log as [`Self::wait_durable`] does.
+    pub fn on_durable(
+        self: &Arc<Self>,
+        ticket: Ticket,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
+        if self.config().flush != FlushPolicy::Fsync {
+            return done(Ok(()));
+        }
+        let log = Arc::downgrade(self);
+        self.flusher.on_complete(
+            ticket,
+            Box::new(move |result| {
+                if let Err(e) = &result
+                    && let Some(log) = log.upgrade()
+                {
+                    log.write_inner().failed = Some(e.to_string());
+                }
+                done(result)
+            }),
+        );
+    }
+
     pub fn wait_durable(&self, ticket: Ticket) -> Result<()> {
         if self.config().flush != FlushPolicy::Fsync {
             return Ok(());
@@ -602,18 +650,27 @@ impl PartitionLog {
 
     /// Whether `batch` must go to a new segment.
     fn roll_due(&self, inner: &Inner, batch: &RecordBatch) -> bool {
+        self.roll_due_for(
+            inner,
+            batch.size_bytes() as u64,
+            i64::from(batch.last_offset_delta()),
+        )
+    }
+
+    /// Whether `bytes` more, spanning `offset_delta` offsets past the end, must go to a new
+    /// segment.
+    fn roll_due_for(&self, inner: &Inner, bytes: u64, offset_delta: i64) -> bool {
         let active = inner.active();
         if active.is_empty() {
             return false;
         }
-        let too_big = active.size + batch.size_bytes() as u64 > self.config().segment_bytes_max;
+        let too_big = active.size + bytes > self.config().segment_bytes_max;
         let too_old = match (self.config().segment_ms_max, active.first_append_ms) {
             (Some(max), Some(first)) => self.clock.now_ms().saturating_sub(first) >= max as i64,
             _ => false,
         };
         // Relative offsets in the index are 32-bit.
-        let offsets_full = inner.end().0 - active.base.0 + i64::from(batch.last_offset_delta())
-            >= i64::from(u32::MAX);
+        let offsets_full = inner.end().0 - active.base.0 + offset_delta >= i64::from(u32::MAX);
         too_big || too_old || offsets_full
     }
 

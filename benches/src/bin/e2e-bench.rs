@@ -61,6 +61,10 @@ struct Args {
     /// then measured from each batch's scheduled send time, so falling behind shows.
     #[arg(long)]
     rate_mb_s: Option<f64>,
+    /// Also print produce latency per window of this many ms (by send time): p50, p99 and
+    /// max, to tell steady latency from stalls.
+    #[arg(long)]
+    window_ms: Option<u64>,
     /// Measure the controller instead: this many topic creations, then heartbeats.
     #[arg(long)]
     controller_ops: Option<u64>,
@@ -399,13 +403,17 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.producers {
         let leaders = leaders.clone();
         let (topic, make_batch) = (topic.clone(), make_batch.clone());
-        let (partitions, producers_n) = (args.partitions, args.producers);
+        let (partitions, producers_n, window_ms) =
+            (args.partitions, args.producers, args.window_ms);
+        let started_at = started;
         // each producer's share of an open-loop rate: one batch every `interval`
         let interval = args.rate_mb_s.map(|rate| {
             Duration::from_secs_f64(batch_bytes as f64 * args.producers as f64 / (rate * 1e6))
         });
         producers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3)?;
+            // (window, latency in µs) per batch, when windows are asked for
+            let mut windows: Vec<(u64, u64)> = Vec::new();
             let mut sent = 0u64;
             let mut p = i as u32 % partitions;
             // producers spread evenly over one interval: all of them firing at the same
@@ -435,19 +443,47 @@ async fn main() -> anyhow::Result<()> {
                     })
                     .await
                     .map_err(|s| anyhow!("produce: {}", s.message()))?;
-                hist.record(t.elapsed().as_micros() as u64)?;
+                let latency = t.elapsed().as_micros() as u64;
+                hist.record(latency)?;
+                if let Some(ms) = window_ms {
+                    let at = t.saturating_duration_since(started_at).as_millis() as u64;
+                    windows.push((at / ms.max(1), latency));
+                }
                 sent += 1;
                 p = (p + 1) % partitions;
             }
-            Ok::<_, anyhow::Error>((sent, hist))
+            Ok::<_, anyhow::Error>((sent, hist, windows))
         }));
     }
     let mut hist = Histogram::<u64>::new(3)?;
     let mut batches = 0u64;
+    let mut windows: std::collections::BTreeMap<u64, Histogram<u64>> = Default::default();
     for task in producers {
-        let (sent, h) = task.await??;
+        let (sent, h, w) = task.await??;
         batches += sent;
         hist.add(h)?;
+        for (window, latency) in w {
+            match windows.entry(window) {
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    e.get_mut().record(latency)?
+                }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(Histogram::<u64>::new(3)?).record(latency)?
+                }
+            }
+        }
+    }
+    if let Some(ms) = args.window_ms {
+        for (window, h) in &windows {
+            println!(
+                "window {:>7.2} s  {:>5} batches  p50 {:>6} us  p99 {:>6} us  max {:>6} us",
+                (window * ms) as f64 / 1000.0,
+                h.len(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.max()
+            );
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     for c in consumers {

@@ -116,8 +116,15 @@ async fn fetch_one(
     }
     let mut out = answer(&replica, req);
     if fetch < log.end_offset() {
-        let log = Arc::clone(&replica.log);
-        let read = tokio::task::spawn_blocking(move || log.read(fetch, budget, None)).await;
+        // a follower at or above the high watermark reads what was written moments ago, from
+        // the page cache: in place, without the hop to a blocking thread; one catching up
+        // may read from the disk, on the blocking pool
+        let read = if fetch >= replica.high_watermark() {
+            Ok(log.read(fetch, budget, None))
+        } else {
+            let log = Arc::clone(&replica.log);
+            tokio::task::spawn_blocking(move || log.read(fetch, budget, None)).await
+        };
         match read {
             Ok(Ok(batches)) => out.batches = batches.into_iter().map(Into::into).collect(),
             Ok(Err(e)) => out.error_code = e.code().as_i32(),

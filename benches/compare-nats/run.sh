@@ -30,7 +30,8 @@ WEIR_MB=$(awk '/^produce/ {print $2}' "$WORK/weir.txt")
 HALF=$(python3 -c "print(round($WEIR_MB / 2, 1))")
 echo "== Weir at half its rate ($HALF MB/s, open loop)"
 ./target/release/e2e-bench --bootstrap "$BOOT" --seconds "$SECONDS_PER_RUN" --partitions 6 \
-  --producers 12 --replication-factor 3 --acks all --rate-mb-s "$HALF" | tee "$WORK/weir-half.txt"
+  --producers 12 --replication-factor 3 --acks all --rate-mb-s "$HALF" --window-ms 1000 \
+  | tee "$WORK/weir-half.txt"
 ./target/release/weir-cluster down --dir "$WORK/weir" >/dev/null
 
 echo "== NATS JetStream $("$WORK/venv/bin/nats-server" --version | awk '{print $2}'): 3 servers, R3 file stream, sync_interval: always"

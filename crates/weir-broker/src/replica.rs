@@ -350,7 +350,6 @@ fn durable_end(log: &PartitionLog) -> Offset {
     log.durable_end()
 }
 
-/// Runs blocking log work on the blocking pool, owned by the calling task.
 /// Runs `work` in place when `buffered` (page-cache writes only: no fsync, no disk wait),
 /// else on the blocking pool. The hop to a blocking thread and back costs more than a
 /// buffered write of a batch.
@@ -366,6 +365,7 @@ async fn append_io<T: Send + 'static>(
     }
 }
 
+/// Runs blocking log work on the blocking pool, owned by the calling task.
 async fn blocking<T: Send + 'static>(
     log: &Arc<PartitionLog>,
     work: impl FnOnce(&PartitionLog) -> Result<T, LogError> + Send + 'static,

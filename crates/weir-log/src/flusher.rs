@@ -426,7 +426,9 @@ mod tests {
         let flusher = Flusher::spawn("test").expect("spawn");
         let mark = Arc::new(DurableMark::new(Offset(0)));
         let (tx, rx) = std::sync::mpsc::channel();
-        for end in 1..=20 {
+        for end in 1..=100 {
+            // spread over many rounds, so completions are registered while rounds run
+            std::thread::sleep(Duration::from_micros(100));
             let ticket = flusher
                 .submit(1, &file, &mark, Offset(end), Duration::ZERO)
                 .expect("submit");
@@ -440,8 +442,12 @@ mod tests {
             );
         }
         drop(tx);
-        let seen: Vec<_> = rx.iter().collect();
-        assert_eq!(seen.len(), 20);
+        let seen: Vec<_> = (0..100)
+            .map(|_| {
+                rx.recv_timeout(Duration::from_secs(10))
+                    .expect("a completion never ran")
+            })
+            .collect();
         for (end, ok, mark) in seen {
             assert!(ok);
             assert!(
@@ -449,9 +455,14 @@ mod tests {
                 "completion for {end} ran before its round: {mark:?}"
             );
         }
+        assert!(
+            flusher.stats().rounds > 2,
+            "one round: {:?}",
+            flusher.stats()
+        );
         // a round already over completes at once, on the caller's thread
         let ticket = flusher
-            .submit(1, &file, &mark, Offset(21), Duration::ZERO)
+            .submit(1, &file, &mark, Offset(101), Duration::ZERO)
             .expect("submit");
         flusher.wait(ticket).expect("wait");
         let called = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -338,9 +338,6 @@ impl PartitionLog {
         checkpoint.write(&self.dir)
     }
 
-    /// Before an append that starts a new epoch or fills the active segment: fsyncs the
-    /// epoch checkpoint and the full segment without the write lock. `None` when there is
-    /// nothing to prepare (the common case: `files` is not taken).
     /// Whether appending `batch` under `epoch` is only a buffered write: no segment roll and
     /// no new epoch to record, the two appends that fsync first. Such an append takes
     /// microseconds and may run on an async task; the others belong on a blocking thread.
@@ -364,6 +361,9 @@ impl PartitionLog {
         !self.roll_due_for(&inner, bytes, offsets)
     }
 
+    /// Before an append that starts a new epoch or fills the active segment: fsyncs the
+    /// epoch checkpoint and the full segment without the write lock. `None` when there is
+    /// nothing to prepare (the common case: `files` is not taken).
     fn prepare(
         &self,
         batch: &RecordBatch,
@@ -482,7 +482,6 @@ impl PartitionLog {
         self.write_batch(batch, None, epoch)
     }
 
-    /// Waits until the append that produced `ticket` is fsynced (default policy).
     /// Calls `done` once the write that returned `ticket` is fsynced (at once under a relaxed
     /// policy), from the flusher's thread: no thread waits for it. A failed fsync fails
     /// this log as [`Self::wait_durable`] does.
@@ -508,6 +507,7 @@ impl PartitionLog {
         );
     }
 
+    /// Waits until the append that produced `ticket` is fsynced (default policy).
     pub fn wait_durable(&self, ticket: Ticket) -> Result<()> {
         if self.config().flush != FlushPolicy::Fsync {
             return Ok(());

@@ -97,10 +97,11 @@ async fn fetch_from(
         if followed.is_empty() {
             return;
         }
-        told.retain(|k, _| {
-            followed
-                .iter()
-                .any(|r| r.topic == k.0 && r.partition == k.1)
+        // forget partitions no longer followed from this leader (one lookup each)
+        told.retain(|(topic, partition), _| {
+            registry
+                .get(topic, *partition)
+                .is_some_and(|r| r.leadership().leader == Some(leader))
         });
         let now = Instant::now();
         throttled.retain(|_, until| *until > now);

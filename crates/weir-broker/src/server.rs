@@ -413,6 +413,28 @@ impl Broker for BrokerService {
     }
 }
 
+/// How far behind the end of the active segment a consumer may read in place, on its own
+/// task: data written moments ago, still in the page cache. Anything older is read on the
+/// blocking pool, where a disk read cannot stall the runtime.
+const TAIL_READ_BYTES: u64 = 4 << 20;
+
+/// Committed batches from `from` (below `hw`), up to about `max_bytes`.
+async fn read_committed(
+    log: &Arc<weir_log::PartitionLog>,
+    from: Offset,
+    max_bytes: usize,
+    hw: Offset,
+) -> Result<Vec<RecordBatch>, BrokerError> {
+    if from >= hw {
+        return Ok(Vec::new());
+    }
+    if log.is_tail(from, TAIL_READ_BYTES) {
+        return Ok(log.read(from, max_bytes, Some(hw))?);
+    }
+    let log = Arc::clone(log);
+    Ok(tokio::task::spawn_blocking(move || log.read(from, max_bytes, Some(hw))).await??)
+}
+
 pub(crate) fn record<T>(
     rpc: &'static str,
     started: std::time::Instant,
@@ -568,14 +590,7 @@ impl BrokerService {
                     high_watermark: hw,
                 });
             }
-            let log = Arc::clone(&replica.log);
-            let batches = tokio::task::spawn_blocking(move || {
-                if from >= hw {
-                    return Ok(Vec::new());
-                }
-                log.read(from, max_bytes, Some(hw))
-            })
-            .await??;
+            let batches = read_committed(&replica.log, from, max_bytes, hw).await?;
             let bytes: usize = batches.iter().map(RecordBatch::size_bytes).sum();
             let enough = bytes >= (req.min_bytes as usize).max(1);
             if enough || tokio::time::Instant::now() >= deadline {
@@ -586,15 +601,8 @@ impl BrokerService {
                 .is_err()
             {
                 // timed out: answer with what there is
-                let log = Arc::clone(&replica.log);
                 let hw = replica.high_watermark();
-                break tokio::task::spawn_blocking(move || {
-                    if from >= hw {
-                        return Ok(Vec::new());
-                    }
-                    log.read(from, max_bytes, Some(hw))
-                })
-                .await??;
+                break read_committed(&replica.log, from, max_bytes, hw).await?;
             }
         };
         let mut records = Vec::new();

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -156,7 +156,8 @@ impl Flusher {
             .name(format!("weir-flush-{name}"))
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || run(&shared)
+                let name = name.to_string();
+                move || run(&shared, &name)
             })
             .map_err(LogError::io("spawn flusher thread"))?;
         Ok(Arc::new(Flusher {
@@ -274,7 +275,8 @@ impl Drop for Flusher {
     }
 }
 
-fn run(shared: &Shared) {
+fn run(shared: &Shared, name: &str) {
+    let mut lanes = Lanes::new(name);
     let mut state = shared.lock();
     loop {
         let now = Instant::now();
@@ -306,7 +308,7 @@ fn run(shared: &Shared) {
         let round = state.started;
         drop(state);
 
-        let failure = sync_all(&batch);
+        let failure = lanes.sync_all(&batch);
 
         state = shared.lock();
         state.rounds += 1;
@@ -361,36 +363,98 @@ fn sync_one(file: &File) -> std::io::Result<()> {
 /// filesystem journal commits them together, so a round costs about one fsync, not one per file.
 const ROUND_PARALLELISM_MAX: usize = 8;
 
-/// Fsyncs every file of a round, spreading them over up to `ROUND_PARALLELISM_MAX` threads.
-fn sync_all(batch: &[Pending]) -> Option<String> {
-    if batch.len() == 1 {
-        return sync_one(&batch[0].file).err().map(|e| e.to_string());
+/// Threads that fsync a round's files beside the flusher's own, spawned when a round first
+/// needs them and kept for the flusher's life: a thread per file per round cost a clone, a
+/// stack mapping and an exit each, hundreds of times a second under load.
+struct Lanes {
+    name: String,
+    helpers: Vec<Helper>,
+}
+
+struct Helper {
+    jobs: mpsc::Sender<Vec<Arc<File>>>,
+    done: mpsc::Receiver<std::io::Result<()>>,
+    thread: JoinHandle<()>,
+}
+
+impl Lanes {
+    fn new(name: &str) -> Lanes {
+        Lanes {
+            name: name.to_string(),
+            helpers: Vec::new(),
+        }
     }
-    let lanes = batch.len().min(ROUND_PARALLELISM_MAX);
-    let per_lane = batch.len().div_ceil(lanes);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = batch
-            .chunks(per_lane)
-            .map(|chunk| {
-                s.spawn(move || {
-                    for pending in chunk {
-                        sync_one(&pending.file)?;
+
+    /// Helper `i`, spawned if it does not exist yet (`None` if it cannot be).
+    fn helper(&mut self, i: usize) -> Option<&Helper> {
+        while self.helpers.len() <= i {
+            let (jobs, inbox) = mpsc::channel::<Vec<Arc<File>>>();
+            let (outcome, done) = mpsc::channel();
+            let thread = std::thread::Builder::new()
+                .name(format!(
+                    "weir-fsync-{}-{}",
+                    self.name,
+                    self.helpers.len() + 1
+                ))
+                .spawn(move || {
+                    for files in inbox {
+                        let result = files.iter().try_for_each(|f| sync_one(f));
+                        if outcome.send(result).is_err() {
+                            return;
+                        }
                     }
-                    Ok::<(), std::io::Error>(())
                 })
-            })
-            .collect();
+                .ok()?;
+            self.helpers.push(Helper { jobs, done, thread });
+        }
+        self.helpers.get(i)
+    }
+
+    /// Fsyncs every file of a round, spreading them over up to `ROUND_PARALLELISM_MAX`
+    /// threads (this one included); the first failure, if any.
+    fn sync_all(&mut self, batch: &[Pending]) -> Option<String> {
+        if batch.len() == 1 {
+            return sync_one(&batch[0].file).err().map(|e| e.to_string());
+        }
+        let lanes = batch.len().min(ROUND_PARALLELISM_MAX);
+        let per_lane = batch.len().div_ceil(lanes);
+        let mut chunks = batch.chunks(per_lane);
+        let own = chunks.next().unwrap_or_default();
+        let mut handed = Vec::new();
+        let mut inline = Vec::new();
+        for (i, chunk) in chunks.enumerate() {
+            let files: Vec<Arc<File>> = chunk.iter().map(|p| Arc::clone(&p.file)).collect();
+            match self.helper(i) {
+                Some(helper) if helper.jobs.send(files).is_ok() => handed.push(i),
+                _ => inline.push(chunk),
+            }
+        }
         let mut failure = None;
-        for handle in handles {
-            let outcome = handle
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked")));
+        for pending in own.iter().chain(inline.into_iter().flatten()) {
+            if let Err(e) = sync_one(&pending.file) {
+                failure.get_or_insert(e.to_string());
+            }
+        }
+        for i in handed {
+            let outcome = self.helpers[i]
+                .done
+                .recv()
+                .unwrap_or_else(|_| Err(std::io::Error::other("fsync thread stopped")));
             if let Err(e) = outcome {
                 failure.get_or_insert(e.to_string());
             }
         }
         failure
-    })
+    }
+}
+
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        for helper in self.helpers.drain(..) {
+            drop(helper.jobs);
+            let _ = helper.thread.join();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -472,6 +536,77 @@ mod tests {
             Box::new(move |r| c.store(r.is_ok(), std::sync::atomic::Ordering::SeqCst)),
         );
         assert!(called.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    /// Threads of this process whose name starts with `prefix` (Linux).
+    fn threads_named(prefix: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.starts_with(prefix))
+            .count()
+    }
+
+    #[test]
+    fn a_round_of_many_files_uses_kept_threads_and_fails_on_any_of_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let flusher = Flusher::spawn("lanes").expect("spawn");
+        let files: Vec<_> = (0..16)
+            .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).expect("create")))
+            .collect();
+        let marks: Vec<_> = (0..16)
+            .map(|_| Arc::new(DurableMark::new(Offset(0))))
+            .collect();
+        for round in 1..=3 {
+            let mut tickets = Vec::new();
+            for (i, (file, mark)) in files.iter().zip(&marks).enumerate() {
+                // due later, so all sixteen share the round flush_all starts
+                tickets.push(
+                    flusher
+                        .submit(i as u64, file, mark, Offset(round), Duration::from_secs(60))
+                        .expect("submit"),
+                );
+            }
+            flusher.flush_all().expect("flush");
+            for ticket in tickets {
+                flusher.wait(ticket).expect("wait");
+            }
+            assert!(marks.iter().all(|m| m.offset() == Offset(round)));
+            // eight lanes: the flusher's own thread and seven kept helpers, never more
+            assert_eq!(threads_named("weir-fsync-lane"), 7, "round {round}");
+        }
+        // fsync of /dev/null fails (EINVAL): wherever it lands, the round fails, and the
+        // flusher stays failed
+        let null = Arc::new(File::open("/dev/null").expect("open /dev/null"));
+        let mut tickets = Vec::new();
+        for (i, (file, mark)) in files.iter().zip(&marks).enumerate() {
+            tickets.push(
+                flusher
+                    .submit(i as u64, file, mark, Offset(9), Duration::from_secs(60))
+                    .expect("submit"),
+            );
+        }
+        let bad = Arc::new(DurableMark::new(Offset(0)));
+        let _ = flusher
+            .submit(99, &null, &bad, Offset(1), Duration::from_secs(60))
+            .expect("submit");
+        assert!(flusher.flush_all().is_err());
+        assert!(matches!(
+            flusher.wait(tickets[0]),
+            Err(LogError::FlushFailed(_))
+        ));
+        assert_eq!(bad.offset(), Offset(0));
+        assert!(
+            flusher
+                .submit(1, &files[1], &marks[1], Offset(10), Duration::ZERO)
+                .is_err()
+        );
+        drop(flusher);
+        assert_eq!(
+            threads_named("weir-fsync-lane"),
+            0,
+            "helpers outlived the flusher"
+        );
     }
 
     #[test]

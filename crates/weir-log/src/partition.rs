@@ -764,6 +764,17 @@ impl PartitionLog {
         Ok(out)
     }
 
+    /// Whether a read from `from` stays within the last `window` bytes written (the active
+    /// segment's tail, which the page cache still holds unless memory is short): such a read
+    /// can run on an async task without a hop to a blocking thread.
+    pub fn is_tail(&self, from: Offset, window: u64) -> bool {
+        let inner = self.read_inner();
+        inner
+            .active()
+            .bytes_from(from)
+            .is_some_and(|bytes| bytes <= window)
+    }
+
     /// The first record whose timestamp is at or after `timestamp`: its offset and timestamp.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(Offset, i64)>> {
         let inner = self.read_inner();

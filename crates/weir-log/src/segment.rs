@@ -499,6 +499,19 @@ impl Segment {
         }
     }
 
+    /// At most how many bytes of this segment lie at or after `offset` (from the index entry
+    /// at or before it, so never fewer than the truth); `None` if `offset` is not in it.
+    pub fn bytes_from(&self, offset: Offset) -> Option<u64> {
+        if offset < self.base || offset >= self.next_offset {
+            return None;
+        }
+        let floor = self
+            .offset_index
+            .floor(self.relative(offset))
+            .map_or(0, |e| u64::from(e.position));
+        Some(self.size.saturating_sub(floor))
+    }
+
     /// The position of the batch holding `offset` and that batch's base and last offsets.
     /// `None` if the segment has no such batch.
     pub fn locate(&self, offset: Offset) -> Result<Option<(u64, Offset, Offset)>> {

@@ -474,3 +474,33 @@ fn idempotent_retries_get_their_original_offsets_even_after_reopen() {
     assert!(!again.duplicate);
     assert_eq!(again.base_offset, Offset(4));
 }
+
+#[test]
+fn only_the_end_of_the_active_segment_is_its_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(0));
+    let config = LogConfig {
+        segment_bytes_max: 64 << 10,
+        index_interval_bytes: 1024,
+        batch_bytes_max: 8 << 10,
+        ..small_config()
+    };
+    let log = open(dir.path(), config, &clock);
+    // 1 KiB records, 4 to a batch: the first segment fills and rolls
+    for tag in 0..40 {
+        log.append(&batch(tag, 4, 1024, 0), EPOCH).expect("append");
+    }
+    let segments = log.segments();
+    assert!(segments.len() >= 2, "no roll: {segments:?}");
+    let active = segments.last().expect("active").base_offset;
+    let end = log.end_offset();
+    let last = Offset(end.0 - 1);
+    // the last batch is within a few KiB of the end; the whole log is not
+    assert!(log.is_tail(last, 8 << 10));
+    assert!(log.is_tail(active, 1 << 20));
+    assert!(!log.is_tail(active, 4 << 10));
+    // a sealed segment is never the tail, however large the window
+    assert!(!log.is_tail(Offset(0), u64::MAX));
+    // nor is the end itself (nothing to read there) or beyond it
+    assert!(!log.is_tail(end, u64::MAX));
+}

@@ -41,6 +41,11 @@ enum Cmd {
         /// TLS everywhere: a CA and node certificates are made in `<dir>/tls`.
         #[arg(long)]
         tls: bool,
+        /// Runtime threads per process (default: this machine's cores shared out among the
+        /// processes, at least one each; every node on one host with a thread per core
+        /// spends its time handing work between threads).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        worker_threads: Option<u16>,
     },
     /// Nodes, pids, liveness and the controllers' view of the cluster.
     Status {
@@ -98,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             broker_lease_ms,
             timeout_s,
             tls,
+            worker_threads,
         } => {
             let weir = match weir {
                 Some(w) => w,
@@ -106,15 +112,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .context("binary directory")?
                     .join("weir"),
             };
+            let (controllers, brokers) = match nodes {
+                Some(n) => (n, 0),
+                None => (controllers, brokers),
+            };
+            let threads = worker_threads.map_or_else(
+                || {
+                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    (cores / (controllers + brokers).max(1) as usize).max(1)
+                },
+                usize::from,
+            );
             let cluster = Cluster::up(
                 &Spec {
-                    controllers: nodes.unwrap_or(controllers),
-                    brokers: if nodes.is_some() { 0 } else { brokers },
+                    controllers,
+                    brokers,
                     combined: nodes.is_some(),
                     dir,
                     weir,
                     broker_lease_ms,
-                    env: Vec::new(),
+                    env: vec![("WEIR_WORKER_THREADS".into(), threads.to_string())],
                     tls,
                 },
                 Duration::from_secs(timeout_s),

@@ -78,4 +78,13 @@ fn roles_start_from_a_config_file_and_bad_keys_are_named() {
         .expect("controller");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--id"));
+    for bad in ["0", "many"] {
+        let out = Command::new(weir)
+            .args(["--worker-threads", bad, "dev"])
+            .output()
+            .expect("dev");
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--worker-threads"), "{err}");
+    }
 }

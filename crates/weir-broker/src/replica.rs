@@ -154,6 +154,9 @@ struct Owner {
     /// waiting for data on several partitions wake up.
     activity: Arc<watch::Sender<u64>>,
     disk: DiskHealth,
+    /// The periodic checkpoint being written: on the blocking pool, while this owner goes on
+    /// serving appends; awaited before the next one and before the owner stops.
+    checkpointing: Option<tokio::task::JoinHandle<()>>,
 }
 
 type Replies = Vec<(oneshot::Sender<Result<AppendInfo, LogError>>, AppendInfo)>;
@@ -190,6 +193,7 @@ impl Replica {
             state: ReplicaState::new(me, hw, Instant::now()),
             activity,
             disk,
+            checkpointing: None,
         };
         let task = tokio::spawn(owner.run(appends, control));
         (replica, task)
@@ -465,6 +469,9 @@ impl Owner {
                 }
             }
         }
+        if let Some(running) = self.checkpointing.take() {
+            let _ = running.await;
+        }
         if let Err(e) = blocking(&log, |log| log.checkpoint()).await {
             tracing::warn!(topic = %self.replica.topic, partition = self.replica.partition, error = %e, "checkpoint on close");
         }
@@ -650,7 +657,19 @@ impl Owner {
                 let _ = reply.send(wish);
             }
             Command::Checkpoint(reply) => {
-                let _ = reply.send(blocking(&log, |log| log.checkpoint()).await);
+                if let Some(running) = self.checkpointing.take() {
+                    let _ = running.await;
+                }
+                if log.checkpoint_is_current() {
+                    let _ = reply.send(Ok(()));
+                } else {
+                    // two fsyncs: not in this task, where this replica's appends wait; the
+                    // log's file lock orders it with rolls and truncations
+                    let log = Arc::clone(&log);
+                    self.checkpointing = Some(tokio::spawn(async move {
+                        let _ = reply.send(blocking(&log, |log| log.checkpoint()).await);
+                    }));
+                }
             }
             Command::Retention(reply) => {
                 let _ = reply.send(blocking(&log, |log| log.enforce_retention()).await);

@@ -149,6 +149,9 @@ pub struct PartitionLog {
     /// Orders writes of the checkpoint and epoch files and segment rolls. Taken before
     /// `inner`, never while holding it.
     files: Mutex<()>,
+    /// The checkpoint last written (`None` until one is, or after a write failed): an
+    /// unchanged one is not written again.
+    written: Mutex<Option<Checkpoint>>,
 }
 
 /// Fsync work done before an append takes the write lock.
@@ -309,6 +312,7 @@ impl PartitionLog {
             recovery: report,
             inner: RwLock::new(inner),
             files: Mutex::new(()),
+            written: Mutex::new(None),
         };
         log.write_checkpoint(&log.read_inner())?;
         Ok(log)
@@ -328,14 +332,24 @@ impl PartitionLog {
 
     /// Writes the checkpoint from the current state, outside the lock (hold `files`).
     fn write_checkpoint_unlocked(&self) -> Result<()> {
-        let checkpoint = {
-            let inner = self.read_inner();
-            Checkpoint {
-                recovery_point: inner.recovery_point,
-                high_watermark: inner.high_watermark,
-            }
-        };
-        checkpoint.write(&self.dir)
+        let checkpoint = Self::checkpoint_of(&self.read_inner());
+        self.store_checkpoint(checkpoint)
+    }
+
+    fn checkpoint_of(inner: &Inner) -> Checkpoint {
+        Checkpoint {
+            recovery_point: inner.recovery_point,
+            high_watermark: inner.high_watermark,
+        }
+    }
+
+    /// Writes `checkpoint` and remembers it as the one on disk.
+    fn store_checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        *written = None;
+        checkpoint.write(&self.dir)?;
+        *written = Some(checkpoint);
+        Ok(())
     }
 
     /// Whether appending `batch` under `epoch` is only a buffered write: no segment roll and
@@ -402,11 +416,7 @@ impl PartitionLog {
     }
 
     fn write_checkpoint(&self, inner: &Inner) -> Result<()> {
-        Checkpoint {
-            recovery_point: inner.recovery_point,
-            high_watermark: inner.high_watermark,
-        }
-        .write(&self.dir)
+        self.store_checkpoint(Self::checkpoint_of(inner))
     }
 
     pub fn dir(&self) -> &Path {
@@ -952,10 +962,22 @@ impl PartitionLog {
         inner.high_watermark = offset.min(inner.end());
     }
 
-    /// Persists the recovery point and high watermark (the fsync runs outside the lock).
+    /// Persists the recovery point and high watermark (the fsync runs outside the lock),
+    /// unless the checkpoint on disk already holds them: an idle partition costs no fsync.
     pub fn checkpoint(&self) -> Result<()> {
         let _files = self.lock_files();
-        self.write_checkpoint_unlocked()
+        let checkpoint = Self::checkpoint_of(&self.read_inner());
+        if *self.written.lock().unwrap_or_else(|p| p.into_inner()) == Some(checkpoint) {
+            return Ok(());
+        }
+        self.store_checkpoint(checkpoint)
+    }
+
+    /// Whether the checkpoint on disk holds the current recovery point and high watermark
+    /// (without waiting for a roll or truncation in progress: a hint, for skipping work).
+    pub fn checkpoint_is_current(&self) -> bool {
+        let checkpoint = Self::checkpoint_of(&self.read_inner());
+        *self.written.lock().unwrap_or_else(|p| p.into_inner()) == Some(checkpoint)
     }
 
     pub fn latest_epoch(&self) -> Option<LeaderEpoch> {

@@ -504,3 +504,30 @@ fn only_the_end_of_the_active_segment_is_its_tail() {
     // nor is the end itself (nothing to read there) or beyond it
     assert!(!log.is_tail(end, u64::MAX));
 }
+
+#[test]
+fn an_unchanged_checkpoint_is_not_written_again() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(0));
+    let log = open(dir.path(), small_config(), &clock);
+    let file = dir.path().join("checkpoint");
+    // every write replaces the file (a new inode), so the inode tells writes apart
+    let inode = || std::fs::metadata(&file).expect("checkpoint file").ino();
+    log.append(&batch(1, 2, 10, 0), EPOCH).expect("append");
+    log.set_high_watermark(Offset(2));
+    assert!(!log.checkpoint_is_current());
+    log.checkpoint().expect("checkpoint");
+    assert!(log.checkpoint_is_current());
+    let written = inode();
+    log.checkpoint().expect("checkpoint");
+    assert_eq!(inode(), written, "rewritten though nothing changed");
+    log.set_high_watermark(Offset(1));
+    log.append(&batch(2, 1, 10, 0), EPOCH).expect("append");
+    log.set_high_watermark(Offset(3));
+    assert!(!log.checkpoint_is_current());
+    log.checkpoint().expect("checkpoint");
+    assert_ne!(inode(), written, "a moved high watermark was not written");
+    let text = std::fs::read_to_string(&file).expect("read");
+    assert!(text.contains("high_watermark 3"), "{text}");
+}

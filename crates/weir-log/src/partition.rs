@@ -343,12 +343,14 @@ impl PartitionLog {
         }
     }
 
-    /// Writes `checkpoint` and remembers it as the one on disk.
+    /// Writes `checkpoint` and remembers it as the one on disk. Every caller holds the file
+    /// lock, so writes do not race; `written` itself is never held across the fsyncs (an
+    /// async task asks [`PartitionLog::checkpoint_is_current`] and must not wait for them).
     fn store_checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        *written = None;
+        let written = || self.written.lock().unwrap_or_else(|p| p.into_inner());
+        *written() = None;
         checkpoint.write(&self.dir)?;
-        *written = Some(checkpoint);
+        *written() = Some(checkpoint);
         Ok(())
     }
 

@@ -14,6 +14,7 @@ mod log_cmd;
 mod logging;
 mod node_cmd;
 mod security_cmd;
+mod stall;
 mod subscription_cmd;
 
 use clap::{Parser, Subcommand};
@@ -81,25 +82,17 @@ fn main() {
     let threads = cli.worker_threads;
     let result = match cli.command {
         Command::Log(cmd) => log_cmd::run(cmd),
-        Command::Dev(args) => {
-            runtime(threads).and_then(|rt| rt.block_on(broker_cmd::run_dev(args)))
-        }
-        Command::Broker(args) => {
-            runtime(threads).and_then(|rt| rt.block_on(broker_cmd::run_broker(args)))
-        }
+        Command::Dev(args) => server(threads, broker_cmd::run_dev(args)),
+        Command::Broker(args) => server(threads, broker_cmd::run_broker(args)),
         Command::Produce(args) => {
             runtime(threads).and_then(|rt| rt.block_on(data_cmd::run_produce(args)))
         }
         Command::Consume(args) => {
             runtime(threads).and_then(|rt| rt.block_on(data_cmd::run_consume(args)))
         }
-        Command::Controller(args) => {
-            runtime(threads).and_then(|rt| rt.block_on(controller_cmd::run(args)))
-        }
-        Command::Node(args) => runtime(threads).and_then(|rt| rt.block_on(node_cmd::run(args))),
-        Command::Gateway(args) => {
-            runtime(threads).and_then(|rt| rt.block_on(gateway_cmd::run(args)))
-        }
+        Command::Controller(args) => server(threads, controller_cmd::run(args)),
+        Command::Node(args) => server(threads, node_cmd::run(args)),
+        Command::Gateway(args) => server(threads, gateway_cmd::run(args)),
         Command::Topic(cmd) => {
             runtime(threads).and_then(|rt| rt.block_on(admin_cmd::run_topic(cmd)))
         }
@@ -120,6 +113,19 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// Runs a server role: its runtime, with the stall detectors beside it.
+fn server(
+    threads: Option<u16>,
+    role: impl std::future::Future<Output = anyhow::Result<i32>>,
+) -> anyhow::Result<i32> {
+    runtime(threads).and_then(|rt| {
+        rt.block_on(async {
+            stall::spawn();
+            role.await
+        })
+    })
 }
 
 fn runtime(threads: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {

@@ -356,6 +356,16 @@ fn every_role_serves_metrics_health_and_readiness() {
         body.contains("weir_broker_request_seconds_bucket"),
         "{body}"
     );
+    // every server role measures its own stalls, on the runtime and on a thread of its own
+    for addr in [&controller, &broker] {
+        let (_, body) = http_get(addr, "/metrics");
+        for histogram in [
+            "weir_runtime_tick_lag_seconds_count",
+            "weir_process_tick_lag_seconds_count",
+        ] {
+            assert!(body.contains(histogram), "{addr}: no {histogram} in {body}");
+        }
+    }
 }
 
 #[test]

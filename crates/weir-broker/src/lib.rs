@@ -181,7 +181,7 @@ impl Broker {
             fetch_wait_ms_max: config.fetch_wait_ms_max,
         });
         let auth = config.security.interceptor();
-        let mut public = tonic::transport::Server::builder();
+        let mut public = weir_proto::call::server();
         let mut public = public.add_service(BrokerServer::with_interceptor(service, auth.clone()));
         match internal {
             Some((listener, addr)) => {
@@ -205,7 +205,7 @@ impl Broker {
                             },
                         )
                         .map_err(StartError::Tls)?;
-                        let router = tonic::transport::Server::builder().add_service(replication);
+                        let router = weir_proto::call::server().add_service(replication);
                         Box::pin(weir_proto::call::serve(
                             router,
                             listener,
@@ -216,7 +216,7 @@ impl Broker {
                     // the node's own TLS (followers present their node certificates), or
                     // plain text when it has none
                     None => {
-                        let router = tonic::transport::Server::builder().add_service(
+                        let router = weir_proto::call::server().add_service(
                             tonic::service::interceptor::InterceptedService::new(
                                 replication,
                                 auth.clone(),

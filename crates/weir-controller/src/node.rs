@@ -284,7 +284,7 @@ impl Controller {
             cursors: SubscriptionCursorsServer::with_interceptor(services.clone(), auth.clone()),
         };
         let admin = AdminServer::with_interceptor(services.clone(), auth.clone());
-        let public = tonic::transport::Server::builder()
+        let public = weir_proto::call::server()
             .add_service(admin.clone())
             .add_service(GroupCoordinatorServer::with_interceptor(
                 coordinator,
@@ -298,8 +298,8 @@ impl Controller {
         let public = match internal {
             Some((listener, _)) => {
                 // brokers follow the metadata stream on the internal listener too
-                let router = internal_services
-                    .add_to(tonic::transport::Server::builder().add_service(admin));
+                let router =
+                    internal_services.add_to(weir_proto::call::server().add_service(admin));
                 spawn_server(&mut tasks, router, listener, &config, &stopped, "internal");
                 public
             }

@@ -150,7 +150,7 @@ impl Gateway {
         ));
         let mut server_stop = stopped;
         let auth = config.security.interceptor();
-        let router = tonic::transport::Server::builder()
+        let router = weir_proto::call::server()
             .add_service(PublisherServer::with_interceptor(publisher, auth.clone()))
             .add_service(SubscriberServer::with_interceptor(subscriber, auth));
         let server =

@@ -105,6 +105,19 @@ fn client_security() -> (
     CLIENT_SECURITY.get().cloned().unwrap_or_default()
 }
 
+/// The largest HTTP/2 frame each side accepts (the protocol's default is 16 KiB). A 64 KiB
+/// batch then goes out as one DATA frame, in one `writev`, instead of five, and is read in
+/// fewer `recvfrom`s: on a 3-node RF 3 cluster at 25 MB/s, 44 % fewer `writev`s and 59 % fewer
+/// `recvfrom`s per node, 22 % less CPU per node and 33 % less in the client
+/// (benches/README.md). A frame this size holds up other streams on its connection for
+/// well under a millisecond on any LAN.
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+
+/// A gRPC server builder with the transport settings every Weir listener shares.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder().max_frame_size(MAX_FRAME_BYTES)
+}
+
 /// An endpoint for `addr` (`host:port`) with this process's TLS, when it has any.
 pub fn endpoint(addr: &str) -> Result<(Endpoint, crate::auth::Credentials), CallError> {
     let (tls, credentials) = client_security();
@@ -120,6 +133,7 @@ pub fn endpoint(addr: &str) -> Result<(Endpoint, crate::auth::Credentials), Call
         endpoint
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(40))
+            .max_frame_size(MAX_FRAME_BYTES)
             .local_address(source_address()),
         credentials,
     ))
@@ -154,6 +168,7 @@ pub async fn connect_tls(
         .map_err(|e| CallError::Bootstrap(format!("{addr}: TLS: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(40))
+        .max_frame_size(MAX_FRAME_BYTES)
         .local_address(source_address());
     let channel = endpoint
         .connect()

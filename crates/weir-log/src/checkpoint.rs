@@ -19,7 +19,9 @@ pub const TMP_SUFFIX: &str = ".tmp";
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(LogError::io(format!("fsync directory {}", dir.display())))
+        .map_err(LogError::io_with(|| {
+            format!("fsync directory {}", dir.display())
+        }))
 }
 
 pub fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
@@ -30,11 +32,13 @@ pub fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
         .create(true)
         .truncate(true)
         .open(&tmp)
-        .map_err(LogError::io(format!("create {}", tmp.display())))?;
+        .map_err(LogError::io_with(|| format!("create {}", tmp.display())))?;
     file.write_all(contents)
         .and_then(|()| file.sync_all())
-        .map_err(LogError::io(format!("write {}", tmp.display())))?;
-    fs::rename(&tmp, &path).map_err(LogError::io(format!("rename to {}", path.display())))?;
+        .map_err(LogError::io_with(|| format!("write {}", tmp.display())))?;
+    fs::rename(&tmp, &path).map_err(LogError::io_with(|| {
+        format!("rename to {}", path.display())
+    }))?;
     fsync_dir(dir)
 }
 
@@ -69,7 +73,7 @@ impl Checkpoint {
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(LogError::io(format!("read {}", path.display()))(e)),
+            Err(e) => return Err(LogError::io_with(|| format!("read {}", path.display()))(e)),
         };
         let mut lines = text.lines();
         if lines.next() != Some("weir-checkpoint 1") {
@@ -172,7 +176,7 @@ impl EpochCache {
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(LogError::io(format!("read {}", path.display()))(e)),
+            Err(e) => return Err(LogError::io_with(|| format!("read {}", path.display()))(e)),
         };
         let mut lines = text.lines();
         if lines.next() != Some("0") {
@@ -204,13 +208,15 @@ impl EpochCache {
 /// Removes leftovers of interrupted atomic writes.
 pub fn remove_temp_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    let entries = fs::read_dir(dir).map_err(LogError::io(format!("list {}", dir.display())))?;
+    let entries =
+        fs::read_dir(dir).map_err(LogError::io_with(|| format!("list {}", dir.display())))?;
     for entry in entries {
         let path = entry
-            .map_err(LogError::io(format!("list {}", dir.display())))?
+            .map_err(LogError::io_with(|| format!("list {}", dir.display())))?
             .path();
         if path.extension().is_some_and(|e| e == &TMP_SUFFIX[1..]) {
-            fs::remove_file(&path).map_err(LogError::io(format!("remove {}", path.display())))?;
+            fs::remove_file(&path)
+                .map_err(LogError::io_with(|| format!("remove {}", path.display())))?;
             removed.push(path);
         }
     }

@@ -50,6 +50,17 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// As [`LogError::io`], with the context built only when there is an error (paths are
+    /// formatted on the hot path's failures, not on every append).
+    pub(crate) fn io_with(
+        context: impl FnOnce() -> String,
+    ) -> impl FnOnce(std::io::Error) -> LogError {
+        move |source| LogError::Io {
+            context: context(),
+            source,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LogError {
         let context = context.into();
         move |source| LogError::Io { context, source }
@@ -77,3 +88,27 @@ impl LogError {
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn an_io_context_is_built_only_for_an_error() {
+        let built = Cell::new(0);
+        let context = || {
+            built.set(built.get() + 1);
+            format!("fsync {}", "/data/p-0/0.log")
+        };
+        Ok::<(), std::io::Error>(())
+            .map_err(LogError::io_with(context))
+            .expect("no error");
+        assert_eq!(built.get(), 0, "formatted on success");
+        let err = Err::<(), _>(std::io::Error::other("EIO"))
+            .map_err(LogError::io_with(context))
+            .expect_err("an error");
+        assert_eq!(built.get(), 1);
+        assert_eq!(err.to_string(), "fsync /data/p-0/0.log: EIO");
+    }
+}

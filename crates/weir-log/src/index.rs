@@ -87,13 +87,13 @@ impl<E: Entry> IndexFile<E> {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(LogError::io(format!("read {}", path.display()))(e)),
+            Err(e) => return Err(LogError::io_with(|| format!("read {}", path.display()))(e)),
         };
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(LogError::io(format!("open {}", path.display())))?;
+            .map_err(LogError::io_with(|| format!("open {}", path.display())))?;
         let mut entries: Vec<E> = Vec::with_capacity(bytes.len() / E::SIZE);
         for chunk in bytes.chunks_exact(E::SIZE) {
             let entry = E::decode(chunk);
@@ -128,9 +128,9 @@ impl<E: Entry> IndexFile<E> {
     pub fn push(&mut self, entry: E) -> Result<()> {
         let mut buf = Vec::with_capacity(E::SIZE);
         entry.encode(&mut buf);
-        self.file
-            .write_all(&buf)
-            .map_err(LogError::io(format!("append to {}", self.path.display())))?;
+        self.file.write_all(&buf).map_err(LogError::io_with(|| {
+            format!("append to {}", self.path.display())
+        }))?;
         self.entries.push(entry);
         Ok(())
     }
@@ -140,7 +140,9 @@ impl<E: Entry> IndexFile<E> {
         self.entries.truncate(keep);
         self.file
             .set_len((keep * E::SIZE) as u64)
-            .map_err(LogError::io(format!("truncate {}", self.path.display())))
+            .map_err(LogError::io_with(|| {
+                format!("truncate {}", self.path.display())
+            }))
     }
 
     /// Keeps the entries whose relative offset is below `relative`.
@@ -153,9 +155,9 @@ impl<E: Entry> IndexFile<E> {
     }
 
     pub fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(LogError::io(format!("fsync {}", self.path.display())))
+        self.file.sync_data().map_err(LogError::io_with(|| {
+            format!("fsync {}", self.path.display())
+        }))
     }
 }
 

@@ -172,7 +172,8 @@ impl PartitionLog {
         clock: Arc<dyn Clock>,
     ) -> Result<PartitionLog> {
         config.validate().map_err(LogError::Config)?;
-        fs::create_dir_all(dir).map_err(LogError::io(format!("create {}", dir.display())))?;
+        fs::create_dir_all(dir)
+            .map_err(LogError::io_with(|| format!("create {}", dir.display())))?;
         checkpoint::remove_temp_files(dir)?;
         let mut report = RecoveryReport::default();
 
@@ -1035,9 +1036,10 @@ impl PartitionLog {
 /// The segment base offsets in `dir`, ascending.
 pub fn list_segments(dir: &Path) -> Result<Vec<Offset>> {
     let mut bases = Vec::new();
-    let entries = fs::read_dir(dir).map_err(LogError::io(format!("list {}", dir.display())))?;
+    let entries =
+        fs::read_dir(dir).map_err(LogError::io_with(|| format!("list {}", dir.display())))?;
     for entry in entries {
-        let entry = entry.map_err(LogError::io(format!("list {}", dir.display())))?;
+        let entry = entry.map_err(LogError::io_with(|| format!("list {}", dir.display())))?;
         if let Some(base) = entry.file_name().to_str().and_then(segment::parse_log_name) {
             bases.push(base);
         }

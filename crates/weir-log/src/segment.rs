@@ -61,13 +61,13 @@ pub struct Scanner {
 impl Scanner {
     pub fn open(path: &Path, position: u64, expected: Offset) -> Result<Scanner> {
         let mut file =
-            File::open(path).map_err(LogError::io(format!("open {}", path.display())))?;
+            File::open(path).map_err(LogError::io_with(|| format!("open {}", path.display())))?;
         let file_len = file
             .metadata()
-            .map_err(LogError::io(format!("stat {}", path.display())))?
+            .map_err(LogError::io_with(|| format!("stat {}", path.display())))?
             .len();
         file.seek(SeekFrom::Start(position))
-            .map_err(LogError::io(format!("seek {}", path.display())))?;
+            .map_err(LogError::io_with(|| format!("seek {}", path.display())))?;
         Ok(Scanner {
             reader: BufReader::with_capacity(256 * 1024, file),
             position,
@@ -194,10 +194,10 @@ impl Segment {
             .create(true)
             .truncate(truncate)
             .open(&log_path)
-            .map_err(LogError::io(format!("open {}", log_path.display())))?;
+            .map_err(LogError::io_with(|| format!("open {}", log_path.display())))?;
         let size = file
             .metadata()
-            .map_err(LogError::io(format!("stat {}", log_path.display())))?
+            .map_err(LogError::io_with(|| format!("stat {}", log_path.display())))?
             .len();
         let index_path = dir.join(file_name(base, INDEX_SUFFIX));
         let time_path = dir.join(file_name(base, TIME_INDEX_SUFFIX));
@@ -206,7 +206,11 @@ impl Segment {
                 match fs::remove_file(path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(LogError::io(format!("remove {}", path.display()))(e)),
+                    Err(e) => {
+                        return Err(LogError::io_with(|| format!("remove {}", path.display()))(
+                            e,
+                        ));
+                    }
                 }
             }
         }
@@ -297,14 +301,12 @@ impl Segment {
         if let Err(e) = write {
             // Take the partial batch back off so the file matches memory; if even that fails
             // the caller poisons the log.
-            self.file.set_len(position).map_err(LogError::io(format!(
-                "cut partial write in {}",
-                self.log_path.display()
-            )))?;
-            return Err(LogError::io(format!(
-                "append to {}",
-                self.log_path.display()
-            ))(e));
+            self.file.set_len(position).map_err(LogError::io_with(|| {
+                format!("cut partial write in {}", self.log_path.display())
+            }))?;
+            return Err(LogError::io_with(|| {
+                format!("append to {}", self.log_path.display())
+            })(e));
         }
         let base = Offset(i64::from_be_bytes([
             prefix[0], prefix[1], prefix[2], prefix[3], prefix[4], prefix[5], prefix[6], prefix[7],
@@ -334,7 +336,9 @@ impl Segment {
         let file_len = self
             .file
             .metadata()
-            .map_err(LogError::io(format!("stat {}", self.log_path.display())))?
+            .map_err(LogError::io_with(|| {
+                format!("stat {}", self.log_path.display())
+            }))?
             .len();
         let resume = if rebuild {
             None
@@ -420,14 +424,13 @@ impl Segment {
     /// Cuts the file (and indexes) at byte `position`, which must be a batch boundary, and
     /// fsyncs it.
     pub fn truncate_at(&mut self, position: u64, next_offset: Offset, interval: u32) -> Result<()> {
-        self.file.set_len(position).map_err(LogError::io(format!(
-            "truncate {}",
-            self.log_path.display()
-        )))?;
+        self.file.set_len(position).map_err(LogError::io_with(|| {
+            format!("truncate {}", self.log_path.display())
+        }))?;
         let covered = weir_faults::journal::before_sync(&self.file);
-        self.file
-            .sync_all()
-            .map_err(LogError::io(format!("fsync {}", self.log_path.display())))?;
+        self.file.sync_all().map_err(LogError::io_with(|| {
+            format!("fsync {}", self.log_path.display())
+        }))?;
         covered.synced();
         let relative = self.relative(next_offset);
         self.offset_index.truncate_from_relative(relative)?;
@@ -449,9 +452,9 @@ impl Segment {
     /// Makes the segment's data and indexes durable; called when it is sealed.
     pub fn sync(&self) -> Result<()> {
         let covered = weir_faults::journal::before_sync(&self.file);
-        self.file
-            .sync_data()
-            .map_err(LogError::io(format!("fsync {}", self.log_path.display())))?;
+        self.file.sync_data().map_err(LogError::io_with(|| {
+            format!("fsync {}", self.log_path.display())
+        }))?;
         covered.synced();
         self.offset_index.sync()?;
         self.time_index.sync()
@@ -467,11 +470,9 @@ impl Segment {
         #[allow(unsafe_code)]
         let rc = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
         if rc != 0 {
-            return Err(
-                LogError::io(format!("fadvise {}", self.log_path.display()))(
-                    std::io::Error::from_raw_os_error(rc),
-                ),
-            );
+            return Err(LogError::io_with(|| {
+                format!("fadvise {}", self.log_path.display())
+            })(std::io::Error::from_raw_os_error(rc)));
         }
         Ok(())
     }
@@ -485,7 +486,11 @@ impl Segment {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LogError::io(format!("remove {}", path.display()))(e)),
+                Err(e) => {
+                    return Err(LogError::io_with(|| format!("remove {}", path.display()))(
+                        e,
+                    ));
+                }
             }
         }
         Ok(())
@@ -526,7 +531,9 @@ impl Segment {
         while position < self.size {
             self.file
                 .read_exact_at(&mut header, position)
-                .map_err(LogError::io(format!("read {}", self.log_path.display())))?;
+                .map_err(LogError::io_with(|| {
+                    format!("read {}", self.log_path.display())
+                }))?;
             let (base, length) = batch::peek_prefix(&header)
                 .ok_or_else(|| self.corruption(position, "short header"))?;
             let delta = i32::from_be_bytes([header[23], header[24], header[25], header[26]]);
@@ -561,7 +568,9 @@ impl Segment {
         let mut prefix = [0u8; LOG_OVERHEAD];
         self.file
             .read_exact_at(&mut prefix, start)
-            .map_err(LogError::io(format!("read {}", self.log_path.display())))?;
+            .map_err(LogError::io_with(|| {
+                format!("read {}", self.log_path.display())
+            }))?;
         let first_len = batch::peek_prefix(&prefix).map_or(0, |(_, l)| l as usize + LOG_OVERHEAD);
         if !at_least_one && first_len > max_bytes {
             return Ok(Vec::new());
@@ -570,7 +579,9 @@ impl Segment {
         let mut buf = vec![0u8; want];
         self.file
             .read_exact_at(&mut buf, start)
-            .map_err(LogError::io(format!("read {}", self.log_path.display())))?;
+            .map_err(LogError::io_with(|| {
+                format!("read {}", self.log_path.display())
+            }))?;
         let buf = Bytes::from(buf);
         let mut out = Vec::new();
         let mut at = 0usize;
@@ -651,7 +662,9 @@ impl Segment {
         let mut prefix = [0u8; LOG_OVERHEAD];
         self.file
             .read_exact_at(&mut prefix, position)
-            .map_err(LogError::io(format!("read {}", self.log_path.display())))?;
+            .map_err(LogError::io_with(|| {
+                format!("read {}", self.log_path.display())
+            }))?;
         Ok(batch::peek_prefix(&prefix).map(|(base, _)| base))
     }
 

@@ -7,8 +7,8 @@
 //! - On a plain thread of its own (`weir_process_tick_lag_seconds`): late only when the
 //!   process is not scheduled (the machine's CPUs are busy elsewhere, or the VM is paused).
 //!
-//! A lag over [`WARN_AFTER`] is logged at warn with both numbers, so a latency spike in a
-//! client can be matched to a stall in one process, or to all of them at once.
+//! A lag of [`WARN_AFTER`] or more is logged at warn, naming the timer, so a latency spike in
+//! a client can be matched to a stall in one process, or to all of them at once.
 
 use std::time::{Duration, Instant};
 

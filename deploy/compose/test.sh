@@ -50,8 +50,10 @@ echo "== SIGKILL one container, cut another off the network for 10 s"
 echo "== the quorum grows to four controllers and shrinks back, under load"
 weir="target/$profile/weir"
 voters="$weir cluster status --bootstrap $boot | grep -c ' voter\$'"
+# the controller that answers `cluster status` may not have the new membership yet: up to 10 s
+voters_are() { echo "{ for i in \$(seq 50); do test \$($voters) -eq $1 && break; sleep 0.2; done; test \$($voters) -eq $1; }"; }
 "$rolling" --bootstrap "$boot" --topic scaling --rate 400 --settle-s 3 \
-  --step "$compose --profile scale up -d node-4 && sleep 2 && $weir cluster add-controller --id 4 --address 10.231.0.14:9093 --internal-address 10.231.0.14:9095 --bootstrap $boot >/dev/null && test \$($voters) -eq 4" \
-  --step "$weir cluster remove-controller --id 4 --bootstrap $boot >/dev/null && test \$($voters) -eq 3 && $compose --profile scale stop -t 30 node-4"
+  --step "$compose --profile scale up -d node-4 && sleep 2 && $weir cluster add-controller --id 4 --address 10.231.0.14:9093 --internal-address 10.231.0.14:9095 --bootstrap $boot >/dev/null && $(voters_are 4)" \
+  --step "$weir cluster remove-controller --id 4 --bootstrap $boot >/dev/null && $(voters_are 3) && $compose --profile scale stop -t 30 node-4"
 "$weir" cluster status --bootstrap "$boot"
 echo "compose test passed"

@@ -6,16 +6,22 @@
 //!   added at the same points when the running maximum timestamp grew.
 //!
 //! Both are derived data: recovery rebuilds them from the segment whenever they are missing
-//! or do not match it.
+//! or do not match it. So new entries are written to the file in runs (the segment flushes
+//! both indexes together every [`FLUSH_EVERY`] entries, and before the fsync that seals it),
+//! not one `write` per append: after a crash, the scan that recovery does anyway indexes
+//! what the files had not got yet.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{LogError, Result};
 
 pub const OFFSET_ENTRY: usize = 8;
 pub const TIME_ENTRY: usize = 12;
+/// Entries held in memory only, at most, before the segment writes both indexes' new entries.
+pub const FLUSH_EVERY: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OffsetEntry {
@@ -29,12 +35,15 @@ pub struct TimeEntry {
     pub relative: u32,
 }
 
-/// An index file plus its entries in memory.
+/// An index file plus its entries in memory; the file holds the first `written` of them.
 #[derive(Debug)]
-pub struct IndexFile<E> {
+pub struct IndexFile<E: Entry> {
     path: PathBuf,
     file: File,
     entries: Vec<E>,
+    /// How many of `entries` the file holds; behind a lock so a sealed segment can be
+    /// flushed through a shared reference.
+    written: Mutex<usize>,
 }
 
 pub trait Entry: Copy + std::fmt::Debug {
@@ -105,10 +114,12 @@ impl<E: Entry> IndexFile<E> {
             }
             entries.push(entry);
         }
+        let written = entries.len();
         let mut index = IndexFile {
             path: path.to_path_buf(),
             file,
             entries,
+            written: Mutex::new(written),
         };
         if (index.entries.len() * E::SIZE) as usize != bytes.len() {
             let keep = index.entries.len();
@@ -125,24 +136,47 @@ impl<E: Entry> IndexFile<E> {
         &self.path
     }
 
-    pub fn push(&mut self, entry: E) -> Result<()> {
-        let mut buf = Vec::with_capacity(E::SIZE);
-        entry.encode(&mut buf);
-        self.file.write_all(&buf).map_err(LogError::io_with(|| {
+    /// Adds an entry in memory; [`IndexFile::flush`] writes it to the file.
+    pub fn push(&mut self, entry: E) {
+        self.entries.push(entry);
+    }
+
+    /// Entries not written to the file yet.
+    pub fn unwritten(&mut self) -> usize {
+        let written = *self.written.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.entries.len() - written
+    }
+
+    /// Writes the entries the file does not hold yet, in one `write`.
+    pub fn flush(&self) -> Result<()> {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if *written >= self.entries.len() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity((self.entries.len() - *written) * E::SIZE);
+        for entry in &self.entries[*written..] {
+            entry.encode(&mut buf);
+        }
+        (&self.file).write_all(&buf).map_err(LogError::io_with(|| {
             format!("append to {}", self.path.display())
         }))?;
-        self.entries.push(entry);
+        *written = self.entries.len();
         Ok(())
     }
 
     /// Keeps the first `keep` entries.
     pub fn truncate_entries(&mut self, keep: usize) -> Result<()> {
         self.entries.truncate(keep);
-        self.file
-            .set_len((keep * E::SIZE) as u64)
-            .map_err(LogError::io_with(|| {
-                format!("truncate {}", self.path.display())
-            }))
+        let written = self.written.get_mut().unwrap_or_else(|e| e.into_inner());
+        if keep <= *written {
+            self.file
+                .set_len((keep * E::SIZE) as u64)
+                .map_err(LogError::io_with(|| {
+                    format!("truncate {}", self.path.display())
+                }))?;
+            *written = keep;
+        }
+        Ok(())
     }
 
     /// Keeps the entries whose relative offset is below `relative`.
@@ -154,10 +188,26 @@ impl<E: Entry> IndexFile<E> {
         Ok(())
     }
 
+    /// Writes what the file lacks, then fsyncs it.
     pub fn sync(&self) -> Result<()> {
+        self.flush()?;
         self.file.sync_data().map_err(LogError::io_with(|| {
             format!("fsync {}", self.path.display())
         }))
+    }
+}
+
+impl<E: Entry> Drop for IndexFile<E> {
+    fn drop(&mut self) {
+        // Best effort: an index is derived data, and recovery indexes what it lacks.
+        let written = *self.written.get_mut().unwrap_or_else(|e| e.into_inner());
+        if written < self.entries.len() {
+            let mut buf = Vec::new();
+            for entry in &self.entries[written..] {
+                entry.encode(&mut buf);
+            }
+            let _ = self.file.write_all(&buf);
+        }
     }
 }
 
@@ -192,9 +242,9 @@ mod tests {
                 idx.push(OffsetEntry {
                     relative: r,
                     position: p,
-                })
-                .expect("push");
+                });
             }
+            idx.flush().expect("flush");
         }
         // a torn fourth entry
         let mut bytes = std::fs::read(&path).expect("read");
@@ -212,5 +262,51 @@ mod tests {
         std::fs::write(&path, &bytes).expect("write");
         let idx = IndexFile::<OffsetEntry>::open(&path).expect("open");
         assert_eq!(idx.entries().len(), 2);
+    }
+
+    fn entry(relative: u32) -> OffsetEntry {
+        OffsetEntry {
+            relative,
+            position: relative * 100,
+        }
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).expect("stat").len()
+    }
+
+    #[test]
+    fn entries_reach_the_file_in_runs_and_truncation_covers_both_sides() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.index");
+        let mut idx = IndexFile::<OffsetEntry>::open(&path).expect("open");
+        for r in 0..3 {
+            idx.push(entry(r));
+        }
+        assert_eq!(idx.unwritten(), 3);
+        assert_eq!(file_len(&path), 0, "written before a flush");
+        idx.flush().expect("flush");
+        assert_eq!((idx.unwritten(), file_len(&path)), (0, 24));
+
+        // truncating into the unwritten tail leaves the file alone
+        for r in 3..6 {
+            idx.push(entry(r));
+        }
+        idx.truncate_entries(4).expect("truncate");
+        assert_eq!((idx.unwritten(), file_len(&path)), (1, 24));
+        // truncating below what the file holds cuts the file and drops the rest
+        idx.push(entry(5));
+        idx.truncate_entries(2).expect("truncate");
+        assert_eq!((idx.unwritten(), file_len(&path)), (0, 16));
+
+        // a sync writes what is missing first; dropping writes the rest
+        idx.push(entry(2));
+        idx.sync().expect("sync");
+        assert_eq!(file_len(&path), 24);
+        idx.push(entry(3));
+        drop(idx);
+        let idx = IndexFile::<OffsetEntry>::open(&path).expect("open");
+        let relatives: Vec<u32> = idx.entries().iter().map(|e| e.relative).collect();
+        assert_eq!(relatives, [0, 1, 2, 3]);
     }
 }

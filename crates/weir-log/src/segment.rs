@@ -13,7 +13,51 @@ use weir_types::{Offset, RecordBatch};
 
 use crate::checkpoint::EpochCache;
 use crate::error::{LogError, Result};
-use crate::index::{IndexFile, OffsetEntry, TimeEntry};
+use crate::index::{self, IndexFile, OffsetEntry, TimeEntry};
+
+/// Writes `parts` one after the other at `position`, in one `pwritev` when the kernel takes
+/// it all (a batch's rewritten prefix and its body: one system call per append, not two).
+fn write_all_at(file: &File, parts: [&[u8]; 2], mut position: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let [mut first, mut second] = parts;
+    while !first.is_empty() || !second.is_empty() {
+        let iov = [
+            libc::iovec {
+                iov_base: first.as_ptr() as *mut libc::c_void,
+                iov_len: first.len(),
+            },
+            libc::iovec {
+                iov_base: second.as_ptr() as *mut libc::c_void,
+                iov_len: second.len(),
+            },
+        ];
+        let offset = libc::off_t::try_from(position).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "position past off_t")
+        })?;
+        // SAFETY: both iovecs point into slices borrowed for this call (`iov_len` is their
+        // length, zero for an empty one); the kernel only reads them. `file` owns the open
+        // descriptor for the duration of the call.
+        #[allow(unsafe_code)]
+        let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), 2, offset) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n as usize;
+        position += n as u64;
+        let from_first = n.min(first.len());
+        first = &first[from_first..];
+        n -= from_first;
+        second = &second[n.min(second.len())..];
+    }
+    Ok(())
+}
 
 pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
@@ -266,7 +310,7 @@ impl Segment {
             self.offset_index.push(OffsetEntry {
                 relative,
                 position: position as u32,
-            })?;
+            });
             let grew = self
                 .time_index
                 .entries()
@@ -276,7 +320,12 @@ impl Segment {
                 self.time_index.push(TimeEntry {
                     timestamp: self.max_timestamp,
                     relative,
-                })?;
+                });
+            }
+            // both indexes' files move together, so after a crash they end at the same point
+            if self.offset_index.unwritten() >= index::FLUSH_EVERY {
+                self.offset_index.flush()?;
+                self.time_index.flush()?;
             }
             self.cursor.bytes_since_entry = 0;
         }
@@ -294,10 +343,7 @@ impl Segment {
     ) -> Result<()> {
         let position = self.size;
         let bytes = batch.as_bytes();
-        let write = self
-            .file
-            .write_all_at(prefix, position)
-            .and_then(|()| self.file.write_all_at(&bytes[16..], position + 16));
+        let write = write_all_at(&self.file, [prefix, &bytes[16..]], position);
         if let Err(e) = write {
             // Take the partial batch back off so the file matches memory; if even that fails
             // the caller poisons the log.
@@ -671,5 +717,35 @@ impl Segment {
     /// Opens an existing segment's files without checking them (recovery does that).
     pub fn open(dir: &Path, base: Offset, id: u64) -> Result<Segment> {
         Self::open_files(dir, base, id, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_parts_are_written_back_to_back_at_the_position() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.log");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        file.write_all_at(b"0123456789", 0).expect("write");
+        write_all_at(&file, [b"ab", b"cdef"], 3).expect("pwritev");
+        write_all_at(&file, [b"XY", b""], 12).expect("pwritev, empty second part");
+        let body = vec![7u8; 300_000];
+        write_all_at(&file, [b"", &body], 14).expect("pwritev, empty first part");
+        let bytes = std::fs::read(&path).expect("read");
+        assert_eq!(&bytes[..14], b"012abcdef9\0\0XY");
+        assert_eq!(bytes.len(), 14 + body.len());
+        assert!(bytes[14..].iter().all(|&b| b == 7));
+        // a read-only descriptor: the kernel's error comes back, nothing is retried forever
+        let read_only = File::open(&path).expect("open");
+        assert!(write_all_at(&read_only, [b"a", b"b"], 0).is_err());
     }
 }

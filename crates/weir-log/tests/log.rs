@@ -152,6 +152,79 @@ fn reopen_keeps_everything_and_rebuilds_lost_indexes() {
 }
 
 #[test]
+fn reopen_completes_indexes_that_lag_the_log() {
+    // a crash before an index's last entries were written (they are written in runs)
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(0));
+    let log = open(dir.path(), small_config(), &clock);
+    for i in 0..30 {
+        log.append(&batch(i, 2, 100, i as i64 * 10), EPOCH)
+            .expect("append");
+    }
+    let before = log.read(Offset(0), usize::MAX / 2, None).expect("read");
+    let segments = log.segments();
+    log.close().expect("close");
+
+    let index_sizes = || {
+        let mut sizes: Vec<(std::path::PathBuf, u64)> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e == "index" || e == "timeindex")
+            })
+            .map(|p| {
+                let len = std::fs::metadata(&p).expect("stat").len();
+                (p, len)
+            })
+            .collect();
+        sizes.sort();
+        sizes
+    };
+    let complete = index_sizes();
+
+    // every index keeps only its first entry
+    let mut cut = 0;
+    for entry in std::fs::read_dir(dir.path()).expect("ls") {
+        let path = entry.expect("entry").path();
+        let keep = match path.extension().and_then(|e| e.to_str()) {
+            Some("index") => 8,
+            Some("timeindex") => 12,
+            _ => continue,
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        if file.metadata().expect("stat").len() > keep {
+            file.set_len(keep).expect("cut");
+            cut += 1;
+        }
+    }
+    assert!(cut > 0, "nothing to cut: the test proves nothing");
+    let log = open(dir.path(), small_config(), &clock);
+    assert_eq!(
+        log.read(Offset(0), usize::MAX / 2, None).expect("read"),
+        before
+    );
+    for offset in [1, 17, 33, 59] {
+        let read = log.read(Offset(offset), 1, None).expect("read");
+        assert!(
+            read[0].base_offset().0 <= offset && offset <= read[0].last_offset().0,
+            "offset {offset}: {:?}",
+            read[0].base_offset()
+        );
+    }
+    assert_eq!(log.segments(), segments);
+    assert_eq!(
+        log.offset_for_timestamp(155).expect("ts"),
+        Some((Offset(32), 160))
+    );
+    log.close().expect("close");
+    assert_eq!(index_sizes(), complete, "the indexes were not completed");
+}
+
+#[test]
 fn timestamp_lookup_finds_the_first_record_at_or_after() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = Arc::new(ManualClock::new(0));

@@ -115,11 +115,13 @@ fn segments_roll_by_size_and_age_and_reads_cross_them() {
     assert_eq!(log.read(Offset(7), 1, None).expect("read").len(), 1);
 }
 
-#[test]
-fn reopen_keeps_everything_and_rebuilds_lost_indexes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = Arc::new(ManualClock::new(0));
-    let log = open(dir.path(), small_config(), &clock);
+/// Thirty batches of two records (timestamps 0, 10, ... 290) over several small segments,
+/// closed; returns what reads back and the segments.
+fn thirty_batches_closed(
+    dir: &std::path::Path,
+    clock: &Arc<ManualClock>,
+) -> (Vec<weir_types::RecordBatch>, Vec<weir_log::SegmentInfo>) {
+    let log = open(dir, small_config(), clock);
     for i in 0..30 {
         log.append(&batch(i, 2, 100, i as i64 * 10), EPOCH)
             .expect("append");
@@ -127,18 +129,17 @@ fn reopen_keeps_everything_and_rebuilds_lost_indexes() {
     let before = log.read(Offset(0), usize::MAX / 2, None).expect("read");
     let segments = log.segments();
     log.close().expect("close");
+    (before, segments)
+}
 
-    // lose every index file
-    for entry in std::fs::read_dir(dir.path()).expect("ls") {
-        let path = entry.expect("entry").path();
-        if path
-            .extension()
-            .is_some_and(|e| e == "index" || e == "timeindex")
-        {
-            std::fs::remove_file(path).expect("rm");
-        }
-    }
-    let log = open(dir.path(), small_config(), &clock);
+/// Reopens the log of `thirty_batches_closed` and checks it reads and looks up as before.
+fn reopens_whole(
+    dir: &std::path::Path,
+    clock: &Arc<ManualClock>,
+    before: &[weir_types::RecordBatch],
+    segments: &[weir_log::SegmentInfo],
+) -> weir_log::PartitionLog {
+    let log = open(dir, small_config(), clock);
     assert_eq!(
         log.read(Offset(0), usize::MAX / 2, None).expect("read"),
         before
@@ -149,6 +150,37 @@ fn reopen_keeps_everything_and_rebuilds_lost_indexes() {
         log.offset_for_timestamp(155).expect("ts"),
         Some((Offset(32), 160))
     );
+    log
+}
+
+/// The segment index files in `dir` and their sizes, sorted.
+fn index_sizes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut sizes: Vec<(std::path::PathBuf, u64)> = std::fs::read_dir(dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "index" || e == "timeindex")
+        })
+        .map(|p| {
+            let len = std::fs::metadata(&p).expect("stat").len();
+            (p, len)
+        })
+        .collect();
+    sizes.sort();
+    sizes
+}
+
+#[test]
+fn reopen_keeps_everything_and_rebuilds_lost_indexes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(0));
+    let (before, segments) = thirty_batches_closed(dir.path(), &clock);
+    // lose every index file
+    for (path, _) in index_sizes(dir.path()) {
+        std::fs::remove_file(path).expect("rm");
+    }
+    reopens_whole(dir.path(), &clock, &before, &segments);
 }
 
 #[test]
@@ -156,57 +188,27 @@ fn reopen_completes_indexes_that_lag_the_log() {
     // a crash before an index's last entries were written (they are written in runs)
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = Arc::new(ManualClock::new(0));
-    let log = open(dir.path(), small_config(), &clock);
-    for i in 0..30 {
-        log.append(&batch(i, 2, 100, i as i64 * 10), EPOCH)
-            .expect("append");
-    }
-    let before = log.read(Offset(0), usize::MAX / 2, None).expect("read");
-    let segments = log.segments();
-    log.close().expect("close");
-
-    let index_sizes = || {
-        let mut sizes: Vec<(std::path::PathBuf, u64)> = std::fs::read_dir(dir.path())
-            .expect("ls")
-            .map(|e| e.expect("entry").path())
-            .filter(|p| {
-                p.extension()
-                    .is_some_and(|e| e == "index" || e == "timeindex")
-            })
-            .map(|p| {
-                let len = std::fs::metadata(&p).expect("stat").len();
-                (p, len)
-            })
-            .collect();
-        sizes.sort();
-        sizes
-    };
-    let complete = index_sizes();
-
+    let (before, segments) = thirty_batches_closed(dir.path(), &clock);
+    let complete = index_sizes(dir.path());
     // every index keeps only its first entry
     let mut cut = 0;
-    for entry in std::fs::read_dir(dir.path()).expect("ls") {
-        let path = entry.expect("entry").path();
-        let keep = match path.extension().and_then(|e| e.to_str()) {
-            Some("index") => 8,
-            Some("timeindex") => 12,
-            _ => continue,
+    for (path, len) in &complete {
+        let keep = if path.extension().is_some_and(|e| e == "index") {
+            8
+        } else {
+            12
         };
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open");
-        if file.metadata().expect("stat").len() > keep {
+        if *len > keep {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .expect("open");
             file.set_len(keep).expect("cut");
             cut += 1;
         }
     }
     assert!(cut > 0, "nothing to cut: the test proves nothing");
-    let log = open(dir.path(), small_config(), &clock);
-    assert_eq!(
-        log.read(Offset(0), usize::MAX / 2, None).expect("read"),
-        before
-    );
+    let log = reopens_whole(dir.path(), &clock, &before, &segments);
     for offset in [1, 17, 33, 59] {
         let read = log.read(Offset(offset), 1, None).expect("read");
         assert!(
@@ -215,13 +217,12 @@ fn reopen_completes_indexes_that_lag_the_log() {
             read[0].base_offset()
         );
     }
-    assert_eq!(log.segments(), segments);
-    assert_eq!(
-        log.offset_for_timestamp(155).expect("ts"),
-        Some((Offset(32), 160))
-    );
     log.close().expect("close");
-    assert_eq!(index_sizes(), complete, "the indexes were not completed");
+    assert_eq!(
+        index_sizes(dir.path()),
+        complete,
+        "the indexes were not completed"
+    );
 }
 
 #[test]

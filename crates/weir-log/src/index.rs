@@ -200,14 +200,7 @@ impl<E: Entry> IndexFile<E> {
 impl<E: Entry> Drop for IndexFile<E> {
     fn drop(&mut self) {
         // Best effort: an index is derived data, and recovery indexes what it lacks.
-        let written = *self.written.get_mut().unwrap_or_else(|e| e.into_inner());
-        if written < self.entries.len() {
-            let mut buf = Vec::new();
-            for entry in &self.entries[written..] {
-                entry.encode(&mut buf);
-            }
-            let _ = self.file.write_all(&buf);
-        }
+        let _ = self.flush();
     }
 }
 

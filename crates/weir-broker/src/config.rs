@@ -24,6 +24,10 @@ impl InternalTlsFiles {
     }
 }
 
+fn page_cache_tail_bytes() -> u64 {
+    weir_log::LogConfig::PAGE_CACHE_TAIL_BYTES
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
@@ -57,6 +61,11 @@ pub struct BrokerConfig {
     pub fetch_bytes_max: u32,
     /// Largest batch a producer may send.
     pub batch_bytes_max: u32,
+    /// Per hosted partition, how much of the log's end stays in the page cache for followers
+    /// and tail readers; fsynced data further back is dropped from it, so the cache (which
+    /// counts against a container's memory) does not grow with the log. 0: the kernel decides.
+    #[serde(default = "page_cache_tail_bytes")]
+    pub page_cache_tail_bytes: u64,
     /// How often retention runs.
     pub retention_check_ms: u64,
     /// A follower not caught up for this long leaves the ISR.
@@ -91,6 +100,7 @@ impl BrokerConfig {
             fetch_wait_ms_max: 30_000,
             fetch_bytes_max: 64 << 20,
             batch_bytes_max: 1 << 20,
+            page_cache_tail_bytes: page_cache_tail_bytes(),
             retention_check_ms: 60_000,
             replica_lag_ms_max: 10_000,
             produce_timeout_ms: 30_000,

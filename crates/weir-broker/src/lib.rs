@@ -118,10 +118,19 @@ impl Broker {
             })
         })?;
         let flusher = Flusher::spawn(&format!("broker-{}", config.id))?;
+        // the disk's latency, as the appends waiting on it see it
+        flusher.observe(Box::new(|took, _files| {
+            metrics::histogram!("weir_broker_fsync_round_seconds").record(took.as_secs_f64());
+        }));
         let registry = Arc::new(registry::Registry::new(
             config.id,
             &config.data_dir,
-            config.batch_bytes_max,
+            weir_log::LogConfig {
+                batch_bytes_max: config.batch_bytes_max,
+                page_cache_tail_bytes: (config.page_cache_tail_bytes > 0)
+                    .then_some(config.page_cache_tail_bytes),
+                ..weir_log::LogConfig::default()
+            },
             flusher,
         ));
         let (stop, stopped) = watch::channel(false);

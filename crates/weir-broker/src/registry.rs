@@ -17,7 +17,8 @@ type Key = (String, u32);
 pub struct Registry {
     id: BrokerId,
     partitions_dir: PathBuf,
-    batch_bytes_max: u32,
+    /// The broker's part of every log's settings (the topic's come from the metadata).
+    log_base: LogConfig,
     flusher: Arc<Flusher>,
     replicas: RwLock<HashMap<Key, Arc<Replica>>>,
     owners: Mutex<HashMap<Key, JoinHandle<()>>>,
@@ -53,13 +54,13 @@ fn leadership(p: &PartitionInfo, min_isr: u32) -> Leadership {
     }
 }
 
-fn log_config(t: &TopicInfo, batch_bytes_max: u32) -> LogConfig {
+fn log_config(t: &TopicInfo, base: &LogConfig) -> LogConfig {
     LogConfig {
         segment_bytes_max: t.segment_bytes,
         retention_ms: t.retention_ms,
         retention_bytes: t.retention_bytes,
-        batch_bytes_max: batch_bytes_max.min(t.segment_bytes as u32),
-        ..LogConfig::default()
+        batch_bytes_max: base.batch_bytes_max.min(t.segment_bytes as u32),
+        ..base.clone()
     }
 }
 
@@ -67,13 +68,13 @@ impl Registry {
     pub fn new(
         id: BrokerId,
         data_dir: &Path,
-        batch_bytes_max: u32,
+        log_base: LogConfig,
         flusher: Arc<Flusher>,
     ) -> Registry {
         Registry {
             id,
             partitions_dir: data_dir.join("partitions"),
-            batch_bytes_max,
+            log_base,
             flusher,
             replicas: RwLock::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
@@ -237,15 +238,13 @@ impl Registry {
             if let Some(replica) = self.get(&key.0, key.1) {
                 // a closed owner is being removed; nothing to update
                 let _ = replica.set_leadership(lead).await;
-                let _ = replica
-                    .set_config(log_config(t, self.batch_bytes_max))
-                    .await;
+                let _ = replica.set_config(log_config(t, &self.log_base)).await;
                 continue;
             }
             let dir = self
                 .partitions_dir
                 .join(dir_name(&t.name, p.partition, &t.topic_id));
-            let config = log_config(t, self.batch_bytes_max);
+            let config = log_config(t, &self.log_base);
             let flusher = Arc::clone(&self.flusher);
             let open_dir = dir.clone();
             let log = tokio::task::spawn_blocking(move || {

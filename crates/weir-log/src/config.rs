@@ -36,6 +36,10 @@ pub struct LogConfig {
     /// Decompressing a batch to validate it may produce at most this many bytes.
     pub decompressed_bytes_max: u32,
     pub flush: FlushPolicy,
+    /// How much of the active segment's end stays in the page cache: once fsynced, data
+    /// further back is dropped from it, so followers and tail readers are served from memory
+    /// while the cache does not grow with the log. `None`: the kernel decides.
+    pub page_cache_tail_bytes: Option<u64>,
 }
 
 impl Default for LogConfig {
@@ -49,6 +53,7 @@ impl Default for LogConfig {
             batch_bytes_max: 1 << 20,
             decompressed_bytes_max: 32 << 20,
             flush: FlushPolicy::Fsync,
+            page_cache_tail_bytes: Some(Self::PAGE_CACHE_TAIL_BYTES),
         }
     }
 }
@@ -56,6 +61,9 @@ impl Default for LogConfig {
 impl LogConfig {
     /// Positions in the offset index are 32-bit, so a segment holds at most 2 GiB.
     pub const SEGMENT_BYTES_LIMIT: u64 = i32::MAX as u64;
+
+    /// The default [`LogConfig::page_cache_tail_bytes`].
+    pub const PAGE_CACHE_TAIL_BYTES: u64 = 64 << 20;
 
     pub fn validate(&self) -> Result<(), String> {
         if self.segment_bytes_max < 1024 || self.segment_bytes_max > Self::SEGMENT_BYTES_LIMIT {

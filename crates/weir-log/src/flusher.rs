@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -90,6 +91,8 @@ struct Pending {
     file: Arc<File>,
     due: Instant,
     marks: Vec<(Arc<DurableMark>, u64, Offset)>,
+    /// Bytes of the file to drop from the page cache once the round has fsynced it.
+    uncache: Option<Range<u64>>,
 }
 
 /// Called once with the outcome of the round it waits for, on the flusher's thread (or the
@@ -121,11 +124,25 @@ impl std::fmt::Debug for State {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Shared {
     state: Mutex<State>,
     work: Condvar,
     done: Condvar,
+    observer: std::sync::OnceLock<RoundObserver>,
+}
+
+/// Told, on the flusher's thread, how long each round's fsyncs took and how many files they
+/// covered (for a latency histogram). It must be quick.
+pub type RoundObserver = Box<dyn Fn(Duration, usize) + Send + Sync>;
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("state", &self.state)
+            .field("observed", &self.observer.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -167,7 +184,8 @@ impl Flusher {
     }
 
     /// Registers `file` (identified by `file_id`) to be fsynced no later than `delay` from now,
-    /// after which `mark` advances to `end` unless its generation moved on.
+    /// after which `mark` advances to `end` unless its generation moved on, and the bytes in
+    /// `uncache` (written before this call) leave the page cache.
     pub fn submit(
         &self,
         file_id: u64,
@@ -175,6 +193,7 @@ impl Flusher {
         mark: &Arc<DurableMark>,
         end: Offset,
         delay: Duration,
+        uncache: Option<Range<u64>>,
     ) -> Result<Ticket> {
         let generation = mark.generation();
         let due = Instant::now() + delay;
@@ -186,8 +205,15 @@ impl Flusher {
             file: Arc::clone(file),
             due,
             marks: Vec::new(),
+            uncache: None,
         });
         pending.due = pending.due.min(due);
+        if let Some(more) = uncache {
+            pending.uncache = Some(match pending.uncache.take() {
+                Some(had) => had.start.min(more.start)..had.end.max(more.end),
+                None => more,
+            });
+        }
         match pending
             .marks
             .iter_mut()
@@ -238,6 +264,11 @@ impl Flusher {
             return done(Ok(()));
         }
         state.completions.push((ticket.round, done));
+    }
+
+    /// Sets the observer told of every round from now on; only the first call sets one.
+    pub fn observe(&self, observer: RoundObserver) {
+        let _ = self.shared.observer.set(observer);
     }
 
     pub fn stats(&self) -> FlushStats {
@@ -303,12 +334,16 @@ fn run(shared: &Shared, name: &str) {
         }
         // Everything pending goes in this round, due or not: an early fsync costs little
         // more, and it covers the relaxed partitions' data sooner.
-        let batch: Vec<Pending> = state.pending.drain().map(|(_, p)| p).collect();
+        let mut batch: Vec<Pending> = state.pending.drain().map(|(_, p)| p).collect();
         state.started += 1;
         let round = state.started;
         drop(state);
 
+        let started = Instant::now();
         let failure = lanes.sync_all(&batch);
+        if let Some(observe) = shared.observer.get() {
+            observe(started.elapsed(), batch.len());
+        }
 
         state = shared.lock();
         state.rounds += 1;
@@ -319,8 +354,8 @@ fn run(shared: &Shared, name: &str) {
                 state.pending.clear();
             }
             None => {
-                for pending in batch {
-                    for (mark, generation, end) in pending.marks {
+                for pending in &mut batch {
+                    for (mark, generation, end) in pending.marks.drain(..) {
                         mark.advance(generation, end);
                     }
                 }
@@ -348,6 +383,22 @@ fn run(shared: &Shared, name: &str) {
                 });
             }
             state = shared.lock();
+        }
+        if outcome.is_none() {
+            // after the answers, outside the lock: only memory is at stake here
+            drop(state);
+            uncache(&batch);
+            state = shared.lock();
+        }
+    }
+}
+
+/// Drops from the page cache what a round's files no longer keep cached. Advice only: a
+/// failure costs memory, not data, so it is not reported.
+fn uncache(batch: &[Pending]) {
+    for pending in batch {
+        if let Some(range) = &pending.uncache {
+            let _ = crate::segment::drop_cached(&pending.file, range.clone());
         }
     }
 }
@@ -462,20 +513,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_observer_hears_of_every_round_and_its_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files: Vec<Arc<File>> = (0..3)
+            .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).expect("create")))
+            .collect();
+        let flusher = Flusher::spawn("test").expect("spawn");
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        flusher.observe(Box::new({
+            let heard = Arc::clone(&heard);
+            move |took, files| heard.lock().expect("lock").push((took, files))
+        }));
+        let mark = Arc::new(DurableMark::new(Offset(0)));
+        // three files due together make one round; then one alone
+        let mut last = None;
+        for (i, file) in files.iter().enumerate() {
+            let due = Duration::from_millis(if i == 2 { 0 } else { 5_000 });
+            last = Some(
+                flusher
+                    .submit(i as u64, file, &mark, Offset(1), due, None)
+                    .expect("submit"),
+            );
+        }
+        flusher.wait(last.expect("ticket")).expect("wait");
+        let ticket = flusher
+            .submit(0, &files[0], &mark, Offset(2), Duration::ZERO, None)
+            .expect("submit");
+        flusher.wait(ticket).expect("wait");
+        let heard = heard.lock().expect("lock").clone();
+        let counts: Vec<usize> = heard.iter().map(|(_, n)| *n).collect();
+        assert_eq!(counts, [3, 1]);
+        assert!(
+            heard
+                .iter()
+                .all(|(took, _)| *took < Duration::from_secs(10))
+        );
+    }
+
+    #[test]
     fn waiters_return_after_their_round_and_marks_advance() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = Arc::new(File::create(dir.path().join("f")).expect("create"));
         let flusher = Flusher::spawn("test").expect("spawn");
         let mark = Arc::new(DurableMark::new(Offset(0)));
         let ticket = flusher
-            .submit(1, &file, &mark, Offset(5), Duration::ZERO)
+            .submit(1, &file, &mark, Offset(5), Duration::ZERO, None)
             .expect("submit");
         flusher.wait(ticket).expect("wait");
         assert_eq!(mark.offset(), Offset(5));
 
         // a truncation between submit and round keeps the mark from advancing
         let ticket = flusher
-            .submit(1, &file, &mark, Offset(9), Duration::from_millis(50))
+            .submit(1, &file, &mark, Offset(9), Duration::from_millis(50), None)
             .expect("submit");
         mark.reset(Offset(3));
         flusher.flush_all().expect("flush");
@@ -494,7 +583,7 @@ mod tests {
             // spread over many rounds, so completions are registered while rounds run
             std::thread::sleep(Duration::from_micros(100));
             let ticket = flusher
-                .submit(1, &file, &mark, Offset(end), Duration::ZERO)
+                .submit(1, &file, &mark, Offset(end), Duration::ZERO, None)
                 .expect("submit");
             let (tx, mark) = (tx.clone(), Arc::clone(&mark));
             // the mark has moved by the time the completion runs
@@ -526,7 +615,7 @@ mod tests {
         );
         // a round already over completes at once, on the caller's thread
         let ticket = flusher
-            .submit(1, &file, &mark, Offset(101), Duration::ZERO)
+            .submit(1, &file, &mark, Offset(101), Duration::ZERO, None)
             .expect("submit");
         flusher.wait(ticket).expect("wait");
         let called = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -563,7 +652,14 @@ mod tests {
                 // due later, so all sixteen share the round flush_all starts
                 tickets.push(
                     flusher
-                        .submit(i as u64, file, mark, Offset(round), Duration::from_secs(60))
+                        .submit(
+                            i as u64,
+                            file,
+                            mark,
+                            Offset(round),
+                            Duration::from_secs(60),
+                            None,
+                        )
                         .expect("submit"),
                 );
             }
@@ -582,13 +678,20 @@ mod tests {
         for (i, (file, mark)) in files.iter().zip(&marks).enumerate() {
             tickets.push(
                 flusher
-                    .submit(i as u64, file, mark, Offset(9), Duration::from_secs(60))
+                    .submit(
+                        i as u64,
+                        file,
+                        mark,
+                        Offset(9),
+                        Duration::from_secs(60),
+                        None,
+                    )
                     .expect("submit"),
             );
         }
         let bad = Arc::new(DurableMark::new(Offset(0)));
         let _ = flusher
-            .submit(99, &null, &bad, Offset(1), Duration::from_secs(60))
+            .submit(99, &null, &bad, Offset(1), Duration::from_secs(60), None)
             .expect("submit");
         assert!(flusher.flush_all().is_err());
         assert!(matches!(
@@ -598,7 +701,7 @@ mod tests {
         assert_eq!(bad.offset(), Offset(0));
         assert!(
             flusher
-                .submit(1, &files[1], &marks[1], Offset(10), Duration::ZERO)
+                .submit(1, &files[1], &marks[1], Offset(10), Duration::ZERO, None)
                 .is_err()
         );
         drop(flusher);
@@ -616,7 +719,7 @@ mod tests {
         let flusher = Flusher::spawn("test").expect("spawn");
         let mark = Arc::new(DurableMark::new(Offset(0)));
         let _ = flusher
-            .submit(1, &file, &mark, Offset(2), Duration::from_millis(30))
+            .submit(1, &file, &mark, Offset(2), Duration::from_millis(30), None)
             .expect("submit");
         assert_eq!(mark.offset(), Offset(0));
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -638,7 +741,7 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..50 {
                         let t = flusher
-                            .submit(1, file, mark, Offset(t * 100 + i), Duration::ZERO)
+                            .submit(1, file, mark, Offset(t * 100 + i), Duration::ZERO, None)
                             .expect("submit");
                         flusher.wait(t).expect("wait");
                     }

@@ -29,5 +29,5 @@ pub mod segment;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{LogError, Result};
-pub use flusher::{FlushStats, Flusher, Ticket};
+pub use flusher::{FlushStats, Flusher, RoundObserver, Ticket};
 pub use partition::{AppendInfo, PartitionLog, RecoveryReport, RetentionOutcome, SegmentInfo};

@@ -589,6 +589,7 @@ impl PartitionLog {
                     &self.durable,
                     last_offset.plus(1),
                     Duration::ZERO,
+                    None,
                 )?;
                 let info = AppendInfo {
                     base_offset: base,
@@ -637,6 +638,10 @@ impl PartitionLog {
                 FlushPolicy::Fsync => Duration::ZERO,
                 FlushPolicy::IntervalAckBeforeFsync { ms } => Duration::from_millis(ms),
             };
+            let uncache = self
+                .config()
+                .page_cache_tail_bytes
+                .and_then(|keep| inner.active_mut().take_uncacheable(keep));
             let active = inner.active();
             let submitted = self.flusher.submit(
                 active.id,
@@ -644,6 +649,7 @@ impl PartitionLog {
                 &self.durable,
                 info.last_offset.plus(1),
                 delay,
+                uncache,
             );
             match submitted {
                 Ok(ticket) => (ticket, info),

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,30 @@ use weir_types::{Offset, RecordBatch};
 use crate::checkpoint::EpochCache;
 use crate::error::{LogError, Result};
 use crate::index::{self, IndexFile, OffsetEntry, TimeEntry};
+
+/// Pages leave the cached tail in steps of at least this much: one `posix_fadvise` per step,
+/// not per append.
+pub const UNCACHE_STEP_BYTES: u64 = 1 << 20;
+
+/// Asks the kernel to drop `file`'s clean cached pages in `range` (`0..0`: the whole file).
+/// Dirty pages are not dropped (the kernel starts writing them back), so callers pass ranges
+/// that are already fsynced.
+pub fn drop_cached(file: &File, range: Range<u64>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let too_far = || std::io::Error::other("page cache range past the largest file offset");
+    let start = libc::off_t::try_from(range.start).map_err(|_| too_far())?;
+    let len =
+        libc::off_t::try_from(range.end.saturating_sub(range.start)).map_err(|_| too_far())?;
+    // SAFETY: the descriptor is owned by `file`, which outlives this call; posix_fadvise only
+    // reads its integer arguments and touches no Rust memory.
+    #[allow(unsafe_code)]
+    let rc =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), start, len, libc::POSIX_FADV_DONTNEED) };
+    match rc {
+        0 => Ok(()),
+        rc => Err(std::io::Error::from_raw_os_error(rc)),
+    }
+}
 
 /// Writes `parts` one after the other at `position`, in one `pwritev` when the kernel takes
 /// it all (a batch's rewritten prefix and its body: one system call per append, not two).
@@ -227,6 +252,8 @@ pub struct Segment {
     cursor: IndexCursor,
     /// When this process first appended to the segment (for rolling by age).
     pub first_append_ms: Option<i64>,
+    /// Bytes before this position were handed to [`drop_cached`] (or never needed to be).
+    uncached_to: u64,
 }
 
 impl Segment {
@@ -273,6 +300,7 @@ impl Segment {
                 skip_next: false,
             },
             first_append_ms: None,
+            uncached_to: 0,
         })
     }
 
@@ -433,6 +461,7 @@ impl Segment {
             }
         };
         self.size = scanner.position();
+        self.uncached_to = self.uncached_to.min(self.size);
         self.next_offset = next_offset;
         Ok(stop)
     }
@@ -482,6 +511,7 @@ impl Segment {
         self.offset_index.truncate_from_relative(relative)?;
         self.time_index.truncate_from_relative(relative)?;
         self.size = position;
+        self.uncached_to = self.uncached_to.min(position);
         self.next_offset = next_offset;
         // Recompute what the remaining entries imply; cheap relative to a truncation.
         self.scan_and_index(
@@ -509,18 +539,22 @@ impl Segment {
     /// Asks the kernel to drop this segment's clean cached pages (after they are fsynced), so
     /// the next reads come from the disk.
     pub fn evict_page_cache(&self) -> Result<()> {
-        use std::os::fd::AsRawFd;
-        let fd = self.file.as_raw_fd();
-        // SAFETY: `fd` is an open descriptor owned by `self.file`, which outlives this call;
-        // posix_fadvise only reads its integer arguments and touches no Rust memory.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
-        if rc != 0 {
-            return Err(LogError::io_with(|| {
-                format!("fadvise {}", self.log_path.display())
-            })(std::io::Error::from_raw_os_error(rc)));
+        drop_cached(&self.file, 0..0).map_err(LogError::io_with(|| {
+            format!("fadvise {}", self.log_path.display())
+        }))
+    }
+
+    /// The bytes that fell out of the last `keep` with the latest appends, once there are at
+    /// least [`UNCACHE_STEP_BYTES`] of them: to drop from the page cache after the fsync that
+    /// covers them ([`drop_cached`]).
+    pub fn take_uncacheable(&mut self, keep: u64) -> Option<Range<u64>> {
+        let to = self.size.saturating_sub(keep);
+        if to < self.uncached_to.saturating_add(UNCACHE_STEP_BYTES) {
+            return None;
         }
-        Ok(())
+        let range = self.uncached_to..to;
+        self.uncached_to = to;
+        Some(range)
     }
 
     pub fn delete_files(&self) -> Result<()> {

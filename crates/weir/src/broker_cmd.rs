@@ -138,6 +138,9 @@ pub(crate) fn resolve(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, Option
     if let Some(v) = file.batch_bytes_max {
         config.batch_bytes_max = v;
     }
+    if let Some(v) = file.page_cache_tail_bytes {
+        config.page_cache_tail_bytes = v;
+    }
     if let Some(v) = file.retention_check_ms {
         config.retention_check_ms = v;
     }

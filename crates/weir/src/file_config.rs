@@ -53,6 +53,7 @@ pub struct BrokerFile {
     pub fetch_wait_ms_max: Option<u32>,
     pub fetch_bytes_max: Option<u32>,
     pub batch_bytes_max: Option<u32>,
+    pub page_cache_tail_bytes: Option<u64>,
     pub retention_check_ms: Option<u64>,
 }
 
@@ -105,6 +106,11 @@ mod tests {
         );
         broker.replica_lag_ms_max = b.replica_lag_ms_max.expect("lag");
         broker.fetch_bytes_max = b.fetch_bytes_max.expect("fetch bytes");
+        assert_eq!(
+            b.page_cache_tail_bytes,
+            Some(weir_log::LogConfig::PAGE_CACHE_TAIL_BYTES),
+            "the example shows the default"
+        );
         broker.validate().expect("broker settings are valid");
     }
 

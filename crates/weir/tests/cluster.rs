@@ -356,6 +356,11 @@ fn every_role_serves_metrics_health_and_readiness() {
         body.contains("weir_broker_request_seconds_bucket"),
         "{body}"
     );
+    // the produce above waited for an fsync round, and the round's time was recorded
+    assert!(
+        body.contains("weir_broker_fsync_round_seconds_bucket"),
+        "{body}"
+    );
     // every server role measures its own stalls, on the runtime and on a thread of its own
     for addr in [&controller, &broker] {
         let (_, body) = http_get(addr, "/metrics");

@@ -49,6 +49,9 @@ use weir_proto::v1::broker_server::BrokerServer;
 pub use config::BrokerConfig;
 pub use session::SessionState;
 
+/// An fsync round this slow is logged at warn (the disk, not the broker, held its appends).
+pub const SLOW_FSYNC_ROUND: Duration = Duration::from_millis(50);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("invalid broker config: {0}")]
@@ -118,9 +121,13 @@ impl Broker {
             })
         })?;
         let flusher = Flusher::spawn(&format!("broker-{}", config.id))?;
-        // the disk's latency, as the appends waiting on it see it
-        flusher.observe(Box::new(|took, _files| {
+        // the disk's latency, as the appends waiting on it see it; a slow round is logged, so
+        // a latency spike can be matched to the disk
+        flusher.observe(Box::new(|took, files| {
             metrics::histogram!("weir_broker_fsync_round_seconds").record(took.as_secs_f64());
+            if took >= SLOW_FSYNC_ROUND {
+                tracing::warn!(ms = took.as_millis() as u64, files, "slow fsync round");
+            }
         }));
         let registry = Arc::new(registry::Registry::new(
             config.id,

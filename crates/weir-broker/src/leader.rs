@@ -117,9 +117,9 @@ async fn fetch_one(
     let mut out = answer(&replica, req);
     if fetch < log.end_offset() {
         // a follower at or above the high watermark reads what was written moments ago, from
-        // the page cache: in place, without the hop to a blocking thread; one catching up
-        // may read from the disk, on the blocking pool
-        let read = if fetch >= replica.high_watermark() {
+        // the page cache: in place, without the hop to a blocking thread; one catching up, or
+        // behind the log's cached tail, may read from the disk, on the blocking pool
+        let read = if fetch >= replica.high_watermark() && log.reads_from_memory(fetch) {
             Ok(log.read(fetch, budget, None))
         } else {
             let log = Arc::clone(&replica.log);

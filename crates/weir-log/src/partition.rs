@@ -736,6 +736,13 @@ impl PartitionLog {
 
     /// Batches from `from` (the first may begin before it) up to about `max_bytes`, always
     /// at least one when any is available, none reaching `until` (default: the log end).
+    /// Whether a read from `from` starts in the active segment's cached tail
+    /// ([`LogConfig::page_cache_tail_bytes`]; anywhere in the active segment when the kernel
+    /// manages the cache), so it can be served without waiting for the disk.
+    pub fn reads_from_memory(&self, from: Offset) -> bool {
+        self.read_inner().active().in_cached_tail(from)
+    }
+
     pub fn read(
         &self,
         from: Offset,

@@ -597,6 +597,20 @@ impl Segment {
         Some(self.size.saturating_sub(floor))
     }
 
+    /// Whether the batch holding `offset` (or the next one to be written) starts in the part
+    /// of this segment kept in the page cache: judged from the sparse index, without I/O, and
+    /// `false` when unsure.
+    pub fn in_cached_tail(&self, offset: Offset) -> bool {
+        if offset < self.base || offset > self.next_offset {
+            return false;
+        }
+        let floor = self
+            .offset_index
+            .floor(self.relative(offset))
+            .map_or(0, |e| u64::from(e.position));
+        floor >= self.uncached_to
+    }
+
     /// The position of the batch holding `offset` and that batch's base and last offsets.
     /// `None` if the segment has no such batch.
     pub fn locate(&self, offset: Offset) -> Result<Option<(u64, Offset, Offset)>> {

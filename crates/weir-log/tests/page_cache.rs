@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{batch, open};
-use weir_log::{LogConfig, ManualClock};
-use weir_types::LeaderEpoch;
+use weir_log::{LogConfig, ManualClock, PartitionLog};
+use weir_types::{LeaderEpoch, Offset};
 
 const MIB: u64 = 1 << 20;
 
@@ -36,8 +36,9 @@ fn cached(file: &File, position: u64) -> bool {
 
 /// Appends about `mib` MiB in 64 KiB batches (each fsynced before the next), then one more
 /// small batch: the flusher drops pages after a round's answers, so the round that answers
-/// this last append starts only after every earlier round's drop. Returns the segment file.
-fn write_log(dir: &Path, page_cache_tail_bytes: Option<u64>, mib: u64) -> File {
+/// this last append starts only after every earlier round's drop. Returns the log and its
+/// segment file.
+fn write_log(dir: &Path, page_cache_tail_bytes: Option<u64>, mib: u64) -> (PartitionLog, File) {
     let clock = Arc::new(ManualClock::new(1_000));
     let config = LogConfig {
         page_cache_tail_bytes,
@@ -59,14 +60,14 @@ fn write_log(dir: &Path, page_cache_tail_bytes: Option<u64>, mib: u64) -> File {
         .map(|e| e.expect("entry").path())
         .find(|p| p.extension().is_some_and(|e| e == "log"))
         .expect("a segment file");
-    File::open(segment).expect("open segment")
+    (log, File::open(segment).expect("open segment"))
 }
 
 #[test]
 fn only_the_tail_of_the_log_stays_in_the_page_cache() {
     // on the build's disk: a tmpfs /tmp keeps every page whatever the advice
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let file = write_log(dir.path(), Some(MIB), 4);
+    let (log, file) = write_log(dir.path(), Some(MIB), 4);
     let size = file.metadata().expect("stat").len();
     for position in [0, MIB / 2, MIB, 2 * MIB - 1] {
         assert!(
@@ -80,13 +81,20 @@ fn only_the_tail_of_the_log_stays_in_the_page_cache() {
             "byte {position} of {size} is not cached"
         );
     }
+    // the log knows which reads the cache serves (the leader serves those in place)
+    let end = log.end_offset();
+    assert!(!log.reads_from_memory(Offset(0)));
+    assert!(!log.reads_from_memory(Offset(end.0 / 2)));
+    assert!(log.reads_from_memory(Offset(end.0 - 64)));
+    assert!(log.reads_from_memory(end));
 }
 
 #[test]
 fn without_a_tail_bound_the_kernel_keeps_what_was_written() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let file = write_log(dir.path(), None, 4);
+    let (log, file) = write_log(dir.path(), None, 4);
     for position in [0, MIB, 2 * MIB] {
         assert!(cached(&file, position), "byte {position} was dropped");
     }
+    assert!(log.reads_from_memory(Offset(0)));
 }

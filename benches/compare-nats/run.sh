@@ -39,6 +39,8 @@ echo "== Weir at half its rate ($HALF MB/s, open loop)"
   --producers 12 --replication-factor 3 --acks all --rate-mb-s "$HALF" --window-ms 1000 \
   | tee "$WORK/weir-half.txt"
 ./target/release/weir-cluster down --dir "$WORK/weir" >/dev/null
+# a latency spike on every node at once is usually the disk: the nodes log each slow fsync round
+SLOW_ROUNDS=$(cat "$WORK"/weir/*.log 2>/dev/null | grep "slow fsync round" || true)
 
 echo "== NATS JetStream $("$WORK/venv/bin/nats-server" --version | awk '{print $2}'): 3 servers, R3 file stream, sync_interval: always"
 ROUTES="nats-route://127.0.0.1:16221,nats-route://127.0.0.1:16222,nats-route://127.0.0.1:16223"
@@ -77,3 +79,9 @@ echo "== side by side (1 KiB, RF 3, acknowledged after fsync on a quorum)"
 printf '%-30s %8s MB/s\n' "Weir (best shape above)" "$WEIR_MB" "NATS JetStream (best shape)" "$NATS_MB"
 python3 -c "print(f'ratio Weir / NATS: {$WEIR_MB / $NATS_MB:.2f}x')"
 awk '/^produce/ {print "Weir at half rate: " $0}' "$WORK/weir-half.txt"
+if [ -n "$SLOW_ROUNDS" ]; then
+  echo "Weir nodes' fsync rounds of 50 ms or more (the disk, not the nodes; both Weir runs):"
+  echo "$SLOW_ROUNDS" | sed -n 's/.*\(ms=[0-9]*\).*/  \1/p' | sort | uniq -c
+else
+  echo "Weir nodes' fsync rounds of 50 ms or more: none"
+fi

@@ -20,11 +20,15 @@ use crate::index::{self, IndexFile, OffsetEntry, TimeEntry};
 /// not per append.
 pub const UNCACHE_STEP_BYTES: u64 = 1 << 20;
 
-/// Asks the kernel to drop `file`'s clean cached pages in `range` (`0..0`: the whole file).
-/// Dirty pages are not dropped (the kernel starts writing them back), so callers pass ranges
-/// that are already fsynced.
+/// Asks the kernel to drop `file`'s clean cached pages in `range` (an empty range drops
+/// nothing). Dirty pages are not dropped (the kernel starts writing them back), so callers
+/// pass ranges that are already fsynced.
 pub fn drop_cached(file: &File, range: Range<u64>) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
+    if range.is_empty() {
+        // a length of 0 would mean "to the end of the file" to posix_fadvise
+        return Ok(());
+    }
     let too_far = || std::io::Error::other("page cache range past the largest file offset");
     let start = libc::off_t::try_from(range.start).map_err(|_| too_far())?;
     let len =
@@ -539,7 +543,7 @@ impl Segment {
     /// Asks the kernel to drop this segment's clean cached pages (after they are fsynced), so
     /// the next reads come from the disk.
     pub fn evict_page_cache(&self) -> Result<()> {
-        drop_cached(&self.file, 0..0).map_err(LogError::io_with(|| {
+        drop_cached(&self.file, 0..self.size).map_err(LogError::io_with(|| {
             format!("fadvise {}", self.log_path.display())
         }))
     }

@@ -97,4 +97,10 @@ fn without_a_tail_bound_the_kernel_keeps_what_was_written() {
         assert!(cached(&file, position), "byte {position} was dropped");
     }
     assert!(log.reads_from_memory(Offset(0)));
+    // asked to, the log drops all of it (cold-read measurements)
+    log.evict_page_cache().expect("evict");
+    let size = file.metadata().expect("stat").len();
+    for position in [0, MIB, size - 1] {
+        assert!(!cached(&file, position), "byte {position} is still cached");
+    }
 }

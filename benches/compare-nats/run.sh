@@ -35,9 +35,11 @@ trap './target/release/weir-cluster down --dir "$WORK/weir" >/dev/null 2>&1 || t
 WEIR_MB=$(awk '/^produce/ {print $2}' "$WORK/weir.txt")
 HALF=$(python3 -c "print(round($WEIR_MB / 2, 1))")
 echo "== Weir at half its rate ($HALF MB/s, open loop)"
+python3 benches/compare-nats/fsync_rounds.py snapshot "$WORK/weir" "$WORK/fsync-before.json" || true
 ./target/release/e2e-bench --bootstrap "$BOOT" --seconds "$SECONDS_PER_RUN" --partitions 6 \
   --producers 12 --replication-factor 3 --acks all --rate-mb-s "$HALF" --window-ms 1000 \
   | tee "$WORK/weir-half.txt"
+FSYNC_ROUNDS=$(python3 benches/compare-nats/fsync_rounds.py since "$WORK/weir" "$WORK/fsync-before.json" || true)
 ./target/release/weir-cluster down --dir "$WORK/weir" >/dev/null
 # a latency spike on every node at once is usually the disk: the nodes log each slow fsync round
 SLOW_ROUNDS=$(cat "$WORK"/weir/*.log 2>/dev/null | grep "slow fsync round" || true)
@@ -79,6 +81,8 @@ echo "== side by side (1 KiB, RF 3, acknowledged after fsync on a quorum)"
 printf '%-30s %8s MB/s\n' "Weir (best shape above)" "$WEIR_MB" "NATS JetStream (best shape)" "$NATS_MB"
 python3 -c "print(f'ratio Weir / NATS: {$WEIR_MB / $NATS_MB:.2f}x')"
 awk '/^produce/ {print "Weir at half rate: " $0}' "$WORK/weir-half.txt"
+echo "Weir nodes' fsync rounds during the half-rate run (the disk's share of the tail):"
+echo "$FSYNC_ROUNDS"
 if [ -n "$SLOW_ROUNDS" ]; then
   echo "Weir nodes' fsync rounds of 50 ms or more (the disk, not the nodes; both Weir runs):"
   echo "$SLOW_ROUNDS" | sed -n 's/.*\(ms=[0-9]*\).*/  \1/p' | sort | uniq -c

@@ -179,6 +179,63 @@ async fn controller_bench(bootstrap: &[String], ops: u64) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// How late a 10 ms timer fires in the load generator, on its runtime and on a thread of its
+/// own, kept as the worst lag per window of `window_ms` (µs).
+struct StallClock {
+    late: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, (u64, u64)>>>,
+}
+
+impl StallClock {
+    const TICK: Duration = Duration::from_millis(10);
+
+    fn start(started: Instant, window_ms: u64, until: Instant) -> Self {
+        let late: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, (u64, u64)>>> =
+            Arc::default();
+        let note = {
+            let late = Arc::clone(&late);
+            move |on_thread: bool, last: Instant, now: Instant| {
+                let lag = now.duration_since(last).saturating_sub(Self::TICK);
+                let window =
+                    last.saturating_duration_since(started).as_millis() as u64 / window_ms.max(1);
+                if let Ok(mut late) = late.lock() {
+                    let worst = late.entry(window).or_default();
+                    let slot = if on_thread {
+                        &mut worst.1
+                    } else {
+                        &mut worst.0
+                    };
+                    *slot = (*slot).max(lag.as_micros() as u64);
+                }
+            }
+        };
+        let on_runtime = note.clone();
+        tokio::spawn(async move {
+            let mut last = Instant::now();
+            while last < until {
+                tokio::time::sleep(Self::TICK).await;
+                let now = Instant::now();
+                on_runtime(false, last, now);
+                last = now;
+            }
+        });
+        std::thread::spawn(move || {
+            let mut last = Instant::now();
+            while last < until {
+                std::thread::sleep(Self::TICK);
+                let now = Instant::now();
+                note(true, last, now);
+                last = now;
+            }
+        });
+        StallClock { late }
+    }
+
+    /// Worst (runtime, thread) lag in µs per window.
+    fn by_window(&self) -> std::collections::BTreeMap<u64, (u64, u64)> {
+        self.late.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
 fn now_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -399,6 +456,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let started = Instant::now();
+    // the load generator's own stalls, per window: a latency spike the generator caused
+    // (its runtime or the whole process not scheduled) is not the cluster's
+    let stalls = args
+        .window_ms
+        .map(|ms| StallClock::start(started, ms, deadline));
     let mut producers = Vec::new();
     for i in 0..args.producers {
         let leaders = leaders.clone();
@@ -473,15 +535,20 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    if let Some(ms) = args.window_ms {
+    if let (Some(ms), Some(stalls)) = (args.window_ms, &stalls) {
+        let late = stalls.by_window();
         for (window, h) in &windows {
+            let (runtime, thread) = late.get(window).copied().unwrap_or_default();
             println!(
-                "window {:>7.2} s  {:>5} batches  p50 {:>6} us  p99 {:>6} us  max {:>6} us",
+                "window {:>7.2} s  {:>5} batches  p50 {:>6} us  p99 {:>6} us  max {:>6} us  \
+                 generator late {:>5} us (runtime) {:>5} us (thread)",
                 (window * ms) as f64 / 1000.0,
                 h.len(),
                 h.value_at_quantile(0.5),
                 h.value_at_quantile(0.99),
-                h.max()
+                h.max(),
+                runtime,
+                thread
             );
         }
     }

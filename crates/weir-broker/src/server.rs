@@ -414,8 +414,9 @@ impl Broker for BrokerService {
 }
 
 /// How far behind the end of the active segment a consumer may read in place, on its own
-/// task: data written moments ago, still in the page cache. Anything older is read on the
-/// blocking pool, where a disk read cannot stall the runtime.
+/// task: data written moments ago, still in the page cache (and within the log's cached
+/// tail, which a broker may set smaller). Anything older is read on the blocking pool, where
+/// a disk read cannot stall the runtime.
 const TAIL_READ_BYTES: u64 = 4 << 20;
 
 /// Committed batches from `from` (below `hw`), up to about `max_bytes`.
@@ -428,7 +429,7 @@ async fn read_committed(
     if from >= hw {
         return Ok(Vec::new());
     }
-    if log.is_tail(from, TAIL_READ_BYTES) {
+    if log.is_tail(from, TAIL_READ_BYTES) && log.reads_from_memory(from) {
         return Ok(log.read(from, max_bytes, Some(hw))?);
     }
     let log = Arc::clone(log);

@@ -63,7 +63,7 @@ impl LogConfig {
     pub const SEGMENT_BYTES_LIMIT: u64 = i32::MAX as u64;
 
     /// The default [`LogConfig::page_cache_tail_bytes`].
-    pub const PAGE_CACHE_TAIL_BYTES: u64 = 64 << 20;
+    pub const PAGE_CACHE_TAIL_BYTES: u64 = 8 << 20;
 
     pub fn validate(&self) -> Result<(), String> {
         if self.segment_bytes_max < 1024 || self.segment_bytes_max > Self::SEGMENT_BYTES_LIMIT {

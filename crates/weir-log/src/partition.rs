@@ -734,8 +734,6 @@ impl PartitionLog {
         self.write_checkpoint_unlocked()
     }
 
-    /// Batches from `from` (the first may begin before it) up to about `max_bytes`, always
-    /// at least one when any is available, none reaching `until` (default: the log end).
     /// Whether a read from `from` starts in the active segment's cached tail
     /// ([`LogConfig::page_cache_tail_bytes`]; anywhere in the active segment when the kernel
     /// manages the cache), so it can be served without waiting for the disk.
@@ -743,6 +741,8 @@ impl PartitionLog {
         self.read_inner().active().in_cached_tail(from)
     }
 
+    /// Batches from `from` (the first may begin before it) up to about `max_bytes`, always
+    /// at least one when any is available, none reaching `until` (default: the log end).
     pub fn read(
         &self,
         from: Offset,

@@ -179,18 +179,20 @@ async fn controller_bench(bootstrap: &[String], ops: u64) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Per window: the worst (runtime, thread) timer lag in µs.
+type WorstLag = std::collections::BTreeMap<u64, (u64, u64)>;
+
 /// How late a 10 ms timer fires in the load generator, on its runtime and on a thread of its
-/// own, kept as the worst lag per window of `window_ms` (µs).
+/// own, kept as the worst lag per window of `window_ms`.
 struct StallClock {
-    late: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, (u64, u64)>>>,
+    late: Arc<std::sync::Mutex<WorstLag>>,
 }
 
 impl StallClock {
     const TICK: Duration = Duration::from_millis(10);
 
     fn start(started: Instant, window_ms: u64, until: Instant) -> Self {
-        let late: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, (u64, u64)>>> =
-            Arc::default();
+        let late: Arc<std::sync::Mutex<WorstLag>> = Arc::default();
         let note = {
             let late = Arc::clone(&late);
             move |on_thread: bool, last: Instant, now: Instant| {
@@ -230,8 +232,7 @@ impl StallClock {
         StallClock { late }
     }
 
-    /// Worst (runtime, thread) lag in µs per window.
-    fn by_window(&self) -> std::collections::BTreeMap<u64, (u64, u64)> {
+    fn by_window(&self) -> WorstLag {
         self.late.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }

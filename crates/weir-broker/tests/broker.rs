@@ -13,13 +13,8 @@ use weir_proto::status::error_code;
 use weir_proto::v1 as pb;
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
+use weir_testkit::free_addr;
 use weir_types::{BrokerId, ErrorCode};
-
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
 
 struct Setup {
     controller: Controller,

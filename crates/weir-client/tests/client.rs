@@ -8,13 +8,8 @@ use weir_broker::{Broker, BrokerConfig};
 use weir_client::{Consumer, ConsumerConfig, Producer, ProducerConfig, SeekTo};
 use weir_controller::{Controller, ControllerConfig};
 use weir_proto::v1 as pb;
+use weir_testkit::free_addr;
 use weir_types::{BrokerId, Compression, Offset, Record};
-
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
 
 /// A controller and a broker in this process, with `topic` created (RF 1) and open.
 async fn cluster(

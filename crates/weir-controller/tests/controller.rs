@@ -8,12 +8,7 @@ use weir_proto::internal::v1 as ipb;
 use weir_proto::internal::v1::broker_registry_client::BrokerRegistryClient;
 use weir_proto::v1 as pb;
 use weir_proto::v1::admin_client::AdminClient;
-
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
+use weir_testkit::free_addr;
 
 async fn start(dir: &std::path::Path, addr: std::net::SocketAddr) -> Controller {
     let mut config = ControllerConfig::new(1, addr, dir.to_path_buf());

@@ -2,13 +2,7 @@
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use weir_testkit::free_port;
 
 #[test]
 fn roles_start_from_a_config_file_and_bad_keys_are_named() {

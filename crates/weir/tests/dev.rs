@@ -4,13 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use weir_testkit::free_port;
 
 fn start_dev(data: &std::path::Path, controller: &str, broker: &str, threads: &str) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))

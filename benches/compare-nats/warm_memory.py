@@ -4,7 +4,9 @@ made of pages the hypervisor already backs.
 On a virtual machine, the first write to a guest page faults into the host, which allocates
 and zeroes it: ~4.6 us per 4 KiB page here, ~210 MB/s. A freshly booted VM pays that for
 every new page-cache page, i.e. for every byte a log writes until the page cache has cycled
-through RAM once; a server that has been up for a while never pays it again. Measured here,
+through RAM once. Where the kernel reports free pages to the host (free page reporting,
+/sys/module/page_reporting), pages that stay free for minutes go cold again, so the warm-up
+helps the runs that follow it, not a whole day (benches/README.md, "A smaller cached tail"). Measured here,
 it was 15 % of all CPU at 25 MB/s RF 3 (`copy_folio_from_iter_atomic` under `pwrite`) and it
 is gone after this runs. Both systems in the comparison run after it.
 

@@ -8,7 +8,7 @@
 //! the kernel never hands out by itself, are checked free, and are never handed out twice in
 //! one process.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The lowest port handed out.
 const LOWEST: u16 = 10_000;
 
-static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 /// The first port of the kernel's ephemeral range (32768 when it cannot be read).
 fn ephemeral_low() -> u16 {
@@ -41,7 +41,6 @@ pub fn free_port() -> u16 {
         .map_or(0, |t| u64::from(t.subsec_nanos()))
         ^ u64::from(std::process::id()).wrapping_mul(2_654_435_761);
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    let handed_out = handed_out.get_or_insert_with(HashSet::new);
     for attempt in 0..1_000u64 {
         let offset = seed.wrapping_add(attempt.wrapping_mul(7_919)) % span;
         let port = LOWEST + u16::try_from(offset).unwrap_or(0);
@@ -69,7 +68,7 @@ mod tests {
     fn ports_are_below_the_ephemeral_range_free_and_never_repeated() {
         let low = ephemeral_low();
         let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
-        let distinct: HashSet<u16> = ports.iter().copied().collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len());
         for port in ports {
             assert!(
